@@ -1,0 +1,35 @@
+// The few Linux interfaces Swift cannot import directly: function-like netlink macros, the extended-ACK
+// attribute walk, and calls glibc only declares under _GNU_SOURCE (setns, unshare, struct ucred).
+#ifndef C_DRAWBRIDGE_LINUX_H
+#define C_DRAWBRIDGE_LINUX_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/// What one NLMSG_ERROR reply says: the errno (0 for an ACK), the sequence number of the request it answers,
+/// and the extended-ACK details when the kernel sent them.
+typedef struct {
+    int32_t error;              // positive errno, 0 for a plain ACK
+    uint32_t sequence;          // the seq of the request this answers
+    uint16_t request_type;      // nlmsg_type of the request
+    uint32_t attribute_offset;  // NLMSGERR_ATTR_OFFS, byte offset into the request; valid if has_offset
+    int has_offset;
+    char message[256];          // NLMSGERR_ATTR_MSG, empty if absent
+} drawbridge_netlink_error;
+
+/// Parses an NLMSG_ERROR message. Returns 0 on success, -1 if the message is not a well-formed error reply.
+int drawbridge_parse_netlink_error(const void *message, size_t length, drawbridge_netlink_error *out);
+
+/// Walks the netlink messages in a receive buffer. Returns the header of the next message, or NULL when no
+/// complete message is left. `*remaining` is updated to the bytes after the returned message.
+const void *drawbridge_next_message(const void *buffer, size_t *remaining, size_t *message_length,
+                                    uint16_t *type, uint16_t *flags, uint32_t *sequence);
+
+int drawbridge_setns_net(int fd);
+int drawbridge_unshare_net(void);
+
+/// The credentials of the process on the other end of a connected Unix socket (SO_PEERCRED).
+int drawbridge_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+#endif

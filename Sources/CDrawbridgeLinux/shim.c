@@ -1,0 +1,80 @@
+#define _GNU_SOURCE
+#include "CDrawbridgeLinux.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <linux/netlink.h>
+
+int drawbridge_parse_netlink_error(const void *message, size_t length, drawbridge_netlink_error *out) {
+    const struct nlmsghdr *nlh = message;
+    memset(out, 0, sizeof(*out));
+    if (length < NLMSG_HDRLEN || nlh->nlmsg_len > length || nlh->nlmsg_type != NLMSG_ERROR) return -1;
+    if (nlh->nlmsg_len < NLMSG_LENGTH(sizeof(struct nlmsgerr))) return -1;
+    const struct nlmsgerr *err = NLMSG_DATA(nlh);
+    out->error = err->error < 0 ? -err->error : err->error;
+    out->sequence = err->msg.nlmsg_seq;
+    out->request_type = err->msg.nlmsg_type;
+
+    if (!(nlh->nlmsg_flags & NLM_F_ACK_TLVS)) return 0;
+    // The TLVs follow the echoed request: only its header when the request was capped (NETLINK_CAP_ACK) or the
+    // reply is a plain ACK, the whole request otherwise.
+    size_t offset = NLMSG_HDRLEN + sizeof(struct nlmsgerr);
+    if (!(nlh->nlmsg_flags & NLM_F_CAPPED) && err->error != 0) {
+        offset = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(int)) + NLMSG_ALIGN(err->msg.nlmsg_len);
+    }
+    while (offset + NLA_HDRLEN <= nlh->nlmsg_len) {
+        const struct nlattr *attr = (const void *)((const char *)nlh + offset);
+        if (attr->nla_len < NLA_HDRLEN || offset + attr->nla_len > nlh->nlmsg_len) break;
+        const void *payload = (const char *)attr + NLA_HDRLEN;
+        size_t payload_length = attr->nla_len - NLA_HDRLEN;
+        switch (attr->nla_type & NLA_TYPE_MASK) {
+        case NLMSGERR_ATTR_MSG: {
+            size_t n = payload_length < sizeof(out->message) - 1 ? payload_length : sizeof(out->message) - 1;
+            memcpy(out->message, payload, n);
+            out->message[n] = 0;
+            break;
+        }
+        case NLMSGERR_ATTR_OFFS:
+            if (payload_length >= sizeof(uint32_t)) {
+                memcpy(&out->attribute_offset, payload, sizeof(uint32_t));
+                out->has_offset = 1;
+            }
+            break;
+        default:
+            break;
+        }
+        offset += NLA_ALIGN(attr->nla_len);
+    }
+    return 0;
+}
+
+const void *drawbridge_next_message(const void *buffer, size_t *remaining, size_t *message_length,
+                                    uint16_t *type, uint16_t *flags, uint32_t *sequence) {
+    const struct nlmsghdr *nlh = buffer;
+    int left = (int)*remaining;
+    if (!NLMSG_OK(nlh, left)) return NULL;
+    *message_length = nlh->nlmsg_len;
+    *type = nlh->nlmsg_type;
+    *flags = nlh->nlmsg_flags;
+    *sequence = nlh->nlmsg_seq;
+    size_t advance = NLMSG_ALIGN(nlh->nlmsg_len);
+    *remaining = advance >= *remaining ? 0 : *remaining - advance;
+    return nlh;
+}
+
+int drawbridge_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+
+int drawbridge_unshare_net(void) { return unshare(CLONE_NEWNET); }
+
+int drawbridge_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred credentials;
+    socklen_t length = sizeof(credentials);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    return 0;
+}

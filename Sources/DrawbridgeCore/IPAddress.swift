@@ -1,0 +1,250 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An IPv4 or IPv6 address, held as plain integers so that hashing and comparing a hundred thousand of them is cheap.
+public enum IPAddress: Hashable, Sendable, Comparable {
+    /// An IPv4 address in host order (`192.0.2.1` is `0xC000_0201`).
+    case v4(UInt32)
+    /// An IPv6 address as its high and low 64 bits in host order.
+    case v6(high: UInt64, low: UInt64)
+
+    /// The address family.
+    public var family: AddressFamily {
+        switch self {
+        case .v4: return .ipv4
+        case .v6: return .ipv6
+        }
+    }
+
+    /// Parses dotted-quad IPv4 or any RFC 4291 text form of IPv6 (`2001:db8::1`, `::ffff:192.0.2.1`).
+    public init?(_ text: some StringProtocol) {
+        let string = String(text)
+        guard !string.isEmpty, string.utf8.count <= 45 else { return nil }
+        if string.contains(":") {
+            var raw = in6_addr()
+            guard inet_pton(AF_INET6, string, &raw) == 1 else { return nil }
+            let bytes = withUnsafeBytes(of: raw) { Array($0) }
+            self.init(bytes: bytes)!
+        } else {
+            // inet_pton accepts only the four-part decimal form, which is what a person writing a policy means;
+            // inet_aton's "10.1" or octal "010.0.0.1" forms are deliberately refused.
+            var raw = in_addr()
+            guard inet_pton(AF_INET, string, &raw) == 1 else { return nil }
+            self = .v4(UInt32(bigEndian: raw.s_addr))
+        }
+    }
+
+    /// Builds an address from its 4 or 16 network-order bytes.
+    public init?(bytes: some Collection<UInt8>) {
+        let array = Array(bytes)
+        switch array.count {
+        case 4:
+            self = .v4(array.reduce(0) { $0 << 8 | UInt32($1) })
+        case 16:
+            let high = array[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let low = array[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            self = .v6(high: high, low: low)
+        default:
+            return nil
+        }
+    }
+
+    /// The address in network byte order: 4 bytes for IPv4, 16 for IPv6.
+    public var bytes: [UInt8] {
+        switch self {
+        case .v4(let value):
+            return withUnsafeBytes(of: value.bigEndian) { Array($0) }
+        case .v6(let high, let low):
+            return withUnsafeBytes(of: high.bigEndian) { Array($0) } + withUnsafeBytes(of: low.bigEndian) { Array($0) }
+        }
+    }
+
+    public static func < (lhs: IPAddress, rhs: IPAddress) -> Bool {
+        switch (lhs, rhs) {
+        case (.v4(let a), .v4(let b)): return a < b
+        case (.v6(let ah, let al), .v6(let bh, let bl)): return (ah, al) < (bh, bl)
+        case (.v4, .v6): return true
+        case (.v6, .v4): return false
+        }
+    }
+}
+
+extension IPAddress: CustomStringConvertible {
+    /// The canonical text form: dotted quad, or RFC 5952 compressed IPv6.
+    public var description: String {
+        switch self {
+        case .v4(let value):
+            return "\(value >> 24).\(value >> 16 & 0xff).\(value >> 8 & 0xff).\(value & 0xff)"
+        case .v6:
+            var raw = in6_addr()
+            withUnsafeMutableBytes(of: &raw) { destination in
+                for (index, byte) in bytes.enumerated() { destination[index] = byte }
+            }
+            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            _ = inet_ntop(AF_INET6, &raw, &buffer, socklen_t(buffer.count))
+            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+    }
+}
+
+/// IPv4 or IPv6.
+public enum AddressFamily: String, Hashable, Sendable, Codable, CaseIterable {
+    case ipv4
+    case ipv6
+
+    /// The number of bits in an address of this family.
+    public var bitWidth: Int { self == .ipv4 ? 32 : 128 }
+}
+
+/// A CIDR prefix: an address whose host bits are all zero, and a length. A single address is a /32 or /128.
+public struct IPPrefix: Hashable, Sendable, Comparable {
+    /// The first address of the prefix (host bits are zero).
+    public let network: IPAddress
+    /// The number of leading bits that are fixed.
+    public let length: Int
+
+    public var family: AddressFamily { network.family }
+
+    /// True when the prefix is exactly one address.
+    public var isSingleAddress: Bool { length == family.bitWidth }
+
+    /// A prefix from an address and a length. Fails if the length is out of range or host bits are set, so that
+    /// `203.0.113.7/24` is never silently read as a different network than the one its author wrote.
+    public init(network: IPAddress, length: Int) throws(PrefixError) {
+        guard length >= 0, length <= network.family.bitWidth else {
+            throw .lengthOutOfRange(length, family: network.family)
+        }
+        let masked = network.masked(to: length)
+        guard masked == network else {
+            throw .hostBitsSet(address: network, length: length, network: IPPrefix(unchecked: masked, length: length))
+        }
+        self.network = network
+        self.length = length
+    }
+
+    /// A single address as a /32 or /128.
+    public init(address: IPAddress) {
+        self.init(unchecked: address, length: address.family.bitWidth)
+    }
+
+    init(unchecked network: IPAddress, length: Int) {
+        self.network = network
+        self.length = length
+    }
+
+    /// Parses `203.0.113.7`, `198.51.100.0/24`, `2001:db8::/32`.
+    public init(parsing text: some StringProtocol) throws(PrefixError) {
+        let string = String(text).trimmingWhitespace()
+        let parts = string.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let address = IPAddress(parts[0]) else { throw .notAnAddress(string) }
+        guard parts.count == 2 else {
+            self.init(address: address)
+            return
+        }
+        guard !parts[1].isEmpty, parts[1].allSatisfy(\.isASCIIDigit), let length = Int(parts[1]) else {
+            throw .notAnAddress(string)
+        }
+        try self.init(network: address, length: length)
+    }
+
+    /// The last address inside the prefix.
+    public var lastAddress: IPAddress {
+        switch network {
+        case .v4(let value):
+            let hostMask: UInt32 = length == 0 ? .max : (length == 32 ? 0 : (UInt32.max >> UInt32(length)))
+            return .v4(value | hostMask)
+        case .v6(let high, let low):
+            let highMask: UInt64 = length >= 64 ? 0 : (length == 0 ? .max : UInt64.max >> UInt64(length))
+            let lowMask: UInt64 = length <= 64 ? .max : (length == 128 ? 0 : UInt64.max >> UInt64(length - 64))
+            return .v6(high: high | highMask, low: low | lowMask)
+        }
+    }
+
+    /// True when `address` lies inside this prefix.
+    public func contains(_ address: IPAddress) -> Bool {
+        address.family == family && address.masked(to: length) == network
+    }
+
+    /// True when every address of `other` lies inside this prefix.
+    public func contains(_ other: IPPrefix) -> Bool {
+        other.family == family && other.length >= length && contains(other.network)
+    }
+
+    public static func < (lhs: IPPrefix, rhs: IPPrefix) -> Bool {
+        (lhs.network, lhs.length) < (rhs.network, rhs.length)
+    }
+}
+
+extension IPPrefix: CustomStringConvertible {
+    /// `203.0.113.7` for a single address, `198.51.100.0/24` otherwise.
+    public var description: String { isSingleAddress ? network.description : "\(network)/\(length)" }
+}
+
+extension IPPrefix: Codable {
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let text = try container.decode(String.self)
+        do {
+            try self.init(parsing: text)
+        } catch {
+            throw DecodingError.dataCorruptedError(in: container, debugDescription: error.description)
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}
+
+/// Why a text is not a usable prefix.
+public enum PrefixError: Error, Equatable, Sendable, CustomStringConvertible {
+    case notAnAddress(String)
+    case lengthOutOfRange(Int, family: AddressFamily)
+    case hostBitsSet(address: IPAddress, length: Int, network: IPPrefix)
+
+    public var description: String {
+        switch self {
+        case .notAnAddress(let text):
+            return "'\(text)' is not an IPv4 or IPv6 address or CIDR prefix (examples: 203.0.113.7, 198.51.100.0/24, "
+                + "2001:db8::/64)"
+        case .lengthOutOfRange(let length, let family):
+            return "prefix length /\(length) is out of range for \(family == .ipv4 ? "IPv4 (0-32)" : "IPv6 (0-128)")"
+        case .hostBitsSet(let address, let length, let network):
+            return "\(address)/\(length) has host bits set; did you mean \(network)?"
+        }
+    }
+}
+
+extension IPAddress {
+    /// The address with every bit after the first `length` cleared.
+    func masked(to length: Int) -> IPAddress {
+        switch self {
+        case .v4(let value):
+            let mask: UInt32 = length == 0 ? 0 : UInt32.max << UInt32(32 - length)
+            return .v4(value & mask)
+        case .v6(let high, let low):
+            let highMask: UInt64 = length >= 64 ? .max : (length == 0 ? 0 : UInt64.max << UInt64(64 - length))
+            let lowMask: UInt64 = length <= 64 ? 0 : (length == 128 ? .max : UInt64.max << UInt64(128 - length))
+            return .v6(high: high & highMask, low: low & lowMask)
+        }
+    }
+}
+
+extension Character {
+    var isASCIIDigit: Bool { isASCII && isNumber }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
+        let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
+        return String(scalars[first...last])
+    }
+}

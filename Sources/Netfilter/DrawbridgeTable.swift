@@ -1,0 +1,273 @@
+import DrawbridgeCore
+import Foundation
+
+/// The one table drawbridged owns: its sets, chains and rules, and how grants become set elements.
+///
+/// rules/drawbridge.nft is this definition in nft syntax (`ruleset(mode:)` prints it), and a kernel test checks
+/// that what this type builds lists exactly like what `nft -f rules/drawbridge.nft` builds.
+public enum DrawbridgeTable {
+    public static let name = "drawbridge"
+
+    /// `inet_proto . inet_service`: the ports under just-in-time control.
+    public static let managed = SetDefinition(name: "managed", keyTypes: [.inetProtocol, .inetService])
+    /// Break-glass prefixes, always allowed on every managed port.
+    public static let allow4 = SetDefinition(name: "allow4", keyTypes: [.ipv4Address], interval: true)
+    public static let allow6 = SetDefinition(name: "allow6", keyTypes: [.ipv6Address], interval: true)
+    /// Grants from single addresses: exact-match hash sets, linear and cheap at any size.
+    public static let grants4 = SetDefinition(
+        name: "grants4", keyTypes: [.ipv4Address, .inetProtocol, .inetService], timeout: true)
+    public static let grants6 = SetDefinition(
+        name: "grants6", keyTypes: [.ipv6Address, .inetProtocol, .inetService], timeout: true)
+    /// Grants from prefixes: concatenated interval sets (the kernel's pipapo backend).
+    public static let ranges4 = SetDefinition(
+        name: "ranges4", keyTypes: [.ipv4Address, .inetProtocol, .inetService], interval: true, timeout: true)
+    public static let ranges6 = SetDefinition(
+        name: "ranges6", keyTypes: [.ipv6Address, .inetProtocol, .inetService], interval: true, timeout: true)
+
+    public static let sets = [managed, allow4, allow6, grants4, grants6, ranges4, ranges6]
+    /// The sets that hold grants, each with a timeout per element.
+    public static let grantSets = [grants4, grants6, ranges4, ranges6]
+
+    /// The base chain: only packets to managed ports go on to the gate; everything else is not ours to judge.
+    public static let input = ChainDefinition(
+        name: "input", base: .init(hook: .input, priority: -10, acceptByDefault: true))
+    /// Decides packets to managed ports: accept what a grant or break-glass prefix allows, drop the rest.
+    public static let gate = ChainDefinition(name: "gate")
+
+    /// The rules of each chain, in order.
+    ///
+    /// Packets reach `gate` only when their protocol and destination port are in `managed`; a packet whose port
+    /// cannot be read (no transport header) never jumps, so nothing but a managed port can ever be dropped here.
+    public static func rules(mode: SessionMode) -> [(chain: String, rule: RuleDefinition)] {
+        var rules: [(String, RuleDefinition)] = [
+            (input.name, .lookup([.transportProtocol, .destinationPort], set: managed.name, verdict: .jump(gate.name))),
+            (gate.name, .loopbackInterface(.accept)),
+        ]
+        if mode == .keepSessions {
+            rules.append((gate.name, .establishedOrRelated(.accept)))
+        }
+        rules += [
+            (gate.name, .lookup([.ipv4Source], set: allow4.name, verdict: .accept)),
+            (gate.name, .lookup([.ipv6Source], set: allow6.name, verdict: .accept)),
+            (gate.name, .lookup([.ipv4Source, .transportProtocol, .destinationPort], set: grants4.name, verdict: .accept)),
+            (gate.name, .lookup([.ipv4Source, .transportProtocol, .destinationPort], set: ranges4.name, verdict: .accept)),
+            (gate.name, .lookup([.ipv6Source, .transportProtocol, .destinationPort], set: grants6.name, verdict: .accept)),
+            (gate.name, .lookup([.ipv6Source, .transportProtocol, .destinationPort], set: ranges6.name, verdict: .accept)),
+            (gate.name, .counted(.drop)),
+        ]
+        return rules
+    }
+
+    /// The changes that create the table if missing and (re)write its chains and rules, leaving every grant element
+    /// in place. Sent as one transaction, the rules are replaced atomically: no packet ever sees a half-built gate.
+    public static func installation(
+        mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]
+    ) -> Transaction {
+        var transaction = Transaction([.createTable(name)])
+        for set in sets { transaction.append(.createSet(table: name, set)) }
+        transaction.append(.createChain(table: name, input))
+        transaction.append(.createChain(table: name, gate))
+        transaction.append(.flushChain(table: name, chain: input.name))
+        transaction.append(.flushChain(table: name, chain: gate.name))
+        for (chain, rule) in rules(mode: mode) {
+            transaction.append(.appendRule(table: name, chain: chain, rule))
+        }
+        transaction.changes += replaceManaged(managedServices) + replaceAlwaysAllowed(alwaysAllowed)
+        return transaction
+    }
+
+    /// Replaces the managed ports (flush and refill, atomic inside a transaction).
+    public static func replaceManaged(_ services: [Service]) -> [Change] {
+        let elements = Set(services).sorted().map { service in
+            SetElement(key: ElementKey.protocolAndPort(service))
+        }
+        return [.flushSet(table: name, set: managed.name), .addElements(table: name, set: managed, elements)]
+    }
+
+    /// Replaces the break-glass prefixes of both families (flush and refill).
+    public static func replaceAlwaysAllowed(_ prefixes: [IPPrefix]) -> [Change] {
+        var changes: [Change] = []
+        for (family, set) in [(AddressFamily.ipv4, allow4), (.ipv6, allow6)] {
+            changes.append(.flushSet(table: name, set: set.name))
+            let ranges = AddressRange.merged(prefixes.filter { $0.family == family })
+            changes.append(.addElements(table: name, set: set, ranges.flatMap(ElementKey.intervalElements)))
+        }
+        return changes
+    }
+
+    /// The set that holds a grant's element: exact-match for single addresses, interval for prefixes.
+    public static func grantSet(for key: AccessKey) -> SetDefinition {
+        switch (key.source.family, key.source.isSingleAddress) {
+        case (.ipv4, true): return grants4
+        case (.ipv4, false): return ranges4
+        case (.ipv6, true): return grants6
+        case (.ipv6, false): return ranges6
+        }
+    }
+
+    /// The kernel element for a grant: for prefixes the exact start key and inclusive end key, which is also what
+    /// deleting it must name (the kernel looks a pipapo element up by its start as a point).
+    public static func element(for key: AccessKey, expiresAt: Date? = nil) -> SetElement {
+        let start = ElementKey.access(address: key.source.network, key.service)
+        let end = key.source.isSingleAddress ? nil : ElementKey.access(address: key.source.lastAddress, key.service)
+        return SetElement(key: start, keyEnd: end, expiry: expiresAt.map(ElementExpiry.at) ?? .never)
+    }
+
+    /// Reads a grant element back, or nil if it is not one drawbridge could have written (a hand-added range that is
+    /// not a CIDR prefix, a protocol other than tcp/udp).
+    public static func accessKey(from element: ListedElement) -> AccessKey? {
+        guard let (start, service) = ElementKey.parseAccess(element.key) else { return nil }
+        guard let keyEnd = element.keyEnd, keyEnd != element.key else {
+            return AccessKey(source: IPPrefix(address: start), service: service)
+        }
+        guard let (end, endService) = ElementKey.parseAccess(keyEnd), endService == service,
+            let prefix = IPPrefix(spanning: start, end)
+        else { return nil }
+        return AccessKey(source: prefix, service: service)
+    }
+
+    /// The table in nft syntax: exactly rules/drawbridge.nft for keep-sessions.
+    public static func ruleset(mode: SessionMode) -> String {
+        var text = "table inet \(name) {\n"
+        for set in sets {
+            text += "\tset \(set.name) {\n\t\ttype \(set.keyTypes.map(\.nftName).joined(separator: " . "))\n"
+            let flags = (set.interval ? ["interval"] : []) + (set.timeout ? ["timeout"] : [])
+            if !flags.isEmpty { text += "\t\tflags \(flags.joined(separator: ","))\n" }
+            text += "\t}\n\n"
+        }
+        let all = rules(mode: mode)
+        for chain in [input, gate] {
+            text += "\tchain \(chain.name) {\n"
+            if let base = chain.base {
+                let priority = base.priority == 0 ? "filter" : "filter \(base.priority < 0 ? "-" : "+") \(abs(base.priority))"
+                text += "\t\ttype filter hook input priority \(priority); policy \(base.acceptByDefault ? "accept" : "drop");\n"
+            }
+            for (_, rule) in all.filter({ $0.chain == chain.name }) {
+                text += "\t\t\(rule.nftText)\n"
+            }
+            text += "\t}\n" + (chain.name == gate.name ? "" : "\n")
+        }
+        return text + "}\n"
+    }
+}
+
+extension SetKeyType {
+    var nftName: String {
+        switch self {
+        case .ipv4Address: return "ipv4_addr"
+        case .ipv6Address: return "ipv6_addr"
+        case .inetProtocol: return "inet_proto"
+        case .inetService: return "inet_service"
+        }
+    }
+}
+
+extension RuleDefinition {
+    /// The rule as `nft list` prints it.
+    var nftText: String {
+        func verdictText(_ verdict: Verdict) -> String {
+            switch verdict {
+            case .accept: return "accept"
+            case .drop: return "drop"
+            case .jump(let chain): return "jump \(chain)"
+            }
+        }
+        switch self {
+        case .lookup(let selectors, let set, let verdict):
+            let names = selectors.map { selector in
+                switch selector {
+                case .ipv4Source: return "ip saddr"
+                case .ipv6Source: return "ip6 saddr"
+                case .transportProtocol: return "meta l4proto"
+                case .destinationPort: return "th dport"
+                }
+            }
+            return "\(names.joined(separator: " . ")) @\(set) \(verdictText(verdict))"
+        case .loopbackInterface(let verdict):
+            return "iif \"lo\" \(verdictText(verdict))"
+        case .establishedOrRelated(let verdict):
+            return "ct state established,related \(verdictText(verdict))"
+        case .counted(let verdict):
+            return "counter \(verdictText(verdict))"
+        }
+    }
+}
+
+/// Byte layouts of set keys: every field in network order, padded to a 4-byte register.
+enum ElementKey {
+    static func protocolAndPort(_ service: Service) -> [UInt8] {
+        [service.transport.number, 0, 0, 0, UInt8(service.port >> 8), UInt8(service.port & 0xff), 0, 0]
+    }
+
+    static func access(address: IPAddress, _ service: Service) -> [UInt8] {
+        address.bytes + protocolAndPort(service)
+    }
+
+    static func parseAccess(_ key: [UInt8]) -> (IPAddress, Service)? {
+        guard key.count == 12 || key.count == 24 else { return nil }
+        let addressLength = key.count - 8
+        guard let address = IPAddress(bytes: key[0..<addressLength]),
+            let transport = TransportProtocol(number: key[addressLength])
+        else { return nil }
+        let port = UInt16(key[addressLength + 4]) << 8 | UInt16(key[addressLength + 5])
+        return (address, Service(port: port, transport: transport))
+    }
+
+    /// A range in a single-field interval set, in the kernel's classic encoding: the start, then the first address
+    /// after the range flagged as an interval end (omitted when the range runs to the last address).
+    static func intervalElements(_ range: AddressRange) -> [SetElement] {
+        var elements = [SetElement(key: range.first.bytes)]
+        if let after = range.last.successor {
+            elements.append(SetElement(key: after.bytes, isIntervalEnd: true))
+        }
+        return elements
+    }
+}
+
+/// An inclusive range of addresses of one family.
+struct AddressRange: Equatable {
+    var first: IPAddress
+    var last: IPAddress
+
+    /// Merges prefixes into the fewest disjoint, non-adjacent ranges (the kernel refuses overlapping intervals).
+    static func merged(_ prefixes: [IPPrefix]) -> [AddressRange] {
+        let sorted = prefixes.map { AddressRange(first: $0.network, last: $0.lastAddress) }.sorted { $0.first < $1.first }
+        var result: [AddressRange] = []
+        for range in sorted {
+            if var previous = result.last, previous.last.successor.map({ range.first <= $0 }) ?? true {
+                if range.last > previous.last { previous.last = range.last }
+                result[result.count - 1] = previous
+            } else {
+                result.append(range)
+            }
+        }
+        return result
+    }
+}
+
+extension IPAddress {
+    /// The next address, or nil after the last one of the family.
+    var successor: IPAddress? {
+        switch self {
+        case .v4(let value):
+            return value == .max ? nil : .v4(value + 1)
+        case .v6(let high, let low):
+            if low != .max { return .v6(high: high, low: low + 1) }
+            return high == .max ? nil : .v6(high: high + 1, low: 0)
+        }
+    }
+}
+
+extension IPPrefix {
+    /// The prefix whose first and last addresses are exactly these, or nil if they do not bound a CIDR prefix.
+    init?(spanning first: IPAddress, _ last: IPAddress) {
+        guard first.family == last.family else { return nil }
+        for length in 0...first.family.bitWidth {
+            if let prefix = try? IPPrefix(network: first, length: length), prefix.lastAddress == last {
+                self = prefix
+                return
+            }
+        }
+        return nil
+    }
+}

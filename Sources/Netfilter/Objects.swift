@@ -1,0 +1,218 @@
+import Foundation
+
+/// The data types a set key can be built from, with the ids the `nft` tool uses to print them.
+public enum SetKeyType: Sendable, Hashable {
+    case ipv4Address
+    case ipv6Address
+    case inetProtocol
+    case inetService
+
+    /// nft's datatype id (include/datatype.h); only userspace interprets it, to print elements.
+    var datatypeID: UInt32 {
+        switch self {
+        case .ipv4Address: return 7
+        case .ipv6Address: return 8
+        case .inetProtocol: return 12
+        case .inetService: return 13
+        }
+    }
+
+    /// The field's own length in bytes, before padding to a 4-byte register.
+    var length: UInt8 {
+        switch self {
+        case .ipv4Address: return 4
+        case .ipv6Address: return 16
+        case .inetProtocol: return 1
+        case .inetService: return 2
+        }
+    }
+
+    var paddedLength: Int { (Int(length) + 3) & ~3 }
+}
+
+/// The definition of a named set.
+public struct SetDefinition: Sendable, Hashable {
+    public var name: String
+    /// One type, or several for a concatenation (`ipv4_addr . inet_proto . inet_service`).
+    public var keyTypes: [SetKeyType]
+    /// Elements are ranges (prefixes). With several key types this selects the kernel's pipapo backend.
+    public var interval: Bool
+    /// Elements carry their own timeout and the kernel stops matching them at expiry.
+    public var timeout: Bool
+    /// The most elements the set may hold (the kernel answers ENFILE beyond it); nil for no limit.
+    public var size: UInt32?
+
+    public init(
+        name: String, keyTypes: [SetKeyType], interval: Bool = false, timeout: Bool = false, size: UInt32? = nil
+    ) {
+        precondition(!keyTypes.isEmpty && keyTypes.count <= 5, "a set key has one to five fields")
+        self.name = name
+        self.keyTypes = keyTypes
+        self.interval = interval
+        self.timeout = timeout
+        self.size = size
+    }
+
+    var isConcatenation: Bool { keyTypes.count > 1 }
+
+    /// The key type id as nft packs it: 6 bits per field, the first field in the highest slot.
+    var keyTypeID: UInt32 { keyTypes.reduce(0) { $0 << 6 | $1.datatypeID } }
+
+    /// The key length: every field padded to a 4-byte register (except a lone field, which keeps its own length).
+    var keyLength: Int {
+        isConcatenation ? keyTypes.reduce(0) { $0 + $1.paddedLength } : Int(keyTypes[0].length)
+    }
+}
+
+/// A hook on which a base chain runs.
+public enum ChainHook: Sendable, Hashable {
+    case input
+}
+
+/// A chain: a base chain when it has a hook, a regular chain (a jump target) otherwise.
+public struct ChainDefinition: Sendable, Hashable {
+    public struct Base: Sendable, Hashable {
+        public var hook: ChainHook
+        public var priority: Int32
+        /// The verdict for packets no rule decided: true for accept.
+        public var acceptByDefault: Bool
+
+        public init(hook: ChainHook, priority: Int32, acceptByDefault: Bool) {
+            self.hook = hook
+            self.priority = priority
+            self.acceptByDefault = acceptByDefault
+        }
+    }
+
+    public var name: String
+    public var base: Base?
+
+    public init(name: String, base: Base? = nil) {
+        self.name = name
+        self.base = base
+    }
+}
+
+/// The verdict that ends a rule.
+public enum Verdict: Sendable, Hashable {
+    case accept
+    case drop
+    case jump(String)
+}
+
+/// A value a rule can match, loaded into a register.
+public enum Selector: Sendable, Hashable {
+    /// `ip saddr` in an inet table (with the implied check that the packet is IPv4).
+    case ipv4Source
+    /// `ip6 saddr` in an inet table (with the implied check that the packet is IPv6).
+    case ipv6Source
+    /// `meta l4proto`.
+    case transportProtocol
+    /// `th dport`: the destination port of whatever transport header the packet has.
+    case destinationPort
+}
+
+/// One rule of a chain, in the small vocabulary the drawbridge table needs.
+public enum RuleDefinition: Sendable, Hashable {
+    /// `SELECTOR . SELECTOR ... @set VERDICT`.
+    case lookup([Selector], set: String, verdict: Verdict)
+    /// `iif "lo" VERDICT` (the loopback interface is index 1 in every namespace).
+    case loopbackInterface(Verdict)
+    /// `ct state established,related VERDICT`.
+    case establishedOrRelated(Verdict)
+    /// `counter VERDICT`.
+    case counted(Verdict)
+}
+
+/// The expiry an element carries into the kernel.
+public enum ElementExpiry: Sendable, Hashable {
+    /// No timeout: the element stays until deleted.
+    case never
+    /// The kernel stops matching the element at this wall-clock instant. The timeout sent is computed from it as
+    /// the transaction is encoded, as late as possible.
+    case at(Date)
+}
+
+/// A set element as bytes, ready for the kernel: a key, an inclusive key end for ranges in concatenated interval
+/// sets, and an expiry.
+public struct SetElement: Sendable, Hashable {
+    public var key: [UInt8]
+    public var keyEnd: [UInt8]?
+    /// `NFT_SET_ELEM_INTERVAL_END`: the exclusive end of a range in a single-field interval set.
+    public var isIntervalEnd: Bool
+    public var expiry: ElementExpiry
+
+    public init(key: [UInt8], keyEnd: [UInt8]? = nil, isIntervalEnd: Bool = false, expiry: ElementExpiry = .never) {
+        self.key = key
+        self.keyEnd = keyEnd
+        self.isIntervalEnd = isIntervalEnd
+        self.expiry = expiry
+    }
+}
+
+/// An element as a dump returned it.
+public struct ListedElement: Sendable, Hashable {
+    public var key: [UInt8]
+    public var keyEnd: [UInt8]?
+    public var isIntervalEnd: Bool
+    /// The element's timeout in milliseconds, if it has one.
+    public var timeoutMilliseconds: UInt64?
+    /// The time left before expiry in milliseconds, if it has a timeout.
+    public var remainingMilliseconds: UInt64?
+}
+
+/// One change inside a transaction.
+public enum Change: Sendable {
+    case createTable(String)
+    case deleteTable(String)
+    case createChain(table: String, ChainDefinition)
+    /// Deletes every rule of a chain.
+    case flushChain(table: String, chain: String)
+    case appendRule(table: String, chain: String, RuleDefinition)
+    case createSet(table: String, SetDefinition)
+    /// Deletes every element of a set.
+    case flushSet(table: String, set: String)
+    case addElements(table: String, set: SetDefinition, [SetElement])
+    /// Deletes elements, identified by their exact key (for ranges: the exact start key that was added).
+    case deleteElements(table: String, set: SetDefinition, [SetElement])
+    /// Deletes elements that are present and ignores those that are not (NFT_MSG_DESTROYSETELEM, Linux 6.3+; older
+    /// kernels refuse the transaction with EINVAL).
+    case destroyElements(table: String, set: SetDefinition, [SetElement])
+}
+
+/// A list of changes the kernel applies as one atomic transaction: all of them, or (on any error) none.
+public struct Transaction: Sendable {
+    public var changes: [Change] = []
+
+    public init(_ changes: [Change] = []) {
+        self.changes = changes
+    }
+
+    public mutating func append(_ change: Change) {
+        changes.append(change)
+    }
+
+    public var isEmpty: Bool { changes.isEmpty }
+
+    /// The number of elements added or deleted.
+    public var elementCount: Int {
+        changes.reduce(0) {
+            switch $1 {
+            case .addElements(_, _, let elements), .deleteElements(_, _, let elements),
+                .destroyElements(_, _, let elements):
+                return $0 + elements.count
+            default: return $0
+            }
+        }
+    }
+}
+
+/// What a committed transaction cost.
+public struct CommitReport: Sendable {
+    /// Netlink messages between batch begin and end.
+    public var messages: Int
+    /// Bytes handed to the kernel in the one sendmsg.
+    public var bytes: Int
+    /// The timeouts that were computed for elements with an absolute expiry were read against this instant.
+    public var encodedAt: Date
+}

@@ -1,0 +1,2 @@
+import DrawbridgeCore
+import Testing

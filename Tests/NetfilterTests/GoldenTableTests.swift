@@ -1,0 +1,105 @@
+import DrawbridgeCore
+import Foundation
+import Netfilter
+import TestSupport
+import Testing
+
+/// The table built through libnftnl must be the table rules/drawbridge.nft describes, as `nft` itself sees both.
+@Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)))
+struct GoldenTableTests {
+    static let rulesFile = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("rules/drawbridge.nft")
+
+    /// `nft -j list table inet drawbridge` without the parts that differ between any two loads (handles, the nft
+    /// version banner), with set elements sorted.
+    static func normalizedListing(in namespace: NetworkNamespace) throws -> String {
+        let listing = try run(["nft", "-j", "list", "table", "inet", "drawbridge"], in: namespace).output
+        let json = try JSONSerialization.jsonObject(with: Data(listing.utf8)) as! [String: Any]
+        let items = (json["nftables"] as! [[String: Any]]).filter { $0["metainfo"] == nil }
+        func strip(_ value: Any) -> Any {
+            if var dictionary = value as? [String: Any] {
+                dictionary.removeValue(forKey: "handle")
+                for (key, inner) in dictionary { dictionary[key] = strip(inner) }
+                return dictionary
+            }
+            if let array = value as? [Any] { return array.map(strip) }
+            return value
+        }
+        let data = try JSONSerialization.data(withJSONObject: strip(items), options: [.sortedKeys, .prettyPrinted])
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    @Test("the module builds exactly the table of rules/drawbridge.nft")
+    func moduleMatchesRulesFile() throws {
+        let fromFile = try NetworkNamespace.createAnonymous()
+        try run(["nft", "-f", Self.rulesFile.path], in: fromFile)
+
+        let fromModule = try NetworkNamespace.createAnonymous()
+        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: fromModule))
+        try enforcer.install(mode: .keepSessions, managedServices: [], alwaysAllowed: [])
+
+        let expected = try Self.normalizedListing(in: fromFile)
+        #expect(expected.contains("\"gate\""))
+        #expect(try Self.normalizedListing(in: fromModule) == expected)
+    }
+
+    @Test("rules/drawbridge.nft is what the module prints and what nft lists back", arguments: SessionMode.allCases)
+    func rulesTextMatches(mode: SessionMode) throws {
+        let namespace = try NetworkNamespace.createAnonymous()
+        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: namespace))
+        try enforcer.install(mode: mode, managedServices: [], alwaysAllowed: [])
+        let listed = try run(["nft", "list", "table", "inet", "drawbridge"], in: namespace).output
+            .replacingOccurrences(of: "counter packets 0 bytes 0", with: "counter")
+        #expect(listed == DrawbridgeTable.ruleset(mode: mode))
+        if mode == .keepSessions {
+            let file = try String(contentsOf: Self.rulesFile, encoding: .utf8)
+            let withoutComments = file.split(separator: "\n", omittingEmptySubsequences: false)
+                .drop { $0.hasPrefix("#") }.joined(separator: "\n")
+            #expect(withoutComments == DrawbridgeTable.ruleset(mode: mode))
+        }
+    }
+
+    @Test("managed ports and break-glass prefixes list as nft would load them")
+    func elementsMatchNft() throws {
+        let managed = [Service(port: 22, transport: .tcp), Service(port: 5432, transport: .tcp), Service(port: 53, transport: .udp)]
+        let allowed = try ["192.0.2.10", "198.51.100.0/24", "203.0.113.0/25", "203.0.113.128/25", "2001:db8::/32", "::/0"]
+            .map { try IPPrefix(parsing: $0) }
+
+        let fromModule = try NetworkNamespace.createAnonymous()
+        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: fromModule))
+        try enforcer.install(mode: .cutSessions, managedServices: managed, alwaysAllowed: allowed)
+
+        let fromFile = try NetworkNamespace.createAnonymous()
+        let ruleset = DrawbridgeTable.ruleset(mode: .cutSessions)
+        try run(["nft", "-f", "-"], in: fromFile, input: ruleset)
+        try run(
+            ["nft", "-f", "-"], in: fromFile,
+            input: """
+                add element inet drawbridge managed { tcp . 22, tcp . 5432, udp . 53 }
+                add element inet drawbridge allow4 { 192.0.2.10, 198.51.100.0/24, 203.0.113.0/24 }
+                add element inet drawbridge allow6 { ::/0 }
+
+                """)
+        #expect(try Self.normalizedListing(in: fromModule) == Self.normalizedListing(in: fromFile))
+    }
+
+    @Test("installing again keeps grants and does not duplicate rules")
+    func reinstallIsIdempotent() throws {
+        let namespace = try NetworkNamespace.createAnonymous()
+        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: namespace))
+        let ssh = Service(port: 22, transport: .tcp)
+        try enforcer.install(mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [])
+        let key = AccessKey(source: IPPrefix(address: IPAddress("203.0.113.7")!), service: ssh)
+        try enforcer.reconcile(desired: [key: Date().addingTimeInterval(600)])
+        let before = try Self.normalizedListing(in: namespace)
+
+        try enforcer.install(mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [])
+        #expect(try enforcer.read().elements.keys.contains(key))
+        let after = try Self.normalizedListing(in: namespace)
+        // Only the expiry countdown may differ; the rules must not have been appended twice.
+        let rules = { (listing: String) in listing.components(separatedBy: "\"rule\"").count }
+        #expect(rules(after) == rules(before))
+        #expect(rules(after) == DrawbridgeTable.rules(mode: .keepSessions).count + 1)
+    }
+}
