@@ -1,0 +1,238 @@
+import DrawbridgeCore
+import Foundation
+import Netfilter
+import TestSupport
+import Testing
+
+/// Refresh, delete-of-expired, large batches, atomicity and typed errors, against the real kernel in a namespace.
+@Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)))
+struct TransactionTests {
+    static let ssh = Service(port: 22, transport: .tcp)
+
+    /// A namespace with the drawbridge table installed.
+    static func installed(canDestroyElements: Bool? = nil) throws -> (NetworkNamespace, GrantEnforcer) {
+        let namespace = try NetworkNamespace.createAnonymous()
+        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: namespace), canDestroyElements: canDestroyElements ?? false)
+        try enforcer.install(mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [], probeDestroy: canDestroyElements == nil)
+        return (namespace, enforcer)
+    }
+
+    static func key(_ source: String, port: UInt16 = 22) throws -> AccessKey {
+        AccessKey(source: try IPPrefix(parsing: source), service: Service(port: port, transport: .tcp))
+    }
+
+    /// Remaining lifetime the kernel reports for `key`, in seconds.
+    static func remaining(_ key: AccessKey, _ enforcer: GrantEnforcer) throws -> TimeInterval? {
+        try enforcer.read().elements[key].map { $0.timeIntervalSinceNow }
+    }
+
+    @Test("remaining expiry is read back from the kernel for every kind of grant set")
+    func dumpReportsRemainingTime() throws {
+        let (_, enforcer) = try Self.installed()
+        let keys = try ["203.0.113.7", "198.51.100.0/24", "2001:db8::7", "2001:db8:5::/48"].map { try Self.key($0) }
+        let expiry = Date().addingTimeInterval(1800)
+        try enforcer.reconcile(desired: Dictionary(uniqueKeysWithValues: keys.map { ($0, expiry) }))
+        let state = try enforcer.read()
+        #expect(Set(state.elements.keys) == Set(keys))
+        for key in keys {
+            let seconds = try #require(state.elements[key]).timeIntervalSince(expiry)
+            #expect(abs(seconds) < 1, "\(key) expires \(seconds) s away from the requested instant")
+        }
+        #expect(state.foreign.isEmpty)
+    }
+
+    @Test("refresh moves an expiry later and earlier, with delete and add in one transaction", arguments: [false, true])
+    func refresh(destroy: Bool) throws {
+        let (_, enforcer) = try Self.installed(canDestroyElements: destroy)
+        for source in ["203.0.113.9", "198.51.100.64/26", "2001:db8::9", "2001:db8:7::/64"] {
+            let key = try Self.key(source)
+            try enforcer.reconcile(desired: [key: Date().addingTimeInterval(60)])
+            #expect(try #require(try Self.remaining(key, enforcer)) > 55)
+
+            let longer = try enforcer.reconcile(desired: [key: Date().addingTimeInterval(3600)])
+            #expect(longer.diff.refreshes.map(\.key) == [key])
+            #expect(try #require(try Self.remaining(key, enforcer)) > 3590, "extension of \(source) took effect")
+
+            try enforcer.reconcile(desired: [key: Date().addingTimeInterval(30)])
+            let shortened = try #require(try Self.remaining(key, enforcer))
+            #expect(shortened < 31 && shortened > 25, "shortening of \(source) took effect")
+            #expect(try enforcer.read().elements.count == 1, "one element per grant, no duplicate")
+            try enforcer.reconcile(desired: [:])
+        }
+    }
+
+    @Test("this kernel's answer to a plain re-add (the reason refresh is delete + add)")
+    func plainReAddObservation() throws {
+        let (_, enforcer) = try Self.installed()
+        let key = try Self.key("203.0.113.10")
+        try enforcer.reconcile(desired: [key: Date().addingTimeInterval(60)])
+        try enforcer.connection.commit(Transaction([
+            .addElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4,
+                         [DrawbridgeTable.element(for: key, expiresAt: Date().addingTimeInterval(600))]),
+        ]))
+        let remaining = try #require(try Self.remaining(key, enforcer))
+        let release = try String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8)
+        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        if parts.count == 2, (parts[0], parts[1]) >= (6, 12) {
+            #expect(remaining > 590, "Linux 6.12+ updates the timeout on re-add")
+        } else {
+            #expect(remaining < 61, "before Linux 6.12 a re-add keeps the old expiry")
+        }
+    }
+
+    @Test("deleting an element that just expired aborts a strict batch; the reconcile recovers")
+    func deleteOfExpired() throws {
+        let (_, enforcer) = try Self.installed(canDestroyElements: false)
+        let short = try Self.key("203.0.113.20")
+        let shortRange = try Self.key("198.51.100.128/25")
+        let long = try Self.key("203.0.113.21")
+        let newcomer = try Self.key("203.0.113.22")
+        try enforcer.reconcile(desired: [
+            short: Date().addingTimeInterval(0.5), shortRange: Date().addingTimeInterval(0.5),
+            long: Date().addingTimeInterval(600),
+        ])
+        // A diff computed while they were alive, applied after they expired.
+        let stale = ElementDiff(
+            desired: [newcomer: Date().addingTimeInterval(600)],
+            actual: [short: Date().addingTimeInterval(0.5), shortRange: Date().addingTimeInterval(0.5), long: Date().addingTimeInterval(600)],
+            now: Date())
+        usleep(800_000)
+        #expect(throws: NetfilterError.self) { try enforcer.apply(stale) }
+        do {
+            try enforcer.apply(stale)
+        } catch {
+            #expect(error.code == .elementAbsent)
+            #expect(error.errno == ENOENT)
+        }
+        let afterAbort = try enforcer.read().elements
+        #expect(afterAbort.keys.contains(long), "the aborted batch deleted nothing")
+        #expect(!afterAbort.keys.contains(newcomer), "the aborted batch added nothing")
+
+        let outcome = try enforcer.reconcile(desired: [newcomer: Date().addingTimeInterval(600)])
+        #expect(outcome.attempts == 1, "the reconcile reads the kernel, which no longer lists expired elements")
+        #expect(Set(try enforcer.read().elements.keys) == [newcomer])
+    }
+
+    @Test("with DESTROYSETELEM (Linux 6.3+) a stale delete does not abort the batch")
+    func destroyOfExpired() throws {
+        let (_, enforcer) = try Self.installed()
+        try #require(enforcer.canDestroyElements, "this kernel is expected to support NFT_MSG_DESTROYSETELEM")
+        let short = try Self.key("198.51.100.0/25")
+        let newcomer = try Self.key("203.0.113.30")
+        try enforcer.reconcile(desired: [short: Date().addingTimeInterval(0.3)])
+        usleep(500_000)
+        let stale = ElementDiff(desired: [newcomer: Date().addingTimeInterval(60)], actual: [short: Date().addingTimeInterval(60)], now: Date())
+        try enforcer.apply(stale)
+        #expect(Set(try enforcer.read().elements.keys) == [newcomer])
+    }
+
+    @Test("an expiry already past is sent as 1 ms, never as 0 (which would mean forever)")
+    func pastExpiryNeverBecomesPermanent() throws {
+        let (namespace, enforcer) = try Self.installed()
+        let key = try Self.key("203.0.113.40")
+        try enforcer.apply(ElementDiff(desired: [key: Date().addingTimeInterval(600)], actual: [:], now: Date()))
+        try enforcer.connection.commit(Transaction([
+            .deleteElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4, [DrawbridgeTable.element(for: key)]),
+            .addElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4,
+                         [DrawbridgeTable.element(for: key, expiresAt: Date().addingTimeInterval(-10))]),
+        ]))
+        usleep(50_000)
+        #expect(try enforcer.read().elements.isEmpty)
+        let listing = try run(["nft", "list", "set", "inet", "drawbridge", "grants4"], in: namespace).output
+        #expect(!listing.contains("203.0.113.40"))
+    }
+
+    @Test("100,000 elements go in one transaction, split into messages under 64 KiB", arguments: [false, true])
+    func largeBatch(prefixes: Bool) throws {
+        let (_, enforcer) = try Self.installed()
+        // Documentation addresses only: 256 addresses (or 64 /30 prefixes) times enough ports.
+        var desired: [AccessKey: Date] = [:]
+        let expiry = Date().addingTimeInterval(3600)
+        let portsPerSource = prefixes ? 1563 : 391
+        for index in 0..<(prefixes ? 64 : 256) {
+            let source = prefixes ? try IPPrefix(parsing: "198.51.100.\(index * 4)/30") : IPPrefix(address: .v4(0xC000_0200 | UInt32(index)))
+            for port in 1...portsPerSource where desired.count < 100_000 {
+                desired[AccessKey(source: source, service: Service(port: UInt16(port), transport: .tcp))] = expiry
+            }
+        }
+        #expect(desired.count == 100_000)
+        let outcome = try enforcer.reconcile(desired: desired)
+        let report = try #require(outcome.report)
+        #expect(report.messages > 50, "split across many element messages")
+        #expect(report.bytes > 3_000_000)
+        let state = try enforcer.read()
+        #expect(state.elements.count == 100_000)
+        #expect(state.elements.values.allSatisfy { abs($0.timeIntervalSince(expiry)) < 30 })
+
+        // One more element while 100,000 are present: a one-message transaction.
+        let one = try Self.key(prefixes ? "203.0.113.0/30" : "203.0.113.1")
+        let single = try enforcer.apply(ElementDiff(desired: [one: expiry], actual: [:], now: Date()))
+        #expect(single.messages == 1)
+        #expect(try enforcer.read().elements.count == 100_001)
+    }
+
+    @Test("a transaction is atomic: one bad change and nothing is applied")
+    func atomicity() throws {
+        let (_, enforcer) = try Self.installed()
+        let wide = try Self.key("198.51.100.0/24")
+        try enforcer.reconcile(desired: [wide: Date().addingTimeInterval(600)])
+        let good = try Self.key("203.0.113.50")
+        // A /25 whose start lies inside the existing /24: the interval set refuses the overlap.
+        let overlapping = try Self.key("198.51.100.128/25")
+        let diff = ElementDiff(
+            desired: [good: Date().addingTimeInterval(600), overlapping: Date().addingTimeInterval(600)], actual: [:], now: Date())
+        do {
+            try enforcer.apply(diff)
+            Issue.record("the overlapping element was accepted")
+        } catch {
+            #expect(error.code == .alreadyExists)
+            #expect(error.object == "ranges4")
+            #expect(error.description.contains("ranges4"))
+        }
+        #expect(Set(try enforcer.read().elements.keys) == [wide])
+    }
+
+    @Test("a transaction built from a stale generation is refused whole")
+    func generationGuard() throws {
+        let (_, enforcer) = try Self.installed()
+        let generation = try enforcer.connection.generation()
+        try enforcer.reconcile(desired: [try Self.key("203.0.113.60"): Date().addingTimeInterval(600)])
+        let late = try Self.key("203.0.113.61")
+        do {
+            try enforcer.apply(ElementDiff(desired: [late: Date().addingTimeInterval(600)], actual: [:], now: Date()), generation: generation)
+            Issue.record("a stale generation was accepted")
+        } catch {
+            #expect(error.code == .generationChanged)
+        }
+        #expect(!(try enforcer.read().elements.keys.contains(late)))
+    }
+
+    @Test("errors name the failure, the operation and the object")
+    func typedErrors() throws {
+        let namespace = try NetworkNamespace.createAnonymous()
+        let connection = try NetfilterConnection(namespace: namespace)
+        do {
+            _ = try connection.listElements(table: "drawbridge", set: "grants4")
+            Issue.record("listing a missing table succeeded")
+        } catch {
+            #expect(error.code == .tableMissing)
+            #expect(error.description.contains("table inet drawbridge"))
+            #expect(error.description.contains("does not exist"))
+        }
+
+        // A set with room for two elements answers the third with ENFILE.
+        let tiny = SetDefinition(name: "tiny", keyTypes: [.ipv4Address, .inetProtocol, .inetService], timeout: true, size: 2)
+        try connection.commit(Transaction([.createTable("sizes"), .createSet(table: "sizes", tiny)]))
+        let elements = try (1...3).map { DrawbridgeTable.element(for: try Self.key("203.0.113.\($0)"), expiresAt: Date().addingTimeInterval(60)) }
+        do {
+            try connection.commit(Transaction([.addElements(table: "sizes", set: tiny, elements)]))
+            Issue.record("a full set accepted a third element")
+        } catch {
+            #expect(error.code == .setFull)
+            #expect(error.errno == ENFILE)
+            #expect(error.description.contains("the set is full"))
+            #expect(error.description.contains("tiny"))
+        }
+        #expect(try connection.listElements(table: "sizes", set: "tiny").isEmpty)
+    }
+}
