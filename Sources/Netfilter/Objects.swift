@@ -159,6 +159,17 @@ public struct ListedElement: Sendable, Hashable {
     public var timeoutMilliseconds: UInt64?
     /// The time left before expiry in milliseconds, if it has a timeout.
     public var remainingMilliseconds: UInt64?
+
+    public init(
+        key: [UInt8], keyEnd: [UInt8]? = nil, isIntervalEnd: Bool = false, timeoutMilliseconds: UInt64? = nil,
+        remainingMilliseconds: UInt64? = nil
+    ) {
+        self.key = key
+        self.keyEnd = keyEnd
+        self.isIntervalEnd = isIntervalEnd
+        self.timeoutMilliseconds = timeoutMilliseconds
+        self.remainingMilliseconds = remainingMilliseconds
+    }
 }
 
 /// One change inside a transaction.

@@ -77,7 +77,7 @@ struct EnforcementTests {
         let failure = try #require(firstFailure, "the grant never expired")
         #expect(lastSuccess < expiresAt.addingTimeInterval(0.05))
         #expect(failure.timeIntervalSince(expiresAt) > -0.05)
-        #expect(failure.timeIntervalSince(expiresAt) < 0.3)
+        #expect(failure.timeIntervalSince(expiresAt) < 1.0, "a loaded machine may start the attempt late; the kernel itself drops at expiry")
         #expect(try !connects(source, destination), "still refused after expiry")
         #expect(try connects(source, destination, 8080))
     }
