@@ -126,13 +126,25 @@ public enum DrawbridgeTable {
         return AccessKey(source: prefix, service: service)
     }
 
-    /// The table in nft syntax: exactly rules/drawbridge.nft for keep-sessions.
-    public static func ruleset(mode: SessionMode) -> String {
+    /// The table in nft syntax: exactly rules/drawbridge.nft for keep-sessions with no elements; with a policy's
+    /// managed ports and break-glass prefixes, what `nft list table inet drawbridge` shows before any grant.
+    public static func ruleset(
+        mode: SessionMode, managedServices: [Service] = [], alwaysAllowed: [IPPrefix] = []
+    ) -> String {
+        var elements: [String: [String]] = [
+            managed.name: Set(managedServices).sorted().map { "\($0.transport.rawValue) . \($0.port)" }
+        ]
+        for (family, set) in [(AddressFamily.ipv4, allow4), (.ipv6, allow6)] {
+            elements[set.name] = AddressRange.merged(alwaysAllowed.filter { $0.family == family }).map(\.nftText)
+        }
         var text = "table inet \(name) {\n"
         for set in sets {
             text += "\tset \(set.name) {\n\t\ttype \(set.keyTypes.map(\.nftName).joined(separator: " . "))\n"
             let flags = (set.interval ? ["interval"] : []) + (set.timeout ? ["timeout"] : [])
             if !flags.isEmpty { text += "\t\tflags \(flags.joined(separator: ","))\n" }
+            if let items = elements[set.name], !items.isEmpty {
+                text += "\t\telements = { \(items.joined(separator: ", ")) }\n"
+            }
             text += "\t}\n\n"
         }
         let all = rules(mode: mode)
@@ -228,6 +240,13 @@ enum ElementKey {
 struct AddressRange: Equatable {
     var first: IPAddress
     var last: IPAddress
+
+    /// `198.51.100.0/24` when the range is a prefix, `192.0.2.10` for one address, `a-b` otherwise.
+    var nftText: String {
+        if first == last { return first.description }
+        if let prefix = IPPrefix(spanning: first, last) { return prefix.description }
+        return "\(first)-\(last)"
+    }
 
     /// Merges prefixes into the fewest disjoint, non-adjacent ranges (the kernel refuses overlapping intervals).
     static func merged(_ prefixes: [IPPrefix]) -> [AddressRange] {

@@ -227,7 +227,7 @@ public final class NetfilterConnection {
     }
 
     /// Sends one request and reads its replies until the kernel's ACK (non-dump) or NLMSG_DONE (dump).
-    private func request(
+    func request(
         type: nf_tables_msg_types,
         family: UInt16,
         dump: Bool,

@@ -19,11 +19,13 @@ enum RuleBuilder {
                 case .transportProtocol, .destinationPort: break
                 }
             }
-            // The first field goes to the 16-byte register 1, later fields to the 4-byte registers after the
-            // padded length of the fields before them.
+            // Each field goes to the register at the padded length of the fields before it.
             var offset = 0
             for selector in selectors {
-                let register = offset == 0 ? NFT_REG_1.rawValue : NFT_REG32_00.rawValue + UInt32(offset / 4)
+                // Like nft (and like the kernel reports it back): a 16-byte register where the offset allows.
+                let register =
+                    offset % 16 == 0
+                    ? NFT_REG_1.rawValue + UInt32(offset / 16) : NFT_REG32_00.rawValue + UInt32(offset / 4)
                 switch selector {
                 case .ipv4Source:
                     expressions.loadPayload(base: NFT_PAYLOAD_NETWORK_HEADER, offset: 12, length: 4, into: register)
@@ -114,6 +116,8 @@ private struct ExpressionList {
         add("lookup") {
             nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_LOOKUP_SREG), register)
             nftnl_expr_set_str($0, UInt16(NFTNL_EXPR_LOOKUP_SET), set)
+            // Explicit, as the kernel reports it back: a rule read from the kernel then compares equal.
+            nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_LOOKUP_FLAGS), 0)
         }
     }
 

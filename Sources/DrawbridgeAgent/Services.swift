@@ -1,0 +1,105 @@
+import DrawbridgeCore
+import Foundation
+import Logging
+import ServiceLifecycle
+import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves the local API socket until graceful shutdown.
+public struct LocalAPIService: ServiceLifecycle.Service {
+    let server: LocalAPIServer
+
+    public init(agent: Agent, configuration: AgentConfiguration, logger: Logger) {
+        server = LocalAPIServer(path: configuration.socketPath, group: configuration.socketGroup, logger: logger) {
+            request, caller in
+            await agent.handle(request, from: caller)
+        }
+    }
+
+    /// Binds the socket; call before `run`.
+    public func start() throws {
+        try server.start()
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        server.stop()
+    }
+}
+
+/// Once a second: expiries, repairs after foreign ruleset changes, grants file edits.
+public struct MaintenanceService: ServiceLifecycle.Service, Sendable {
+    let agent: Agent
+
+    public init(agent: Agent) { self.agent = agent }
+
+    public func run() async throws {
+        // Graceful shutdown cancels the sleep; that is the normal end of this service, not a failure.
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await agent.tick()
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+}
+
+/// SIGHUP re-reads the policy without flushing anything.
+public struct ReloadService: ServiceLifecycle.Service, Sendable {
+    let agent: Agent
+    let notifier: SystemdNotifier
+
+    public init(agent: Agent, notifier: SystemdNotifier) {
+        self.agent = agent
+        self.notifier = notifier
+    }
+
+    public func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        try? await cancelWhenGracefulShutdown {
+            for await _ in signals {
+                notifier.notify("RELOADING=1")
+                await agent.reload()
+                notifier.notify("READY=1")
+            }
+        }
+    }
+}
+
+/// The sd_notify protocol: one datagram to $NOTIFY_SOCKET ("READY=1", "STOPPING=1"). Does nothing outside systemd.
+public struct SystemdNotifier: Sendable {
+    let path: String?
+
+    public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+        path = environment["NOTIFY_SOCKET"]
+    }
+
+    @discardableResult
+    public func notify(_ state: String) -> Bool {
+        guard let path, !path.isEmpty else { return false }
+        let descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(path.utf8)
+        // A leading '@' names an abstract socket: a NUL byte on the wire.
+        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in bytes.enumerated() { raw[index] = byte }
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+        let sent = state.utf8CString.withUnsafeBufferPointer { message in
+            withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(descriptor, message.baseAddress, message.count - 1, Int32(MSG_NOSIGNAL), $0, length)
+                }
+            }
+        }
+        return sent >= 0
+    }
+}

@@ -1,0 +1,733 @@
+import Foundation
+import Yams
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What this host puts under just-in-time control and who may open it: the parsed, validated policy file.
+///
+/// The file is YAML with exactly these keys (only `ports` is required):
+/// ```yaml
+/// ports:                      # the ports under just-in-time control, by name
+///   ssh:      { port: 22,   protocol: tcp, max_duration: 3h,  allowed_sources: ["0.0.0.0/0", "::/0"] }
+///   postgres: { port: 5432, protocol: tcp, max_duration: 30m, allowed_sources: ["198.51.100.0/24"] }
+/// always_allow: ["192.0.2.10/32"]   # break-glass: never locked out
+/// on_expiry: keep-sessions          # or cut-sessions
+/// roles:                            # who may grant what, by Unix group
+///   - { group: drawbridge-admins, ports: [ssh, postgres], max_duration: 3h }
+///   - { group: developers,        ports: [ssh],           max_duration: 1h }
+/// grant_files: ["/etc/drawbridge/grants.json"]   # optional: watched JSON files of grants
+/// ```
+///
+/// Validation is strict: an unknown key, a value of the wrong kind or a prefix with host bits set is an error with
+/// the line and column of the offending node, never a silent default. `ports: {}` is valid and manages nothing (the
+/// agent then drops no traffic at all); `always_allow`, `roles` and `grant_files` may be empty or absent, and an
+/// absent `on_expiry` means `keep-sessions`.
+public struct Policy: Sendable, Equatable {
+    /// A port under just-in-time control: closed to everyone except always-allowed prefixes and current grants.
+    public struct ManagedPort: Sendable, Equatable {
+        /// The name people use for the port (`ssh`): `[a-z][a-z0-9_-]{0,31}`, so never confused with `22/tcp`.
+        public var name: String
+        /// The port number and protocol.
+        public var service: Service
+        /// The longest grant this port accepts, in seconds.
+        public var maxDuration: TimeInterval
+        /// The prefixes a grant's source must lie within; `0.0.0.0/0` and `::/0` mean anywhere.
+        public var allowedSources: [IPPrefix]
+
+        public init(name: String, service: Service, maxDuration: TimeInterval, allowedSources: [IPPrefix]) {
+            self.name = name
+            self.service = service
+            self.maxDuration = maxDuration
+            self.allowedSources = allowedSources
+        }
+    }
+
+    /// Lets the members of a Unix group grant some ports for a bounded time.
+    public struct Role: Sendable, Equatable {
+        /// The Unix group whose members hold this role.
+        public var group: String
+        /// Names of managed ports the role may grant.
+        public var ports: [String]
+        /// The longest grant the role may make, in seconds (a port's own limit still applies).
+        public var maxDuration: TimeInterval
+
+        public init(group: String, ports: [String], maxDuration: TimeInterval) {
+            self.group = group
+            self.ports = ports
+            self.maxDuration = maxDuration
+        }
+    }
+
+    /// The managed ports, in file order.
+    public var ports: [ManagedPort]
+    /// Break-glass prefixes that always reach every managed port, so an operator is never locked out.
+    public var alwaysAllow: [IPPrefix]
+    /// What happens to open connections when their grant ends.
+    public var onExpiry: SessionMode
+    /// Who may grant what; root may grant anything the ports allow without a role.
+    public var roles: [Role]
+    /// Absolute paths of JSON files of grants that the agent watches.
+    public var grantFiles: [String]
+
+    public init(
+        ports: [ManagedPort], alwaysAllow: [IPPrefix] = [], onExpiry: SessionMode = .keepSessions, roles: [Role] = [],
+        grantFiles: [String] = []
+    ) {
+        self.ports = ports
+        self.alwaysAllow = alwaysAllow
+        self.onExpiry = onExpiry
+        self.roles = roles
+        self.grantFiles = grantFiles
+    }
+
+    /// The longest `max_duration` a policy may set: seven days. A grant is meant to be short; a port that must stay
+    /// open for weeks belongs in the ordinary firewall, or its source in `always_allow`.
+    public static let maxDurationLimit: TimeInterval = 7 * 86_400
+
+    /// The managed port with this policy name.
+    public func port(named name: String) -> ManagedPort? {
+        ports.first { $0.name == name }
+    }
+
+    /// The managed port for this port number and protocol.
+    public func port(for service: Service) -> ManagedPort? {
+        ports.first { $0.service == service }
+    }
+
+    /// The port/protocol pairs under just-in-time control, in file order.
+    public var managedServices: [Service] { ports.map(\.service) }
+
+    /// The longest duration any managed port allows (for display); nil when no port is managed.
+    public var longestMaxDuration: TimeInterval? { ports.map(\.maxDuration).max() }
+
+    /// Parses and validates policy text.
+    ///
+    /// - Parameters:
+    ///   - text: the YAML text.
+    ///   - file: the name errors are reported against, usually the path the text was read from.
+    public static func parse(_ text: String, file: String) throws(PolicyError) -> Policy {
+        try PolicyReader(file: file, text: text).read()
+    }
+
+    /// Reads, parses and validates the policy file at `path`.
+    ///
+    /// An unreadable file gives a ``PolicyError`` with the operating system's reason.
+    public static func load(path: String) throws(PolicyError) -> Policy {
+        let text = try readPolicyText(path: path)
+        return try parse(text, file: path)
+    }
+
+    /// Files larger than this are refused: a policy is a page of text, and a huge file is the wrong file.
+    private static let largestFile = 1 << 20
+
+    private static func readPolicyText(path: String) throws(PolicyError) -> String {
+        func failure(_ message: String) -> PolicyError { PolicyError(file: path, message: message) }
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw failure("cannot open the policy: \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw failure("cannot read the policy: \(String(cString: strerror(errno)))")
+            }
+            if count == 0 { break }
+            bytes += chunk[0..<count]
+            guard bytes.count <= largestFile else {
+                throw failure("the policy is larger than \(largestFile / 1024) KiB; is this the right file?")
+            }
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw failure("the policy is not UTF-8 text")
+        }
+        return text
+    }
+}
+
+/// Why a policy file was refused, with the position of the offending node.
+///
+/// Its description reads like a compiler diagnostic:
+/// `policy.yaml:4:13: max_duration '3x' is not a duration (hint: write it like 90s, 30m, 2h or 1h30m)`.
+public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The file as it was named to `parse` or `load`.
+    public var file: String
+    /// The line of the offending node, starting at 1; nil when the error is about the whole file.
+    public var line: Int?
+    /// The column of the offending node, starting at 1 and counted in Unicode scalars.
+    public var column: Int?
+    /// What is wrong, in a sentence.
+    public var message: String
+    /// How to fix it, when there is an obvious way.
+    public var hint: String?
+
+    public init(file: String, line: Int? = nil, column: Int? = nil, message: String, hint: String? = nil) {
+        self.file = file
+        self.line = line
+        self.column = column
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String {
+        var location = file
+        if let line {
+            location += ":\(line)"
+            if let column { location += ":\(column)" }
+        }
+        return "\(location): \(message)" + (hint.map { " (hint: \($0))" } ?? "")
+    }
+}
+
+// MARK: - Reading the YAML tree
+
+/// Walks the YAML node tree, keeping every node's position for error messages. Decoding through Codable would lose
+/// the positions, and with them the errors' usefulness.
+private struct PolicyReader {
+    let file: String
+    let text: String
+
+    private enum Keys {
+        static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files"]
+        static let port = ["port", "protocol", "max_duration", "allowed_sources"]
+        static let role = ["group", "ports", "max_duration"]
+    }
+
+    private typealias Entry = (key: Node, value: Node)
+
+    func read() throws(PolicyError) -> Policy {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw syntaxError(error)
+        }
+        guard let root, !isEmptyValue(root) else {
+            throw PolicyError(
+                file: file, line: 1, column: 1, message: "the policy is empty",
+                hint: "a policy needs at least a ports key listing the ports under just-in-time control")
+        }
+        guard case .mapping(let top) = root else {
+            throw failure(
+                at: root,
+                "the policy must be a mapping of the keys \(Keys.topLevel.joined(separator: ", ")); "
+                    + "found \(describe(root))")
+        }
+        let entries = try fields(of: top, allowed: Keys.topLevel, context: "at the top level of the policy")
+        guard let portsEntry = entries["ports"] else {
+            throw failure(
+                at: root, "the policy has no ports key",
+                hint: "list the ports under just-in-time control, e.g. "
+                    + "ports: { ssh: { port: 22, max_duration: 3h, allowed_sources: [\"0.0.0.0/0\"] } }")
+        }
+        let ports = try readPorts(portsEntry.value)
+        var alwaysAllow: [IPPrefix] = []
+        if let entry = entries["always_allow"] {
+            alwaysAllow = try prefixes(entry.value, named: "always_allow", allowEmpty: true)
+        }
+        var onExpiry = SessionMode.keepSessions
+        if let entry = entries["on_expiry"] {
+            onExpiry = try sessionMode(entry.value)
+        }
+        var roles: [Policy.Role] = []
+        if let entry = entries["roles"] {
+            roles = try readRoles(entry.value, ports: ports)
+        }
+        var grantFiles: [String] = []
+        if let entry = entries["grant_files"] {
+            grantFiles = try readGrantFiles(entry.value)
+        }
+        return Policy(ports: ports, alwaysAllow: alwaysAllow, onExpiry: onExpiry, roles: roles, grantFiles: grantFiles)
+    }
+
+    // MARK: Sections
+
+    private func readPorts(_ node: Node) throws(PolicyError) -> [Policy.ManagedPort] {
+        if isEmptyValue(node) { return [] }
+        guard case .mapping(let mapping) = node else {
+            throw failure(
+                at: node, "ports must be a mapping of port names to their settings; found \(describe(node))",
+                hint: "write it like ports: { ssh: { port: 22, max_duration: 3h, allowed_sources: [\"0.0.0.0/0\"] } }")
+        }
+        var ports: [Policy.ManagedPort] = []
+        for (key, value) in mapping {
+            let name = try portName(key)
+            let port = try readPort(value, name: name)
+            if let other = ports.first(where: { $0.service == port.service }) {
+                let position = (value.mapping?["port"] ?? key).mark.map(Position.init)
+                throw failure(
+                    at: position,
+                    "port '\(name)' manages \(port.service), which port '\(other.name)' already manages",
+                    hint: "give each port and protocol one name")
+            }
+            ports.append(port)
+        }
+        return ports
+    }
+
+    private func portName(_ key: Node) throws(PolicyError) -> String {
+        guard case .scalar(let scalar) = key, !isEmptyValue(key) else {
+            throw failure(at: key, "a port name must be a plain word such as ssh; found \(describe(key))")
+        }
+        let name = scalar.string
+        guard Self.isPortName(name) else {
+            throw failure(
+                at: key, "'\(name)' is not a valid port name",
+                hint: "a name is 1 to 32 characters: a lowercase letter, then lowercase letters, digits, '-' or '_'; "
+                    + "it starts with a letter so that it is never mistaken for a number such as 22/tcp")
+        }
+        return name
+    }
+
+    private func readPort(_ node: Node, name: String) throws(PolicyError) -> Policy.ManagedPort {
+        let context = "port '\(name)'"
+        guard case .mapping(let mapping) = node else {
+            throw failure(
+                at: node, "the settings of \(context) must be a mapping; found \(describe(node))",
+                hint: "write it like \(name): { port: 22, max_duration: 3h, allowed_sources: [\"0.0.0.0/0\"] }")
+        }
+        let entries = try fields(of: mapping, allowed: Keys.port, context: "in \(context)")
+        let required = ["port", "max_duration", "allowed_sources"]
+        for key in required where entries[key] == nil {
+            throw failure(
+                at: node, "\(context) has no \(key)",
+                hint: "every managed port needs \(required.joined(separator: ", ")); protocol is optional, default tcp")
+        }
+        let number = try portNumber(entries["port"]!.value)
+        var transport = TransportProtocol.tcp
+        if let entry = entries["protocol"] {
+            transport = try transportProtocol(entry.value)
+        }
+        let maxDuration = try duration(entries["max_duration"]!.value, of: context)
+        let sources = try prefixes(
+            entries["allowed_sources"]!.value, named: "allowed_sources of \(context)", allowEmpty: false)
+        return Policy.ManagedPort(
+            name: name, service: Service(port: number, transport: transport), maxDuration: maxDuration,
+            allowedSources: sources)
+    }
+
+    private func readRoles(_ node: Node, ports: [Policy.ManagedPort]) throws(PolicyError) -> [Policy.Role] {
+        if isEmptyValue(node) { return [] }
+        guard case .sequence(let sequence) = node else {
+            throw failure(
+                at: node, "roles must be a list of roles; found \(describe(node))",
+                hint: "write it like roles: [{ group: admins, ports: [ssh], max_duration: 1h }]")
+        }
+        var roles: [Policy.Role] = []
+        for (index, item) in sequence.enumerated() {
+            roles.append(try readRole(item, number: index + 1, ports: ports))
+        }
+        return roles
+    }
+
+    private func readRole(_ node: Node, number: Int, ports: [Policy.ManagedPort]) throws(PolicyError) -> Policy.Role {
+        guard case .mapping(let mapping) = node else {
+            throw failure(
+                at: node, "role \(number) must be a mapping; found \(describe(node))",
+                hint: "write it like { group: admins, ports: [ssh], max_duration: 1h }")
+        }
+        var context = "role \(number)"
+        if let group = mapping["group"]?.scalar?.string, !group.isEmpty { context += " (group \(group))" }
+        let entries = try fields(of: mapping, allowed: Keys.role, context: "in \(context)")
+        for key in Keys.role where entries[key] == nil {
+            throw failure(
+                at: node, "\(context) has no \(key)",
+                hint: "every role needs \(Keys.role.joined(separator: ", "))")
+        }
+        let group = try groupName(entries["group"]!.value, context: context)
+        let names = try rolePorts(entries["ports"]!.value, context: context, known: ports)
+        let maxDuration = try duration(entries["max_duration"]!.value, of: context)
+        return Policy.Role(group: group, ports: names, maxDuration: maxDuration)
+    }
+
+    private func groupName(_ node: Node, context: String) throws(PolicyError) -> String {
+        let group = try string(node, named: "group of \(context)")
+        guard Self.isGroupName(group) else {
+            throw failure(
+                at: node, "'\(group)' is not a valid Unix group name",
+                hint: "a group name is 1 to 32 characters: a letter or '_', then letters, digits, '.', '-' or '_', "
+                    + "optionally ending in '$'")
+        }
+        return group
+    }
+
+    private func rolePorts(_ node: Node, context: String, known: [Policy.ManagedPort]) throws(PolicyError)
+        -> [String]
+    {
+        let knownNames = known.map(\.name)
+        let knownList = knownNames.isEmpty ? "none (ports is empty)" : knownNames.joined(separator: ", ")
+        let example = "write it like ports: [\(knownNames.first ?? "ssh")]"
+        guard case .sequence(let sequence) = node else {
+            throw failure(
+                at: node, "ports of \(context) must be a list of port names; found \(describe(node))", hint: example)
+        }
+        guard sequence.count > 0 else {
+            throw failure(at: node, "ports of \(context) is empty, so the role could grant nothing", hint: example)
+        }
+        var names: [String] = []
+        for item in sequence {
+            let name = try string(item, named: "a port name in \(context)")
+            guard knownNames.contains(name) else {
+                var hint = "roles name ports by their names under ports"
+                if let suggestion = Spelling.closest(to: name, among: knownNames) {
+                    hint = "did you mean \(suggestion)?"
+                } else if let service = Service(parsing: name), let port = known.first(where: { $0.service == service })
+                {
+                    hint = "roles name ports by their names under ports: \(service) is \(port.name)"
+                }
+                throw failure(
+                    at: item, "\(context) names port '\(name)', which is not under ports; known ports: \(knownList)",
+                    hint: hint)
+            }
+            guard !names.contains(name) else {
+                throw failure(at: item, "\(context) lists port '\(name)' twice")
+            }
+            names.append(name)
+        }
+        return names
+    }
+
+    private func readGrantFiles(_ node: Node) throws(PolicyError) -> [String] {
+        if isEmptyValue(node) { return [] }
+        guard case .sequence(let sequence) = node else {
+            throw failure(
+                at: node, "grant_files must be a list of paths; found \(describe(node))",
+                hint: "write it like grant_files: [\"/etc/drawbridge/grants.json\"]")
+        }
+        var paths: [String] = []
+        for item in sequence {
+            let path = try string(item, named: "a path in grant_files")
+            guard !path.isEmpty else {
+                throw failure(at: item, "a path in grant_files is empty")
+            }
+            guard path.hasPrefix("/") else {
+                throw failure(
+                    at: item, "grant file '\(path)' is not an absolute path",
+                    hint: "write the full path, e.g. /etc/drawbridge/\(path)")
+            }
+            paths.append(path)
+        }
+        return paths
+    }
+
+    // MARK: Values
+
+    private func portNumber(_ node: Node) throws(PolicyError) -> UInt16 {
+        let example = "write it as a bare number, e.g. port: 22"
+        guard case .scalar(let scalar) = node, !isEmptyValue(node) else {
+            throw failure(at: node, "port must be a number from 1 to 65535; found \(describe(node))", hint: example)
+        }
+        let text = scalar.string
+        guard scalar.style == .plain, node.tag.rawValue == Tag.Name.int.rawValue else {
+            if scalar.style != .plain, UInt16(text) != nil {
+                throw failure(at: node, "port must be a number, not the quoted text '\(text)'", hint: example)
+            }
+            throw failure(at: node, "port '\(text)' is not a whole number from 1 to 65535", hint: example)
+        }
+        // YAML reads 022 as octal and 0x16 as hexadecimal; only plain decimal is unambiguous.
+        guard text.allSatisfy(\.isASCIIDigit), !text.hasPrefix("0") || text == "0" else {
+            throw failure(at: node, "port '\(text)' is not a plain decimal number", hint: example)
+        }
+        guard let value = Int(text), (1...65_535).contains(value) else {
+            throw failure(at: node, "port \(text) is out of range; a port is a number from 1 to 65535")
+        }
+        return UInt16(value)
+    }
+
+    private func transportProtocol(_ node: Node) throws(PolicyError) -> TransportProtocol {
+        let text = try string(node, named: "protocol")
+        guard let transport = TransportProtocol(rawValue: text) else {
+            throw failure(
+                at: node, "protocol '\(text)' is not supported; use tcp or udp",
+                hint: text.lowercased() != text ? "write it in lowercase" : nil)
+        }
+        return transport
+    }
+
+    /// A `max_duration`: positive, at most ``Policy/maxDurationLimit``.
+    private func duration(_ node: Node, of owner: String) throws(PolicyError) -> TimeInterval {
+        let shape = "write it like 90s, 30m, 2h or 1h30m"
+        guard case .scalar(let scalar) = node, !isEmptyValue(node) else {
+            throw failure(at: node, "max_duration of \(owner) must be a duration; found \(describe(node))", hint: shape)
+        }
+        let text = scalar.string
+        guard let seconds = GrantDuration.parse(text) else {
+            if GrantDuration.isZero(text) {
+                throw failure(at: node, "max_duration of \(owner) is zero, so nothing could ever be granted")
+            }
+            let bare = !text.isEmpty && text.allSatisfy(\.isASCIIDigit)
+            throw failure(
+                at: node, "max_duration '\(text)' of \(owner) is not a duration",
+                hint: bare && text != "0" ? "add a unit: \(text)s, \(text)m or \(text)h" : shape)
+        }
+        guard seconds <= Policy.maxDurationLimit else {
+            let limit = GrantDuration.format(Policy.maxDurationLimit)
+            throw failure(
+                at: node, "max_duration \(text) of \(owner) is longer than the limit of \(limit)",
+                hint: "a grant is meant to be short: open a port for the task at hand and let it close; "
+                    + "a source that needs access for weeks belongs in always_allow")
+        }
+        return seconds
+    }
+
+    private func sessionMode(_ node: Node) throws(PolicyError) -> SessionMode {
+        let text = try string(node, named: "on_expiry")
+        guard let mode = SessionMode(rawValue: text) else {
+            let choices = SessionMode.allCases.map(\.rawValue)
+            throw failure(
+                at: node, "on_expiry '\(text)' is not one of \(choices.joined(separator: ", "))",
+                hint: Spelling.closest(to: text, among: choices).map { "did you mean \($0)?" })
+        }
+        return mode
+    }
+
+    private func prefixes(_ node: Node, named name: String, allowEmpty: Bool) throws(PolicyError) -> [IPPrefix] {
+        let shape = "write it like \(name.split(separator: " ").first ?? ""): [\"198.51.100.0/24\", \"2001:db8::/32\"]"
+        if allowEmpty, isEmptyValue(node) { return [] }
+        guard case .sequence(let sequence) = node else {
+            throw failure(at: node, "\(name) must be a list of prefixes; found \(describe(node))", hint: shape)
+        }
+        guard allowEmpty || sequence.count > 0 else {
+            throw failure(
+                at: node, "\(name) is empty, so the port could never be opened",
+                hint: "list the prefixes it may be opened to; [\"0.0.0.0/0\", \"::/0\"] means anywhere")
+        }
+        var result: [IPPrefix] = []
+        for item in sequence {
+            let text = try string(item, named: "an entry of \(name)")
+            do {
+                result.append(try IPPrefix(parsing: text))
+            } catch {
+                throw failure(at: item, "\(name): \(error.description)")
+            }
+        }
+        return result
+    }
+
+    private func string(_ node: Node, named name: String) throws(PolicyError) -> String {
+        guard case .scalar(let scalar) = node, !isEmptyValue(node) else {
+            throw failure(at: node, "\(name) must be a single value; found \(describe(node))")
+        }
+        return scalar.string
+    }
+
+    /// The keys of a mapping, refusing anything not in `allowed` with the closest allowed key as a hint.
+    private func fields(of mapping: Node.Mapping, allowed: [String], context: String) throws(PolicyError)
+        -> [String: Entry]
+    {
+        var entries: [String: Entry] = [:]
+        for (key, value) in mapping {
+            guard case .scalar(let scalar) = key else {
+                throw failure(at: key, "a key \(context) must be a plain word; found \(describe(key))")
+            }
+            let name = scalar.string
+            guard allowed.contains(name) else {
+                var hint = Spelling.closest(to: name, among: allowed).map { "did you mean \($0)?" }
+                if name == "<<" { hint = "YAML merge keys are not supported; write the settings out in full" }
+                throw failure(
+                    at: key, "unknown key '\(name)' \(context); allowed keys: \(allowed.joined(separator: ", "))",
+                    hint: hint)
+            }
+            entries[name] = (key, value)
+        }
+        return entries
+    }
+
+    // MARK: Errors
+
+    /// A line and column, both starting at 1 (Yams' `Mark` cannot be built outside Yams).
+    private struct Position: Equatable {
+        var line: Int
+        var column: Int
+
+        init(line: Int, column: Int) {
+            self.line = line
+            self.column = column
+        }
+
+        init(_ mark: Mark) {
+            self.init(line: mark.line, column: mark.column)
+        }
+    }
+
+    private func failure(at node: Node, _ message: String, hint: String? = nil) -> PolicyError {
+        failure(at: node.mark.map(Position.init), message, hint: hint)
+    }
+
+    private func failure(at position: Position?, _ message: String, hint: String? = nil) -> PolicyError {
+        PolicyError(file: file, line: position?.line, column: position?.column, message: message, hint: hint)
+    }
+
+    /// Turns a Yams error into a positioned ``PolicyError``.
+    private func syntaxError(_ error: any Error) -> PolicyError {
+        guard let error = error as? YamlError else {
+            return PolicyError(file: file, message: "not valid YAML: \(error)")
+        }
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
+            var message = "not valid YAML: \(problem)"
+            if let context {
+                message += " (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
+            }
+            let line = lines.indices.contains(mark.line - 1) ? lines[mark.line - 1] : ""
+            let hint = line.contains("\t") ? "indent with spaces; YAML does not allow tabs for indentation" : nil
+            return failure(at: Position(mark), message, hint: hint)
+        case .reader(let problem, let offset, _, _):
+            return failure(at: offset.map(position(ofCharacter:)), "the policy cannot be read as text: \(problem)")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            let key = duplicates.first ?? ""
+            let first = Position(context.mark)
+            let repeated = repetition(of: key, after: first)
+            return failure(
+                at: repeated ?? first,
+                "key '\(key)' appears more than once in the same mapping"
+                    + (repeated == nil ? "" : " (first at line \(first.line), column \(first.column))"),
+                hint: "keep one of them")
+        default:
+            return PolicyError(file: file, message: "not valid YAML: \(error)")
+        }
+    }
+
+    private var lines: [Substring] { text.split(separator: "\n", omittingEmptySubsequences: false) }
+
+    private func position(ofCharacter offset: Int) -> Position {
+        var line = 1
+        var column = 1
+        for character in text.prefix(offset) {
+            if character == "\n" {
+                line += 1
+                column = 1
+            } else {
+                column += 1
+            }
+        }
+        return Position(line: line, column: column)
+    }
+
+    /// Where a duplicated key appears the second time. Yams reports only the first occurrence, and the second one
+    /// is usually the one to fix; this finds it on the same line (flow style) or at the same indentation before the
+    /// mapping ends (block style). Nil when it cannot tell.
+    private func repetition(of key: String, after first: Position) -> Position? {
+        let lines = self.lines
+        guard first.line >= 1, first.line <= lines.count else { return nil }
+        let spellings = [key, "\"\(key)\"", "'\(key)'"]
+        func startsWithKey(_ text: Substring) -> Bool {
+            spellings.contains { spelling in
+                guard text.hasPrefix(spelling) else { return false }
+                return text.dropFirst(spelling.count).drop { $0 == " " }.first == ":"
+            }
+        }
+        let firstLine = Array(lines[first.line - 1].unicodeScalars)
+        let indent = first.column - 1
+        // Flow style: `{ port: 22, port: 23 }` on one line.
+        var index = min(indent + 1, firstLine.count)
+        while index < firstLine.count {
+            if firstLine[index] == "," || firstLine[index] == "{" {
+                let rest = Substring(String(String.UnicodeScalarView(firstLine[(index + 1)...])))
+                let trimmed = rest.drop { $0 == " " }
+                if startsWithKey(trimmed) {
+                    return Position(line: first.line, column: index + 2 + (rest.count - trimmed.count))
+                }
+            }
+            index += 1
+        }
+        // Block style: a later line at the same indentation, before the mapping ends.
+        for number in first.line..<lines.count {
+            let scalars = Array(lines[number].unicodeScalars)
+            let leading = scalars.prefix { $0 == " " }.count
+            if leading == scalars.count || scalars[leading] == "#" { continue }
+            if leading < indent { return nil }
+            if leading == indent {
+                let rest = Substring(String(String.UnicodeScalarView(scalars[leading...])))
+                if startsWithKey(rest) { return Position(line: number + 1, column: indent + 1) }
+            }
+        }
+        return nil
+    }
+
+    // MARK: Helpers
+
+    private func isEmptyValue(_ node: Node) -> Bool {
+        guard case .scalar(let scalar) = node else { return false }
+        return scalar.style == .plain && node.tag.rawValue == Tag.Name.null.rawValue
+    }
+
+    private func describe(_ node: Node) -> String {
+        switch node {
+        case .mapping: return "a mapping"
+        case .sequence: return "a list"
+        case .alias: return "an alias"
+        case .scalar(let scalar): return isEmptyValue(node) ? "an empty value" : "'\(scalar.string)'"
+        }
+    }
+
+    static func isPortName(_ name: String) -> Bool {
+        let scalars = Array(name.unicodeScalars)
+        guard let first = scalars.first, scalars.count <= 32, ("a"..."z").contains(first) else { return false }
+        return scalars.dropFirst().allSatisfy {
+            ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_"
+        }
+    }
+
+    static func isGroupName(_ name: String) -> Bool {
+        var scalars = Array(name.unicodeScalars)
+        if scalars.count > 1, scalars.last == "$" { scalars.removeLast() }
+        guard let first = scalars.first, name.unicodeScalars.count <= 32 else { return false }
+        func isLetter(_ scalar: Unicode.Scalar) -> Bool { ("a"..."z").contains(scalar) || ("A"..."Z").contains(scalar) }
+        guard isLetter(first) || first == "_" else { return false }
+        return scalars.dropFirst().allSatisfy {
+            isLetter($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" || $0 == "."
+        }
+    }
+}
+
+/// Suggestions for misspelled keys, values and port names.
+enum Spelling {
+    /// The candidate a misspelled word most likely meant, if one is close: `max_durration` gives `max_duration`,
+    /// `allowed-sources` gives `allowed_sources`, `sources` gives `allowed_sources`.
+    static func closest(to word: String, among candidates: [String]) -> String? {
+        func normalized(_ text: String) -> String {
+            String(text.lowercased().unicodeScalars.filter { $0 != "_" && $0 != "-" && $0 != " " })
+        }
+        let lowered = word.lowercased()
+        var best: (candidate: String, score: Int)?
+        for candidate in candidates {
+            let distance = min(
+                editDistance(lowered, candidate), editDistance(normalized(word), normalized(candidate)))
+            let threshold = max(1, min(3, candidate.count / 3))
+            var score: Int?
+            if distance <= threshold {
+                score = distance
+            } else if lowered.count >= 3, candidate.contains(lowered) || lowered.contains(candidate) {
+                score = threshold + 1
+            }
+            if let score, score < (best?.score ?? .max) { best = (candidate, score) }
+        }
+        return best?.candidate
+    }
+
+    /// The Levenshtein distance: single-character insertions, deletions and substitutions.
+    static func editDistance(_ left: String, _ right: String) -> Int {
+        let left = Array(left.unicodeScalars)
+        let right = Array(right.unicodeScalars)
+        if left.isEmpty { return right.count }
+        var previous = Array(0...right.count)
+        for (leftIndex, leftScalar) in left.enumerated() {
+            var current = [leftIndex + 1] + Array(repeating: 0, count: right.count)
+            for (rightIndex, rightScalar) in right.enumerated() {
+                let substitution = previous[rightIndex] + (leftScalar == rightScalar ? 0 : 1)
+                current[rightIndex + 1] = Swift.min(previous[rightIndex + 1] + 1, current[rightIndex] + 1, substitution)
+            }
+            previous = current
+        }
+        return previous[right.count]
+    }
+}

@@ -1,0 +1,452 @@
+import ArgumentParser
+import DrawbridgeCore
+import Foundation
+import Netfilter
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let drawbridgeVersion = "0.1.0"
+
+/// Exit statuses scripts can rely on (sysexits.h values where one fits).
+enum ExitStatus {
+    static let refused = ExitCode(77)       // EX_NOPERM: the policy or your role does not allow it
+    static let unavailable = ExitCode(69)   // EX_UNAVAILABLE: the agent is not running or not reachable
+    static let invalidData = ExitCode(65)   // EX_DATAERR: the policy file is invalid
+    static let notFound = ExitCode(2)       // no such grant
+}
+
+@main
+struct Drawbridge: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drawbridge",
+        abstract: "Open a managed port to one source for a bounded time; the kernel closes it again at expiry.",
+        discussion: """
+            Talks to drawbridged over its local socket. Who you are is taken from your Unix credentials; the \
+            policy's roles (by Unix group) decide which ports you may open and for how long.
+
+            Examples:
+              drawbridge grant ssh --from 203.0.113.7 --for 2h --reason "hotfix"
+              drawbridge grant 5432/tcp --from 2001:db8:1::/64 --for 30m
+              drawbridge list
+              drawbridge revoke g-k3v9q2x7mz
+              drawbridge check /etc/drawbridge/policy.yaml
+
+            Exit status: 0 done; 1 failed (kernel or agent error); 2 no such grant; 64 bad arguments; \
+            65 invalid policy file; 69 the agent is not running or the socket is not reachable; \
+            77 refused by the policy or your role.
+            """,
+        version: drawbridgeVersion,
+        subcommands: [Grant.self, Revoke.self, List.self, Check.self, Rules.self, Status.self])
+}
+
+struct ConnectionOptions: ParsableArguments {
+    @Option(help: "The agent's socket.")
+    var socket = LocalAPI.defaultSocketPath
+
+    @Flag(help: "Print the agent's JSON answer instead of text, for scripts.")
+    var json = false
+}
+
+// MARK: grant
+
+extension Drawbridge {
+    struct Grant: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Open managed ports to a source for a while.",
+            discussion: """
+                PORT is a name from the policy (ssh) or NUMBER/PROTO (22/tcp). The source must lie inside the \
+                port's allowed sources and the duration within both the port's and your role's longest duration: \
+                a request that asks for more is refused, never trimmed. Granting what is already granted extends \
+                it (same grant id, one kernel element).
+                """)
+
+        @Argument(help: ArgumentHelp("Managed ports: policy names or NUMBER/PROTO.", valueName: "port"))
+        var ports: [String]
+
+        @Option(name: .customLong("from"), help: ArgumentHelp(
+            "The source address or CIDR prefix (203.0.113.7, 198.51.100.0/24, 2001:db8::/64).", valueName: "prefix"))
+        var source: String?
+
+        @Option(name: .customLong("for"), help: ArgumentHelp("How long: 90s, 30m, 2h, 1h30m.", valueName: "duration"))
+        var duration: String
+
+        @Option(help: "Why: kept in the audit trail.")
+        var reason: String = ""
+
+        @OptionGroup var connection: ConnectionOptions
+
+        func validate() throws {
+            guard !ports.isEmpty else { throw ValidationError("name at least one port, like ssh or 22/tcp") }
+            guard let source else {
+                var hint = ""
+                if let client = ProcessInfo.processInfo.environment["SSH_CONNECTION"]?.split(separator: " ").first {
+                    hint = "; your SSH session comes from \(client): --from \(client)"
+                }
+                throw ValidationError("--from is required: the address or prefix to open the ports to\(hint)")
+            }
+            do {
+                _ = try IPPrefix(parsing: source)
+            } catch {
+                throw ValidationError("--from: \(error.description)")
+            }
+            guard GrantDuration.parse(duration) != nil else {
+                throw ValidationError("--for '\(duration)' is not a duration; write it like 90s, 30m, 2h or 1h30m")
+            }
+            guard !reason.contains(where: \.isNewline), reason.utf8.count <= 1024 else {
+                throw ValidationError("--reason must be one line of at most 1024 bytes")
+            }
+        }
+
+        func run() throws {
+            let request = LocalAPI.Request(
+                command: .grant, ports: ports, source: source, durationSeconds: GrantDuration.parse(duration),
+                reason: reason)
+            let response = try Client(options: connection).send(request)
+            guard !connection.json else { return }
+            guard let status = response.grants?.first else { return }
+            let verb = ["created": "granted", "extended": "extended", "unchanged": "already granted, unchanged"][
+                response.outcome ?? ""] ?? "granted"
+            print("\(verb) \(status.grant.id): \(status.grant.source) may reach \(status.grant.portsDescription)")
+            print("until \(Format.timestamp(status.grant.expiresAt)) (\(Format.remaining(status.grant.expiresAt)))")
+        }
+    }
+}
+
+// MARK: revoke
+
+extension Drawbridge {
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "End grants now.",
+            discussion: "Give a grant id (from `drawbridge list`), or --from to end every grant from inside a prefix.")
+
+        @Argument(help: "The grant to end.")
+        var id: String?
+
+        @Option(name: .customLong("from"), help: ArgumentHelp("End every grant whose source lies inside this prefix.", valueName: "prefix"))
+        var source: String?
+
+        @OptionGroup var connection: ConnectionOptions
+
+        func validate() throws {
+            guard (id == nil) != (source == nil) else { throw ValidationError("give either a grant id or --from PREFIX") }
+            if let source {
+                do { _ = try IPPrefix(parsing: source) } catch { throw ValidationError("--from: \(error.description)") }
+            }
+        }
+
+        func run() throws {
+            let response = try Client(options: connection).send(LocalAPI.Request(command: .revoke, source: source, id: id))
+            guard !connection.json else { return }
+            for status in response.grants ?? [] {
+                print("revoked \(status.grant.id): \(status.grant.source) \(status.grant.portsDescription)")
+            }
+        }
+    }
+}
+
+// MARK: list
+
+extension Drawbridge {
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show active grants, with the time the kernel still gives each.")
+
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() throws {
+            let response = try Client(options: connection).send(LocalAPI.Request(command: .list))
+            guard !connection.json else { return }
+            let grants = response.grants ?? []
+            guard !grants.isEmpty else {
+                print("no active grants")
+                return
+            }
+            var rows = [["ID", "SOURCE", "PORTS", "EXPIRES (UTC)", "KERNEL", "BY", "ORIGIN", "REASON"]]
+            for status in grants {
+                let grant = status.grant
+                let kernel = grant.ports.map { port -> String in
+                    guard let remaining = status.kernelRemainingSeconds[port.name] ?? nil else { return "absent" }
+                    return GrantDuration.format(remaining)
+                }
+                rows.append([
+                    grant.id, grant.source.description, grant.ports.map { "\($0.name)" }.joined(separator: ","),
+                    Format.timestamp(grant.expiresAt), Array(Set(kernel)).sorted().joined(separator: ","),
+                    grant.requestedBy, grant.origin.description, grant.reason,
+                ])
+            }
+            print(Format.table(rows), terminator: "")
+        }
+    }
+}
+
+// MARK: status
+
+extension Drawbridge {
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show whether the agent runs and what it manages.")
+
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() throws {
+            let response = try Client(options: connection).send(LocalAPI.Request(command: .status))
+            guard !connection.json, let status = response.status else { return }
+            print("drawbridged \(status.version), kernel \(status.kernelRelease)")
+            print("policy: \(status.policyPath)")
+            print("managed: \(status.managedPorts.map { "\($0.name) \($0.service)" }.joined(separator: ", "))")
+            print("on expiry: \(status.onExpiry.rawValue)")
+            print("active grants: \(status.activeGrants)")
+        }
+    }
+}
+
+// MARK: check and rules
+
+extension Drawbridge {
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Validate a policy file and show what it would enforce.",
+            discussion: "Exits 0 when the policy is valid (warnings included), 65 when it is not.")
+
+        @Argument(help: "The policy file.")
+        var file = "/etc/drawbridge/policy.yaml"
+
+        @Flag(help: "Print the result as JSON.")
+        var json = false
+
+        func run() throws {
+            let policy: Policy
+            do {
+                policy = try Policy.load(path: file)
+            } catch {
+                if json {
+                    Output.json(["valid": false, "error": error.description] as [String: Any])
+                } else {
+                    Output.error("\(error)")
+                }
+                throw ExitStatus.invalidData
+            }
+            let warnings = PolicyReview.warnings(for: policy)
+            if json {
+                Output.json([
+                    "valid": true,
+                    "managed": policy.ports.map {
+                        ["name": $0.name, "port": Int($0.service.port), "protocol": $0.service.transport.rawValue,
+                         "max_duration": GrantDuration.format($0.maxDuration),
+                         "allowed_sources": $0.allowedSources.map(\.description)] as [String: Any]
+                    },
+                    "always_allow": policy.alwaysAllow.map(\.description),
+                    "on_expiry": policy.onExpiry.rawValue,
+                    "roles": policy.roles.map {
+                        ["group": $0.group, "ports": $0.ports, "max_duration": GrantDuration.format($0.maxDuration)] as [String: Any]
+                    },
+                    "grant_files": policy.grantFiles,
+                    "warnings": warnings,
+                ] as [String: Any])
+                return
+            }
+            print("\(file): valid")
+            print("\nmanaged ports (closed except for grants):")
+            for port in policy.ports {
+                print("  \(port.name) \(port.service): grants up to \(GrantDuration.format(port.maxDuration)) "
+                      + "from within \(port.allowedSources.map(\.description).joined(separator: ", "))")
+            }
+            if policy.ports.isEmpty { print("  none") }
+            print("\nalways allowed (break-glass): \(policy.alwaysAllow.isEmpty ? "none" : policy.alwaysAllow.map(\.description).joined(separator: ", "))")
+            print("on expiry: \(policy.onExpiry.rawValue)"
+                  + (policy.onExpiry == .keepSessions ? " (open connections continue)" : " (open connections are cut)"))
+            print("\nroles:")
+            for role in policy.roles {
+                print("  group \(role.group): \(role.ports.joined(separator: ", ")) for up to \(GrantDuration.format(role.maxDuration))")
+            }
+            print("  root: any managed port, within each port's limits")
+            if !policy.grantFiles.isEmpty { print("\ngrants files: \(policy.grantFiles.joined(separator: ", "))") }
+            for warning in warnings { print("\nwarning: \(warning)") }
+        }
+    }
+
+    struct Rules: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the nftables table drawbridged builds for a policy, in nft syntax.",
+            discussion: "Grants are not shown: they are elements added at run time (see `drawbridge list`).")
+
+        @Option(name: [.customLong("config"), .short], help: "The policy file.")
+        var config = "/etc/drawbridge/policy.yaml"
+
+        func run() throws {
+            let policy: Policy
+            do {
+                policy = try Policy.load(path: config)
+            } catch {
+                Output.error("\(error)")
+                throw ExitStatus.invalidData
+            }
+            print(DrawbridgeTable.ruleset(
+                mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow),
+                terminator: "")
+        }
+    }
+}
+
+/// Advice about a valid policy that may still hurt.
+enum PolicyReview {
+    static func warnings(for policy: Policy) -> [String] {
+        var warnings: [String] = []
+        if policy.alwaysAllow.isEmpty, policy.ports.contains(where: { $0.service == Service(port: 22, transport: .tcp) }) {
+            warnings.append(
+                "SSH (22/tcp) is managed and always_allow is empty: if drawbridged cannot be reached, nobody can "
+                    + "log in over the network; add your management network to always_allow")
+        }
+        for role in policy.roles where getgrnam(role.group) == nil {
+            warnings.append("group \(role.group) does not exist on this host; its role grants nothing until it does")
+        }
+        for port in policy.ports where port.allowedSources.contains(where: { $0.length == 0 }) {
+            warnings.append("\(port.name) may be opened to the whole internet (\(port.allowedSources.filter { $0.length == 0 }.map(\.description).joined(separator: ", "))) by anyone with a role for it")
+        }
+        return warnings
+    }
+}
+
+// MARK: Talking to the agent
+
+struct Client {
+    let options: ConnectionOptions
+
+    /// Sends one request and returns the answer; prints errors in words and exits with the matching status.
+    func send(_ request: LocalAPI.Request) throws -> LocalAPI.Response {
+        let raw: Data
+        do {
+            raw = try exchange(request)
+        } catch let error as ClientError {
+            Output.error(error.message)
+            throw error.exit
+        }
+        if options.json { print(String(decoding: raw, as: UTF8.self)) }
+        guard let response = try? LocalAPI.decoder().decode(LocalAPI.Response.self, from: raw) else {
+            Output.error("the agent's answer was not understood; is \(options.socket) a drawbridged socket?")
+            throw ExitCode.failure
+        }
+        if let failure = response.error, !response.ok {
+            if !options.json { Output.error(failure.message) }
+            switch failure.code {
+            case .refused, .forbidden: throw ExitStatus.refused
+            case .notFound: throw ExitStatus.notFound
+            case .badRequest: throw ExitCode.validationFailure
+            case .kernel, .internal: throw ExitCode.failure
+            }
+        }
+        return response
+    }
+
+    struct ClientError: Error {
+        var message: String
+        var exit: ExitCode
+    }
+
+    private func exchange(_ request: LocalAPI.Request) throws -> Data {
+        let path = options.socket
+        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw ClientError(message: "cannot create a socket", exit: .failure) }
+        defer { close(descriptor) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw ClientError(message: "socket path too long: \(path)", exit: .validationFailure)
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in bytes.enumerated() { raw[index] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        if connected != 0 {
+            let error = errno
+            switch error {
+            case ENOENT:
+                throw ClientError(
+                    message: "the agent is not running: no socket at \(path) (start it: systemctl start drawbridge)",
+                    exit: ExitStatus.unavailable)
+            case ECONNREFUSED:
+                throw ClientError(
+                    message: "the agent is not running: nothing answers at \(path) (systemctl status drawbridge)",
+                    exit: ExitStatus.unavailable)
+            case EACCES, EPERM:
+                throw ClientError(
+                    message: "permission denied on \(path): members of group drawbridge may use it "
+                        + "(sudo adduser \(UserName.current) drawbridge, then log in again)",
+                    exit: ExitStatus.unavailable)
+            default:
+                throw ClientError(
+                    message: "cannot reach the agent at \(path): \(String(cString: strerror(error)))",
+                    exit: ExitStatus.unavailable)
+            }
+        }
+        var timeout = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var data = try LocalAPI.encoder().encode(request)
+        data.append(0x0a)
+        let sent = data.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        guard sent == data.count else {
+            throw ClientError(message: "cannot send to the agent: \(String(cString: strerror(errno)))", exit: ExitStatus.unavailable)
+        }
+        var answer = Data()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(descriptor, &chunk, chunk.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            answer.append(contentsOf: chunk[0..<count])
+        }
+        if let newline = answer.firstIndex(of: 0x0a) { answer = answer[..<newline] }
+        guard !answer.isEmpty else {
+            throw ClientError(message: "the agent closed the connection without an answer", exit: .failure)
+        }
+        return answer
+    }
+}
+
+enum UserName {
+    static var current: String {
+        guard let entry = getpwuid(geteuid()), let name = entry.pointee.pw_name else { return "$USER" }
+        return String(cString: name)
+    }
+}
+
+enum Output {
+    static func error(_ message: String) {
+        FileHandle.standardError.write(Data("drawbridge: \(message)\n".utf8))
+    }
+
+    static func json(_ value: Any) {
+        if let data = try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes]) {
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+}
+
+enum Format {
+    static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+
+    static func remaining(_ date: Date) -> String {
+        let seconds = date.timeIntervalSinceNow
+        return seconds > 0 ? "in \(GrantDuration.format(seconds))" : "expired"
+    }
+
+    static func table(_ rows: [[String]]) -> String {
+        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            row.enumerated().map { index, cell in
+                index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n") + "\n"
+    }
+}
