@@ -38,7 +38,7 @@ let package = Package(
         .executableTarget(
             name: "drawbridged",
             dependencies: [
-                "DrawbridgeAgent", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "DrawbridgeAgent", "Netfilter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(

@@ -3,6 +3,7 @@ import DrawbridgeAgent
 import DrawbridgeCore
 import Foundation
 import Logging
+import Netfilter
 import ServiceLifecycle
 
 #if canImport(Glibc)
@@ -55,6 +56,11 @@ struct Drawbridged: AsyncParsableCommand {
     @Flag(help: "Check the policy file and exit: 0 when it is valid, 1 with the error otherwise.")
     var checkConfig = false
 
+    @Flag(help: ArgumentHelp(
+        "Delete the drawbridge table from the kernel and exit: every managed port opens again. For package removal.",
+        visibility: .default))
+    var removeTable = false
+
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
@@ -66,6 +72,21 @@ struct Drawbridged: AsyncParsableCommand {
             do {
                 let policy = try Policy.load(path: config)
                 print("\(config): valid; manages \(policy.ports.map { "\($0.name) \($0.service)" }.joined(separator: ", "))")
+                return
+            } catch {
+                FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
+                throw ExitCode.failure
+            }
+        }
+        if removeTable {
+            do {
+                let connection = try NetfilterConnection()
+                guard try connection.tableExists(DrawbridgeTable.name) else {
+                    print("table inet \(DrawbridgeTable.name) is not in the kernel; nothing to remove")
+                    return
+                }
+                try connection.commit(Transaction([.deleteTable(DrawbridgeTable.name)]))
+                print("removed table inet \(DrawbridgeTable.name): managed ports are no longer filtered by drawbridge")
                 return
             } catch {
                 FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
