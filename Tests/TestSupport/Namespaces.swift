@@ -68,8 +68,8 @@ public func run(_ arguments: [String], in namespace: NetworkNamespace? = nil, in
 ///
 /// | | host (`dbh0`) | client (`dbc0`) |
 /// |---|---|---|
-/// | IPv4 | 192.0.2.1/24, 198.51.100.1/24 | 192.0.2.2/24, 198.51.100.5/24, 198.51.100.20/24 |
-/// | IPv6 | 2001:db8::1/64, 2001:db8:1::1/64 | 2001:db8::2/64, 2001:db8:1::5/64, 2001:db8:1:0:8000::5/64 |
+/// | IPv4 | 192.0.2.1/24, 198.51.100.1/24 | 192.0.2.2, .3, .20, .21/24; 198.51.100.5, .6, .7, .20/24 |
+/// | IPv6 | 2001:db8::1/64, 2001:db8:1::1/64 | 2001:db8::2, ::3/64, 2001:db8:1::5/64, 2001:db8:1:0:8000::5/64 |
 ///
 /// Nothing is created in the machine's own namespace: the veth pair is made inside the host namespace with its peer
 /// placed straight into the client namespace. Both namespaces vanish with this object.
@@ -90,7 +90,8 @@ public final class TestNetwork: @unchecked Sendable {
         try run(["ip", "link", "add", "dbh0", "type", "veth", "peer", "name", "dbc0", "netns", client.path], in: host)
         let hostAddresses = ["192.0.2.1/24", "198.51.100.1/24", "2001:db8::1/64", "2001:db8:1::1/64"]
         let clientAddresses = [
-            "192.0.2.2/24", "198.51.100.5/24", "198.51.100.20/24", "2001:db8::2/64", "2001:db8:1::5/64",
+            "192.0.2.2/24", "192.0.2.3/24", "192.0.2.20/24", "192.0.2.21/24", "198.51.100.5/24", "198.51.100.6/24",
+            "198.51.100.7/24", "198.51.100.20/24", "2001:db8::2/64", "2001:db8::3/64", "2001:db8:1::5/64",
             "2001:db8:1:0:8000::5/64",
         ]
         for address in hostAddresses {
