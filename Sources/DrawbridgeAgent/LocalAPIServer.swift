@@ -18,7 +18,8 @@ public final class LocalAPIServer: @unchecked Sendable {
     private let handler: Handler
     private let logger: Logger
     private var descriptor: Int32 = -1
-    private let connections = DispatchSemaphore(value: 16)
+    /// Connections served at once; each holds a thread for at most the 5-second deadline.
+    private let connections = DispatchSemaphore(value: 64)
     private var acceptThread: Thread?
 
     public init(path: String, group: String?, logger: Logger, handler: @escaping Handler) {
@@ -120,11 +121,26 @@ public final class LocalAPIServer: @unchecked Sendable {
             }
             let thread = Thread { [self] in
                 serve(connection)
-                close(connection)
+                Self.finish(connection)
                 connections.signal()
             }
             thread.start()
         }
+    }
+
+    /// Closes after the answer: stops writing, then discards what the client is still sending (bounded by the read
+    /// deadline and 1 MiB) so that a client whose request was refused unread still receives the answer.
+    private static func finish(_ connection: Int32) {
+        shutdown(connection, Int32(SHUT_WR))
+        var discard = [UInt8](repeating: 0, count: 16384)
+        var total = 0
+        while total < 1 << 20 {
+            let count = read(connection, &discard, discard.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            total += count
+        }
+        close(connection)
     }
 
     private func serve(_ connection: Int32) {

@@ -143,7 +143,9 @@ public final class AgentProcess: @unchecked Sendable {
     @discardableResult
     public func cli(_ arguments: [String], as user: String? = nil) throws -> CommandResult {
         var command = [BuiltProducts.cli] + arguments
-        if !["check", "rules"].contains(arguments.first ?? "") { command += ["--socket", socketPath] }
+        if !["check", "rules"].contains(arguments.first ?? ""), !arguments.contains("--socket") {
+            command += ["--socket", socketPath]
+        }
         if let user {
             command = ["setpriv", "--reuid=\(user)", "--regid=\(user)", "--init-groups", "--reset-env"] + command
         }
