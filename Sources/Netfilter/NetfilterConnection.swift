@@ -164,37 +164,68 @@ public final class NetfilterConnection {
 
     /// Every live element of a set, with its remaining time. Expired elements the kernel has not collected yet are
     /// not listed (the kernel skips them, as lookups do).
+    ///
+    /// A dump that spans several messages is several walks of the set, each skipping what the previous ones sent.
+    /// If the kernel rehashes a hash set between two walks (it grows in the background after a large insert), the
+    /// skip lands in a different order and elements are missed or repeated — without NLM_F_DUMP_INTR, which only
+    /// reports ruleset changes. So a dump with a repeated key is read again, and a large set is read until two
+    /// dumps in a row agree.
     public func listElements(table: String, set: String) throws(NetfilterError) -> [ListedElement] {
-        // A dump that the kernel marks interrupted (the set changed while it was read) is read again.
-        for _ in 0..<5 {
-            var elements: [ListedElement] = []
-            var interrupted = false
-            do {
-                try request(
-                    type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: true, operation: "list elements",
-                    build: { header in
-                        let container = nftnl_set_alloc()!
-                        defer { nftnl_set_free(container) }
-                        nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                        nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
-                        nftnl_set_elems_nlmsg_build_payload(header, container)
-                    }
-                ) { message in
-                    if message.pointee.nlmsg_flags & UInt16(NLM_F_DUMP_INTR) != 0 { interrupted = true }
-                    Self.parseElements(message, into: &elements)
-                }
-            } catch {
-                var error = error
-                error.table = table
-                error.object = set
-                if error.errno == ENOENT, (try? tableExists(table)) == false { error.code = .tableMissing }
-                throw error
-            }
-            if !interrupted { return elements }
+        var previous: Set<ElementIdentity>?
+        for _ in 0..<8 {
+            let (elements, consistent) = try dumpElements(table: table, set: set)
+            guard consistent else { continue }
+            // One message holds a few hundred elements: a set that small is read in one walk.
+            if elements.count <= 256 { return elements }
+            let identities = Set(elements.map(ElementIdentity.init))
+            if identities == previous { return elements }
+            previous = identities
         }
         throw NetfilterError(
             .other, operation: "list elements", table: table, set: set, errno: EINTR,
             detail: "the set kept changing while it was read")
+    }
+
+    private struct ElementIdentity: Hashable {
+        var key: [UInt8]
+        var keyEnd: [UInt8]?
+        var isIntervalEnd: Bool
+        init(_ element: ListedElement) {
+            key = element.key
+            keyEnd = element.keyEnd
+            isIntervalEnd = element.isIntervalEnd
+        }
+    }
+
+    /// One dump; `consistent` is false when the kernel flagged it interrupted or a key came twice.
+    private func dumpElements(table: String, set: String) throws(NetfilterError) -> ([ListedElement], consistent: Bool) {
+        var elements: [ListedElement] = []
+        var interrupted = false
+        do {
+            try request(
+                type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: true, operation: "list elements",
+                build: { header in
+                    let container = nftnl_set_alloc()!
+                    defer { nftnl_set_free(container) }
+                    nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
+                    nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
+                    nftnl_set_elems_nlmsg_build_payload(header, container)
+                }
+            ) { message in
+                if message.pointee.nlmsg_flags & UInt16(NLM_F_DUMP_INTR) != 0 { interrupted = true }
+                Self.parseElements(message, into: &elements)
+            }
+        } catch {
+            var error = error
+            error.table = table
+            error.object = set
+            if error.errno == ENOENT, (try? tableExists(table)) == false { error.code = .tableMissing }
+            throw error
+        }
+        if interrupted { return (elements, false) }
+        var seen = Swift.Set<ElementIdentity>()
+        let unique = elements.allSatisfy { seen.insert(ElementIdentity($0)).inserted }
+        return (elements, unique)
     }
 
     private static func parseElements(_ message: UnsafePointer<nlmsghdr>, into elements: inout [ListedElement]) {

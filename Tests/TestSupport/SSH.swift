@@ -27,10 +27,11 @@ import Glibc
 /// A child process started with posix_spawn, whose output is collected by background threads (with the time each
 /// piece of standard output arrived), which can be waited for with a deadline, and which is ended by its pid.
 ///
-/// Not Foundation's `Process`: on Linux it learns that a child ended when the child closes an inherited socket, and
-/// then blocks its one manager thread in `waitpid` for that child. sshd and ssh close every inherited descriptor at
-/// start, so a long-lived sshd would stall the exit of every other `Process` in the test run (including
-/// `run(_:in:)`) until sshd ends. This class reaps its own child with `waitpid(pid, WNOHANG)` instead.
+/// Not Foundation's `Process`: on Linux it takes the closing of a socket the child inherits as the sign that the
+/// child ended, and then blocks its one manager thread in `waitpid` for that child. sshd and ssh close every inherited
+/// descriptor as they start, so a long-lived sshd or ssh session stalls the exit of every other `Process` in the test
+/// run (including `run(_:in:)`) until it ends — seen here as ssh runs "hanging" for 28 s. This class reaps its own
+/// child with `waitpid(pid, WNOHANG)` instead.
 ///
 /// With a namespace the program runs as `nsenter --net=PATH program …`; nsenter execs the program (it does not fork
 /// for a network namespace only), so `pid` is the program's own pid. The child gets descriptors 0–2 only, the
@@ -330,8 +331,9 @@ struct ProcessIdentity: Hashable {
 ///
 /// The initializer makes a temporary directory with a host key, a client key pair, `authorized_keys` (holding the
 /// client key) and `sshd_config`; starts sshd inside `namespace` as a child process, listening on `0.0.0.0` and
-/// `::` at `port`; and returns once sshd accepts connections on the namespace's own loopback (127.0.0.1 and ::1,
-/// which drawbridge never judges). Log in as root with `clientKeyPath`.
+/// `::` at `port`; and returns once sshd has logged that it listens on both and accepts connections on the
+/// namespace's own loopback (127.0.0.1 and ::1, which drawbridge never judges). Log in as root with `clientKeyPath`.
+/// It creates /run/sshd (mode 0755), sshd's privilege separation directory, if it is missing.
 ///
 /// `stop()` (also run by deinit) ends sshd and every process it forked for connections (found through /proc by
 /// parent pid, signalled by pid), then removes the directory. Call it before the test ends; a lingering sshd would
@@ -419,8 +421,14 @@ public final class SSHServer: @unchecked Sendable {
             ["/usr/sbin/sshd", "-D", "-e", "-f", configPath], in: namespace, errorFile: logPath, discardOutput: true)
         lock.withLock { self.process = process }
 
+        // Ready when sshd itself says it listens on both addresses (a connection alone could reach another server
+        // on the same port) and a connection over the namespace's loopback goes through.
         let listening = try eventually(within: startTimeout) {
             guard process.isRunning else { return true }
+            let log = self.log
+            guard log.contains("Server listening on 0.0.0.0 port \(port)."),
+                log.contains("Server listening on :: port \(port).")
+            else { return false }
             return try canConnect(from: namespace, to: IPAddress("127.0.0.1")!, port: port)
                 && canConnect(from: namespace, to: IPAddress("::1")!, port: port)
         }
@@ -602,9 +610,10 @@ extension SSHResult {
 
 // MARK: - Session
 
-/// An SSH session that stays open: ssh runs a remote loop that prints `tick` every `tickInterval`, with
-/// `ServerAliveInterval=1` and `ServerAliveCountMax=2`, so a session whose packets are dropped stops delivering
-/// output at once and ssh itself gives up about 3 s later (exit status 255).
+/// An SSH session that stays open: ssh runs a remote loop that prints `tick` every `tickInterval` (200 ms), with
+/// `ServerAliveInterval=1` and `ServerAliveCountMax=2`. When the host drops the session's packets, output stops
+/// within about half a second (sshd's TCP gets no ACKs and stops sending new data at its retransmission timeout) and
+/// ssh gives up about 3 s later ("Timeout, server … not responding.", exit status 255).
 ///
 /// `isAlive(within:)` tells whether fresh output arrives; `close()` (also run by deinit) ends ssh by its pid. The
 /// remote shell and sshd's session processes are ended by `SSHServer.stop()`.
