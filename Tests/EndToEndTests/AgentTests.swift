@@ -210,9 +210,14 @@ struct AgentTests {
         try write(#"{"grants": [{"id": "deploy", "source": "192.0.2.2", "ports": ["ssh"], "expires_at": "\#(later)", "reason": "ci"}]}"#)
         #expect(eventually(within: .seconds(4)) { (try? setup.connects(from: "192.0.2.2")) == true }, "the file's grant opens the port")
 
+        usleep(1_200_000)
+        let kernelBefore = try kernelSnapshot(setup.network.host)
+        let stateBefore = agent.storedState()
         try write("{ this is not json")
         usleep(2_500_000)
         #expect(try setup.connects(from: "192.0.2.2"), "a garbled file keeps the last good grants")
+        #expect(try kernelSnapshot(setup.network.host) == kernelBefore, "the kernel is as it was")
+        #expect(agent.storedState() == stateBefore, "the stored grants are as they were")
         #expect(try agent.auditEvents().contains { ($0["detail"] as? String)?.contains("not valid JSON") == true })
 
         try write(#"{"grants": [{"source": "192.0.2.2", "ports": ["ssh"], "expires_at": "\#(later)"}]}"#, mode: 0o666)
