@@ -123,6 +123,33 @@ struct AgentTests {
         #expect(try !setup.connects(from: "192.0.2.20"), "SIGTERM leaves enforcement (and grants) in place")
     }
 
+    @Test("reboot: the kernel forgets everything; the agent's next start restores unexpired grants only")
+    func reboot() throws {
+        let setup = try Setup()
+        let agent = setup.agent
+        #expect(try agent.cli(["grant", "ssh", "--from", "198.51.100.5", "--for", "2h"]).succeeded)
+        #expect(try agent.cli(["grant", "ssh", "--from", "192.0.2.2", "--for", "2s"]).succeeded)
+        let revoked = try #require(Self.grantID(try agent.cli(["grant", "ssh", "--from", "2001:db8::2", "--for", "2h"])))
+        #expect(try agent.cli(["revoke", revoked]).succeeded)
+        #expect(agent.terminate() == 0)
+        // What a reboot does to the kernel: no table, no elements; only the state directory survives.
+        try run(["nft", "flush", "ruleset"], in: setup.network.host)
+        #expect(try setup.connects(from: "192.0.2.20"), "nothing is enforced while the agent is down after a reboot")
+        usleep(2_200_000)
+
+        try agent.start()
+        #expect(try setup.connects(from: "198.51.100.5"), "the unexpired grant is back")
+        #expect(try !setup.connects(from: "192.0.2.2"), "the grant that expired during the 'reboot' is not")
+        #expect(try !setup.connects(from: "2001:db8::2"), "the revoked grant is not")
+        #expect(try !setup.connects(from: "192.0.2.20"), "and the port is closed again")
+        let listing = try agent.cli(["list", "--json"])
+        let response = try LocalAPI.decoder().decode(LocalAPI.Response.self, from: Data(listing.output.utf8))
+        let remaining = try #require(response.grants?.first?.kernelRemainingSeconds["ssh"] ?? nil)
+        #expect(response.grants?.count == 1)
+        #expect(remaining > 7100 && remaining < 7200, "restored with its remaining time, not a fresh 2h")
+        #expect(try agent.auditEvents().contains { $0["event"] as? String == "expire" && $0["source"] as? String == "192.0.2.2" })
+    }
+
     @Test("roles decide by Unix group; what a client claims about itself counts for nothing")
     func roles() throws {
         let setup = try Setup()
