@@ -406,7 +406,7 @@ public actor Agent {
         } catch {
             policy = previous
             audit.record(AuditEvent(.error, detail: "reload failed, the previous policy stays in force: \(error)"))
-            try? enforcer.install(
+            _ = try? enforcer.install(
                 mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
         }
     }

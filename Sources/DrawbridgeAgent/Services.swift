@@ -59,7 +59,7 @@ public struct ReloadService: ServiceLifecycle.Service, Sendable {
 
     public func run() async throws {
         let signals = await UnixSignalsSequence(trapping: .sighup)
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             for await _ in signals {
                 notifier.notify("RELOADING=1")
                 await agent.reload()

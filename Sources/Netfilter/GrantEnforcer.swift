@@ -81,13 +81,13 @@ public final class GrantEnforcer {
         for set in DrawbridgeTable.grantSets {
             for listed in try connection.listElements(table: DrawbridgeTable.name, set: set.name) {
                 guard let key = DrawbridgeTable.accessKey(from: listed), DrawbridgeTable.grantSet(for: key) == set,
-                    let remaining = listed.remainingMilliseconds
+                    let expiresAt = listed.expiresAt
                 else {
                     // Not decodable, in the wrong set, or without a timeout (it would never expire): not ours.
                     foreign.append(ForeignElement(set: set, element: listed))
                     continue
                 }
-                elements[key] = readAt.addingTimeInterval(Double(remaining) / 1000)
+                elements[key] = expiresAt
             }
         }
         return KernelAccessState(elements: elements, foreign: foreign, generation: generation, readAt: readAt)
@@ -133,6 +133,7 @@ public final class GrantEnforcer {
 
     /// Reads the kernel, compares with `desired`, and applies the difference; retries (up to `attempts` times) when
     /// an element expired or another writer committed between the read and the commit.
+    @discardableResult
     public func reconcile(desired: [AccessKey: Date], attempts: Int = 5) throws(NetfilterError) -> ReconcileOutcome {
         let planned = AccessPlan.normalize(desired)
         var lastError: NetfilterError?

@@ -159,16 +159,25 @@ public struct ListedElement: Sendable, Hashable {
     public var timeoutMilliseconds: UInt64?
     /// The time left before expiry in milliseconds, if it has a timeout.
     public var remainingMilliseconds: UInt64?
+    /// When the message carrying this element was read: the instant `remainingMilliseconds` counts from (a dump of
+    /// a large set takes long enough that one instant for all of it would skew the expiries).
+    public var readAt: Date
 
     public init(
         key: [UInt8], keyEnd: [UInt8]? = nil, isIntervalEnd: Bool = false, timeoutMilliseconds: UInt64? = nil,
-        remainingMilliseconds: UInt64? = nil
+        remainingMilliseconds: UInt64? = nil, readAt: Date = Date()
     ) {
         self.key = key
         self.keyEnd = keyEnd
         self.isIntervalEnd = isIntervalEnd
         self.timeoutMilliseconds = timeoutMilliseconds
         self.remainingMilliseconds = remainingMilliseconds
+        self.readAt = readAt
+    }
+
+    /// The absolute expiry, if the element has a timeout.
+    public var expiresAt: Date? {
+        remainingMilliseconds.map { readAt.addingTimeInterval(Double($0) / 1000) }
     }
 }
 

@@ -51,7 +51,7 @@ extension RuleBuilder {
                 continue
             }
             nftnl_expr_snprintf(&buffer, buffer.count, expression, UInt32(NFTNL_OUTPUT_DEFAULT.rawValue), 0)
-            expressions.append(name + " " + String(cString: buffer))
+            expressions.append(name + " " + String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         return expressions
     }

@@ -1,1 +1,2 @@
-print("bench")
+// drawbridge-bench: see Command.swift (`drawbridge-bench --help` says what is measured and how).
+DrawbridgeBench.main()
