@@ -39,6 +39,21 @@ struct TransactionTests {
             #expect(abs(seconds) < 1, "\(key) expires \(seconds) s away from the requested instant")
         }
         #expect(state.foreign.isEmpty)
+
+        // A point query answers for chosen elements, in order, with the same expiry.
+        let hosts = [keys[0], keys[2]]
+        let found = try enforcer.connection.getElements(
+            table: DrawbridgeTable.name, set: DrawbridgeTable.grants4.name, [DrawbridgeTable.element(for: hosts[0])])
+        #expect(found.count == 1)
+        #expect(abs(try #require(found.first?.expiresAt).timeIntervalSince(expiry)) < 1)
+        let ranges = try enforcer.connection.getElements(
+            table: DrawbridgeTable.name, set: DrawbridgeTable.ranges6.name, [DrawbridgeTable.element(for: keys[3])])
+        #expect(ranges.map { DrawbridgeTable.accessKey(from: $0) } == [keys[3]])
+        #expect(throws: NetfilterError.self) {
+            try enforcer.connection.getElements(
+                table: DrawbridgeTable.name, set: DrawbridgeTable.grants4.name,
+                [DrawbridgeTable.element(for: try Self.key("203.0.113.200"))])
+        }
     }
 
     @Test("refresh moves an expiry later and earlier, with delete and add in one transaction", arguments: [false, true])
