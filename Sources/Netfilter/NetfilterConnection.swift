@@ -3,9 +3,9 @@ import CNftnl
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A connection to nf_tables in one network namespace.
@@ -67,15 +67,18 @@ public final class NetfilterConnection {
         var acknowledged = 0
         var failures: [(sequence: UInt32, errno: Int32, offset: UInt32?, message: String)] = []
         do {
-            while try socket.receive(wait: false, operation: "read transaction replies", { reply in
-                switch reply.kind {
-                case .acknowledgement: acknowledged += 1
-                case .error(let errno, let offset, let message):
-                    failures.append((reply.sequence, errno, offset, message))
-                case .done, .data: break
-                }
-            }) {}
-        } catch where error.code == .outcomeUnknown {
+            while try socket.receive(
+                wait: false, operation: "read transaction replies",
+                { reply in
+                    switch reply.kind {
+                    case .acknowledgement: acknowledged += 1
+                    case .error(let errno, let offset, let message):
+                        failures.append((reply.sequence, errno, offset, message))
+                    case .done, .data: break
+                    }
+                })
+            {}
+        } catch  where error.code == .outcomeUnknown {
             throw NetfilterError(
                 .outcomeUnknown, operation: "commit transaction", errno: ENOBUFS,
                 detail: "\(expected) messages, \(transaction.elementCount) elements")
@@ -103,7 +106,8 @@ public final class NetfilterConnection {
         guard let record = records[failure.sequence] else {
             // Errors on BATCH_BEGIN concern the whole transaction (a stale generation id, a malformed batch).
             return NetfilterError(
-                errno: failure.errno, operation: "commit transaction", detail: failure.message.isEmpty ? nil : failure.message)
+                errno: failure.errno, operation: "commit transaction",
+                detail: failure.message.isEmpty ? nil : failure.message)
         }
         var details: [String] = []
         if !failure.message.isEmpty { details.append(failure.message) }
@@ -157,7 +161,7 @@ public final class NetfilterConnection {
                 }
             ) { _ in }
             return true
-        } catch where error.errno == ENOENT {
+        } catch  where error.errno == ENOENT {
             return false
         }
     }
@@ -191,39 +195,35 @@ public final class NetfilterConnection {
     ///
     /// - Returns: the kernel's view of each element, in the order given.
     /// - Throws: `.objectMissing` when any of them is not in the set.
-    public func getElements(table: String, set: String, _ elements: [SetElement]) throws(NetfilterError) -> [ListedElement] {
+    public func getElements(table: String, set: String, _ elements: [SetElement]) throws(NetfilterError)
+        -> [ListedElement]
+    {
         var found: [ListedElement] = []
-        do {
-            try request(
-                type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: false, operation: "get elements",
-                bufferSize: 64 + elements.count * 96,
-                build: { header in
-                    let container = nftnl_set_alloc()!
-                    defer { nftnl_set_free(container) }
-                    nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                    nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
-                    for element in elements {
-                        let item = nftnl_set_elem_alloc()!
-                        element.key.withUnsafeBytes {
-                            _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
-                        }
-                        if let end = element.keyEnd {
-                            end.withUnsafeBytes {
-                                _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
-                            }
-                        }
-                        nftnl_set_elem_add(container, item)
+        try request(
+            type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: false, operation: "get elements",
+            table: table, object: set, bufferSize: 64 + elements.count * 96,
+            build: { header in
+                let container = nftnl_set_alloc()!
+                defer { nftnl_set_free(container) }
+                nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
+                nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
+                for element in elements {
+                    let item = nftnl_set_elem_alloc()!
+                    element.key.withUnsafeBytes {
+                        _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
                     }
-                    nftnl_set_elems_nlmsg_build_payload(header, container)
+                    if let end = element.keyEnd {
+                        end.withUnsafeBytes {
+                            _ = nftnl_set_elem_set(
+                                item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
+                        }
+                    }
+                    nftnl_set_elem_add(container, item)
                 }
-            ) { message in
-                Self.parseElements(message, into: &found)
+                nftnl_set_elems_nlmsg_build_payload(header, container)
             }
-        } catch {
-            var error = error
-            error.table = table
-            error.object = set
-            throw error
+        ) { message in
+            Self.parseElements(message, into: &found)
         }
         return found
     }
@@ -240,29 +240,23 @@ public final class NetfilterConnection {
     }
 
     /// One dump; `consistent` is false when the kernel flagged it interrupted or a key came twice.
-    private func dumpElements(table: String, set: String) throws(NetfilterError) -> ([ListedElement], consistent: Bool) {
+    private func dumpElements(table: String, set: String) throws(NetfilterError) -> ([ListedElement], consistent: Bool)
+    {
         var elements: [ListedElement] = []
         var interrupted = false
-        do {
-            try request(
-                type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: true, operation: "list elements",
-                build: { header in
-                    let container = nftnl_set_alloc()!
-                    defer { nftnl_set_free(container) }
-                    nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                    nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
-                    nftnl_set_elems_nlmsg_build_payload(header, container)
-                }
-            ) { message in
-                if message.pointee.nlmsg_flags & UInt16(NLM_F_DUMP_INTR) != 0 { interrupted = true }
-                Self.parseElements(message, into: &elements)
+        try request(
+            type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: true, operation: "list elements",
+            table: table, object: set,
+            build: { header in
+                let container = nftnl_set_alloc()!
+                defer { nftnl_set_free(container) }
+                nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
+                nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
+                nftnl_set_elems_nlmsg_build_payload(header, container)
             }
-        } catch {
-            var error = error
-            error.table = table
-            error.object = set
-            if error.errno == ENOENT, (try? tableExists(table)) == false { error.code = .tableMissing }
-            throw error
+        ) { message in
+            if message.pointee.nlmsg_flags & UInt16(NLM_F_DUMP_INTR) != 0 { interrupted = true }
+            Self.parseElements(message, into: &elements)
         }
         if interrupted { return (elements, false) }
         var seen = Swift.Set<ElementIdentity>()
@@ -285,7 +279,8 @@ public final class NetfilterConnection {
                 return Array(UnsafeRawBufferPointer(start: data, count: Int(length)))
             }
             func number(_ attribute: Int) -> UInt64? {
-                nftnl_set_elem_is_set(element, UInt16(attribute)) ? nftnl_set_elem_get_u64(element, UInt16(attribute)) : nil
+                nftnl_set_elem_is_set(element, UInt16(attribute))
+                    ? nftnl_set_elem_get_u64(element, UInt16(attribute)) : nil
             }
             let flags =
                 nftnl_set_elem_is_set(element, UInt16(NFTNL_SET_ELEM_FLAGS))
@@ -306,6 +301,8 @@ public final class NetfilterConnection {
         family: UInt16,
         dump: Bool,
         operation: String,
+        table: String? = nil,
+        object: String? = nil,
         bufferSize: Int = 4096,
         build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
         handle: (UnsafePointer<nlmsghdr>) -> Void
@@ -336,13 +333,20 @@ public final class NetfilterConnection {
                 case .acknowledgement, .done:
                     finished = true
                 case .error(let errno, _, let message):
-                    failure = NetfilterError(errno: errno, operation: operation, detail: message.isEmpty ? nil : message)
+                    failure = NetfilterError(
+                        errno: errno, operation: operation, table: table, object: object,
+                        detail: message.isEmpty ? nil : message)
                     finished = true
                 case .data(let bytes):
                     handle(bytes.baseAddress!.assumingMemoryBound(to: nlmsghdr.self))
                 }
             }
         }
-        if let failure { throw failure }
+        guard var failure else { return }
+        // ENOENT names no object: say so when it is the whole table that is missing.
+        if failure.errno == ENOENT, let table, object != nil, (try? tableExists(table)) == false {
+            failure.code = .tableMissing
+        }
+        throw failure
     }
 }

@@ -7,31 +7,25 @@ extension NetfilterConnection {
     /// rules read from the kernel can be compared with rules built locally.
     public func listRules(table: String, chain: String) throws(NetfilterError) -> [[String]] {
         var rules: [[String]] = []
-        do {
-            try request(
-                type: NFT_MSG_GETRULE, family: UInt16(NFPROTO_INET), dump: true, operation: "list rules",
-                build: { header in
-                    let rule = nftnl_rule_alloc()!
-                    defer { nftnl_rule_free(rule) }
-                    nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), table)
-                    nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
-                    nftnl_rule_nlmsg_build_payload(header, rule)
-                }
-            ) { message in
+        try request(
+            type: NFT_MSG_GETRULE, family: UInt16(NFPROTO_INET), dump: true, operation: "list rules",
+            table: table, object: chain,
+            build: { header in
                 let rule = nftnl_rule_alloc()!
                 defer { nftnl_rule_free(rule) }
-                guard nftnl_rule_nlmsg_parse(message, rule) >= 0 else { return }
-                // A dump filtered by chain still needs the check: older kernels ignore the filter.
-                guard let name = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue)),
-                    String(cString: name) == chain
-                else { return }
-                rules.append(RuleBuilder.signature(of: rule))
+                nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), table)
+                nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
+                nftnl_rule_nlmsg_build_payload(header, rule)
             }
-        } catch {
-            var error = error
-            error.table = table
-            error.object = chain
-            throw error
+        ) { message in
+            let rule = nftnl_rule_alloc()!
+            defer { nftnl_rule_free(rule) }
+            guard nftnl_rule_nlmsg_parse(message, rule) >= 0 else { return }
+            // A dump filtered by chain still needs the check: older kernels ignore the filter.
+            guard let name = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue)),
+                String(cString: name) == chain
+            else { return }
+            rules.append(RuleBuilder.signature(of: rule))
         }
         return rules
     }
@@ -51,7 +45,8 @@ extension RuleBuilder {
                 continue
             }
             nftnl_expr_snprintf(&buffer, buffer.count, expression, UInt32(NFTNL_OUTPUT_DEFAULT.rawValue), 0)
-            expressions.append(name + " " + String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            expressions.append(
+                name + " " + String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         return expressions
     }
@@ -85,14 +80,14 @@ extension GrantEnforcer {
                 let actual = Set(listed.map { "\($0.key)\($0.isIntervalEnd)" })
                 let wanted = Set((expectedElements[set.name] ?? []).map { "\($0.key)\($0.isIntervalEnd)" })
                 if actual != wanted { problems.append("set \(set.name) holds elements the policy does not give it") }
-            } catch where error.code == .objectMissing {
+            } catch  where error.code == .objectMissing {
                 problems.append("set \(set.name) is missing")
             }
         }
         for set in DrawbridgeTable.grantSets {
             do {
                 _ = try connection.listElements(table: table, set: set.name)
-            } catch where error.code == .objectMissing {
+            } catch  where error.code == .objectMissing {
                 problems.append("set \(set.name) is missing")
             }
         }
@@ -103,7 +98,7 @@ extension GrantEnforcer {
                 if try connection.listRules(table: table, chain: chain.name) != wanted {
                     problems.append("the rules of chain \(chain.name) were changed")
                 }
-            } catch where error.code == .objectMissing {
+            } catch  where error.code == .objectMissing {
                 problems.append("chain \(chain.name) is missing")
             }
         }
