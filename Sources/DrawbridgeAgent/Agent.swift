@@ -4,7 +4,7 @@ import Logging
 import Netfilter
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Where the agent reads and writes.
@@ -66,7 +66,9 @@ public actor Agent {
     /// remaining time and reads the grants files. Enforcement is complete when this returns.
     public func start() throws {
         let expired = book.removeExpired(now: Date())
-        for grant in expired { audit.record(AuditEvent(.expire, grant: grant, detail: "expired while the agent was down")) }
+        for grant in expired {
+            audit.record(AuditEvent(.expire, grant: grant, detail: "expired while the agent was down"))
+        }
         try enforcer.install(
             mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
         _ = dropGrantsOutsidePolicy(reason: "no longer allowed by the policy")
@@ -76,7 +78,8 @@ public actor Agent {
         audit.record(
             AuditEvent(
                 .start,
-                detail: "policy \(configuration.policyPath); managed \(managedDescription); \(book.grants.count) grants "
+                detail:
+                    "policy \(configuration.policyPath); managed \(managedDescription); \(book.grants.count) grants "
                     + "restored; kernel: \(outcome.diff.additions.count) added, \(outcome.diff.refreshes.count) "
                     + "refreshed, \(outcome.diff.deletions.count + outcome.foreignRemoved) removed"))
     }
@@ -110,8 +113,10 @@ public actor Agent {
     }
 
     private func badRequest(_ message: String, _ request: LocalAPI.Request, _ caller: Caller) -> LocalAPI.Response {
-        audit.record(AuditEvent(.refuse, user: caller.user, uid: caller.uid, source: request.source,
-                                ports: request.ports, reason: request.reason, origin: "local", detail: message))
+        audit.record(
+            AuditEvent(
+                .refuse, user: caller.user, uid: caller.uid, source: request.source,
+                ports: request.ports, reason: request.reason, origin: "local", detail: message))
         return .failure(.init(code: .badRequest, message: message))
     }
 
@@ -138,8 +143,10 @@ public actor Agent {
         let authorized: AuthorizedGrant
         switch policy.authorize(asked, by: caller) {
         case .failure(let refusal):
-            audit.record(AuditEvent(.refuse, user: caller.user, uid: caller.uid, source: source.description,
-                                    ports: ports, reason: reason, origin: "local", detail: refusal.message))
+            audit.record(
+                AuditEvent(
+                    .refuse, user: caller.user, uid: caller.uid, source: source.description,
+                    ports: ports, reason: reason, origin: "local", detail: refusal.message))
             return .failure(.init(code: .refused, reason: refusal.reason.rawValue, message: refusal.message))
         case .success(let value):
             authorized = value
@@ -202,10 +209,13 @@ public actor Agent {
         }
         if let failure = commit(updated, operation: "revoke") { return .failure(failure) }
         for grant in revoked {
-            audit.record(AuditEvent(.revoke, grant: grant, user: caller.user, uid: caller.uid,
-                                    detail: "revoked by \(caller.user) (uid \(caller.uid))"))
+            audit.record(
+                AuditEvent(
+                    .revoke, grant: grant, user: caller.user, uid: caller.uid,
+                    detail: "revoked by \(caller.user) (uid \(caller.uid))"))
         }
-        return LocalAPI.Response(ok: true, grants: revoked.map { LocalAPI.GrantStatus(grant: $0, kernelRemainingSeconds: [:]) })
+        return LocalAPI.Response(
+            ok: true, grants: revoked.map { LocalAPI.GrantStatus(grant: $0, kernelRemainingSeconds: [:]) })
     }
 
     /// Root, the user who asked for the grant, or anyone whose roles cover all of its ports.
@@ -217,12 +227,17 @@ public actor Agent {
     }
 
     private func forbidden(_ grant: Grant, _ caller: Caller) -> LocalAPI.Response {
-        audit.record(AuditEvent(.refuse, grant: grant, user: caller.user, uid: caller.uid,
-                                detail: "revoke of a grant by \(grant.requestedBy) not permitted"))
-        return .failure(.init(
-            code: .forbidden,
-            message: "\(caller.user) may not revoke \(grant.id) (asked for by \(grant.requestedBy)); only root, its "
-                + "requester, or a member of a role covering \(grant.ports.map(\.name).joined(separator: ", ")) may"))
+        audit.record(
+            AuditEvent(
+                .refuse, grant: grant, user: caller.user, uid: caller.uid,
+                detail: "revoke of a grant by \(grant.requestedBy) not permitted"))
+        return .failure(
+            .init(
+                code: .forbidden,
+                message:
+                    "\(caller.user) may not revoke \(grant.id) (asked for by \(grant.requestedBy)); only root, its "
+                    + "requester, or a member of a role covering \(grant.ports.map(\.name).joined(separator: ", ")) may"
+            ))
     }
 
     /// Every grant with what the kernel holds for it right now.
@@ -233,7 +248,8 @@ public actor Agent {
         } catch {
             return .failure(.init(code: .kernel, message: "cannot read the kernel's grant sets: \(error)"))
         }
-        return LocalAPI.Response(ok: true, grants: book.sorted.map { status(of: $0, kernel: kernel.elements, at: kernel.readAt) })
+        return LocalAPI.Response(
+            ok: true, grants: book.sorted.map { status(of: $0, kernel: kernel.elements, at: kernel.readAt) })
     }
 
     private func status(of grant: Grant) -> LocalAPI.GrantStatus {
@@ -347,8 +363,9 @@ public actor Agent {
         do {
             let generation = try enforcer.connection.generation()
             if generation != knownGeneration {
-                try repair(trigger: "the ruleset generation moved from \(knownGeneration.map(String.init) ?? "none") "
-                    + "to \(generation) without drawbridge")
+                try repair(
+                    trigger: "the ruleset generation moved from \(knownGeneration.map(String.init) ?? "none") "
+                        + "to \(generation) without drawbridge")
             }
         } catch {
             logger.error("kernel check failed", metadata: ["kernel.error": "\(error)"])
@@ -400,9 +417,11 @@ public actor Agent {
             }
             persist()
             try fullReconcile()
-            audit.record(AuditEvent(
-                .reload, detail: "managed \(managedDescription); on_expiry \(policy.onExpiry.rawValue); "
-                    + "\(dropped) grants dropped"))
+            audit.record(
+                AuditEvent(
+                    .reload,
+                    detail: "managed \(managedDescription); on_expiry \(policy.onExpiry.rawValue); "
+                        + "\(dropped) grants dropped"))
         } catch {
             policy = previous
             audit.record(AuditEvent(.error, detail: "reload failed, the previous policy stays in force: \(error)"))
@@ -419,7 +438,8 @@ public actor Agent {
             grant.ports.contains { port in
                 guard let managed = policy.port(for: port.service) else { return true }
                 let remaining = grant.expiresAt.timeIntervalSince(now)
-                return !managed.allowedSources.contains { $0.contains(grant.source) } || remaining > managed.maxDuration + 1
+                return !managed.allowedSources.contains { $0.contains(grant.source) }
+                    || remaining > managed.maxDuration + 1
             }
         }
         for grant in dropped { audit.record(AuditEvent(.revoke, grant: grant, detail: reason)) }
@@ -429,7 +449,9 @@ public actor Agent {
     // MARK: Grants files
 
     private func keepLastGood(_ origin: GrantOrigin, _ why: String) -> Bool {
-        audit.record(AuditEvent(.error, origin: origin.description, detail: "\(why); keeping the last good grants from this file"))
+        audit.record(
+            AuditEvent(
+                .error, origin: origin.description, detail: "\(why); keeping the last good grants from this file"))
         return false
     }
 
@@ -450,11 +472,16 @@ public actor Agent {
         let origin = GrantOrigin.file(path)
         var info = stat()
         guard stat(path, &info) == 0 else {
-            guard grantFileStamps[path] != FileStamp(device: 0, inode: 0, size: -1, modified: 0, modifiedNanoseconds: 0, changed: 0)
+            guard
+                grantFileStamps[path]
+                    != FileStamp(device: 0, inode: 0, size: -1, modified: 0, modifiedNanoseconds: 0, changed: 0)
             else { return false }
-            grantFileStamps[path] = FileStamp(device: 0, inode: 0, size: -1, modified: 0, modifiedNanoseconds: 0, changed: 0)
+            grantFileStamps[path] = FileStamp(
+                device: 0, inode: 0, size: -1, modified: 0, modifiedNanoseconds: 0, changed: 0)
             let removed = book.replaceGrants(from: origin, with: []).removed
-            for grant in removed { audit.record(AuditEvent(.revoke, grant: grant, detail: "grants file \(path) is gone")) }
+            for grant in removed {
+                audit.record(AuditEvent(.revoke, grant: grant, detail: "grants file \(path) is gone"))
+            }
             return !removed.isEmpty
         }
         let stamp = FileStamp(
@@ -467,7 +494,8 @@ public actor Agent {
             return keepLastGood(origin, "\(path) is owned by uid \(info.st_uid), not root")
         }
         guard info.st_mode & 0o022 == 0 else {
-            return keepLastGood(origin, "\(path) is writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
+            return keepLastGood(
+                origin, "\(path) is writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
         }
         let contents: GrantsFile.Contents
         do {
@@ -479,7 +507,8 @@ public actor Agent {
             return keepLastGood(origin, "cannot read \(path): \(error.localizedDescription)")
         }
         for (entry, refusal) in contents.refusals {
-            audit.record(AuditEvent(.refuse, user: path, origin: origin.description, detail: "\(entry): \(refusal.message)"))
+            audit.record(
+                AuditEvent(.refuse, user: path, origin: origin.description, detail: "\(entry): \(refusal.message)"))
         }
         let (added, removed) = book.replaceGrants(from: origin, with: contents.grants)
         for grant in added { audit.record(AuditEvent(.grant, grant: grant)) }

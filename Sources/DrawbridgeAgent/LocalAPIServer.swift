@@ -3,7 +3,7 @@ import Foundation
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The local API socket: a Unix stream socket, mode 0660 and group `drawbridge`, one request per connection.
@@ -36,15 +36,21 @@ public final class LocalAPIServer: @unchecked Sendable {
         try removeStaleSocket()
 
         descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw AgentError("cannot create the API socket: \(String(cString: strerror(errno)))") }
+        guard descriptor >= 0 else {
+            throw AgentError("cannot create the API socket: \(String(cString: strerror(errno)))")
+        }
         var address = try Self.address(path)
         // Created 0600 (umask), then opened to the group only once its owner is right: never world-accessible.
         let previous = umask(0o177)
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         umask(previous)
-        guard bound == 0 else { throw AgentError("cannot bind the API socket \(path): \(String(cString: strerror(errno)))") }
+        guard bound == 0 else {
+            throw AgentError("cannot bind the API socket \(path): \(String(cString: strerror(errno)))")
+        }
         if let group {
             if let gid = UnixIdentity.groupID(named: group) {
                 guard chown(path, 0, gid) == 0 || geteuid() != 0 else {
@@ -57,7 +63,9 @@ public final class LocalAPIServer: @unchecked Sendable {
                     metadata: ["api.socket": "\(path)", "api.group": "\(group)"])
             }
         }
-        guard listen(descriptor, 64) == 0 else { throw AgentError("cannot listen on \(path): \(String(cString: strerror(errno)))") }
+        guard listen(descriptor, 64) == 0 else {
+            throw AgentError("cannot listen on \(path): \(String(cString: strerror(errno)))")
+        }
 
         let listening = descriptor
         let thread = Thread { [self] in acceptLoop(listening) }
@@ -87,7 +95,9 @@ public final class LocalAPIServer: @unchecked Sendable {
         defer { close(probe) }
         var address = try Self.address(path)
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         if connected == 0 { throw AgentError("another drawbridged is already serving \(path)") }
         unlink(path)
@@ -193,7 +203,8 @@ public final class LocalAPIServer: @unchecked Sendable {
             }
             data.append(contentsOf: chunk[0..<count])
             if data.count > LocalAPI.maximumRequestBytes {
-                return .failure(.init(code: .badRequest, message: "request larger than \(LocalAPI.maximumRequestBytes) bytes"))
+                return .failure(
+                    .init(code: .badRequest, message: "request larger than \(LocalAPI.maximumRequestBytes) bytes"))
             }
         }
         if let newline = data.firstIndex(of: 0x0a) { data = data[..<newline] }
@@ -201,7 +212,10 @@ public final class LocalAPIServer: @unchecked Sendable {
         do {
             return .success(try LocalAPI.decoder().decode(LocalAPI.Request.self, from: data))
         } catch {
-            return .failure(.init(code: .badRequest, message: "request is not a valid drawbridge API message: \(Self.describe(error))"))
+            return .failure(
+                .init(
+                    code: .badRequest, message: "request is not a valid drawbridge API message: \(Self.describe(error))"
+                ))
         }
     }
 

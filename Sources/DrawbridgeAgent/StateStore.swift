@@ -2,7 +2,7 @@ import DrawbridgeCore
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Keeps the grant book on disk, replaced atomically: written to a temporary file, flushed, renamed over the old
@@ -45,7 +45,9 @@ public struct StateStore: Sendable {
         let data = try encoder.encode(Document(version: 1, book: book))
         let temporary = path + ".tmp"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
-        guard descriptor >= 0 else { throw AgentError("cannot write \(temporary): \(String(cString: strerror(errno)))") }
+        guard descriptor >= 0 else {
+            throw AgentError("cannot write \(temporary): \(String(cString: strerror(errno)))")
+        }
         let written = data.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
         let synced = fsync(descriptor)
         close(descriptor)

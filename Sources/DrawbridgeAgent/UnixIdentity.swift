@@ -3,7 +3,7 @@ import DrawbridgeCore
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Who is on the other end of a Unix socket, as the kernel knows it: never what the client claims.

@@ -42,7 +42,9 @@ public enum GrantsFile {
         } catch {
             throw fail("not valid JSON (\((error as NSError).userInfo["NSDebugDescription"] ?? error))")
         }
-        guard let top = document as? [String: Any] else { throw fail("the document must be an object with a \"grants\" list") }
+        guard let top = document as? [String: Any] else {
+            throw fail("the document must be an object with a \"grants\" list")
+        }
         if let unknown = top.keys.first(where: { $0 != "grants" }) {
             throw fail("unknown key \"\(unknown)\" at the top level; the only key is \"grants\"")
         }
@@ -56,9 +58,12 @@ public enum GrantsFile {
             let place = "grants[\(index)]"
             guard let entry = raw as? [String: Any] else { throw fail("\(place) must be an object") }
             if let unknown = entry.keys.sorted().first(where: { !entryKeys.contains($0) }) {
-                throw fail("\(place): unknown key \"\(unknown)\"; allowed: \(entryKeys.sorted().joined(separator: ", "))")
+                throw fail(
+                    "\(place): unknown key \"\(unknown)\"; allowed: \(entryKeys.sorted().joined(separator: ", "))")
             }
-            guard let sourceText = entry["source"] as? String else { throw fail("\(place).source must be a string prefix") }
+            guard let sourceText = entry["source"] as? String else {
+                throw fail("\(place).source must be a string prefix")
+            }
             let source: IPPrefix
             do {
                 source = try IPPrefix(parsing: sourceText)
@@ -73,14 +78,18 @@ public enum GrantsFile {
             }
             let reason = entry["reason"] ?? ""
             guard let reason = reason as? String else { throw fail("\(place).reason must be a string") }
-            if let id = entry["id"], !(id is String) || (id as! String).isEmpty { throw fail("\(place).id must be a non-empty string") }
+            if let id = entry["id"], !(id is String) || (id as! String).isEmpty {
+                throw fail("\(place).id must be a non-empty string")
+            }
 
-            let suffix = (entry["id"] as? String) ?? String(fnv1a("\(source)|\(ports.sorted())|\(expiryText)"), radix: 16)
+            let suffix =
+                (entry["id"] as? String) ?? String(fnv1a("\(source)|\(ports.sorted())|\(expiryText)"), radix: 16)
             let id = GrantBook.fileIdentifierPrefix(for: origin) + suffix
             guard seen.insert(id).inserted else { throw fail("\(place): duplicate id \"\(suffix)\"") }
             guard expiresAt > now else { continue }
 
-            let request = GrantRequest(ports: ports, source: source, duration: expiresAt.timeIntervalSince(now), reason: reason)
+            let request = GrantRequest(
+                ports: ports, source: source, duration: expiresAt.timeIntervalSince(now), reason: reason)
             switch policy.authorize(request, by: Caller(uid: 0, user: "root", groups: [])) {
             case .failure(let refusal):
                 refusals.append(("\(place) (\(sourceText) \(ports.joined(separator: ",")))", refusal))
@@ -89,7 +98,8 @@ public enum GrantsFile {
                     Grant(
                         id: id, source: source,
                         ports: authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) },
-                        createdAt: now, expiresAt: expiresAt, requestedBy: path, uid: nil, reason: reason, origin: origin))
+                        createdAt: now, expiresAt: expiresAt, requestedBy: path, uid: nil, reason: reason,
+                        origin: origin))
             }
         }
         return Contents(grants: grants, refusals: refusals)

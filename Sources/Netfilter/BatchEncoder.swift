@@ -76,14 +76,18 @@ final class BatchEncoder {
             defer { nftnl_table_free(table) }
             nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), name)
             nftnl_table_set_u32(table, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(NFPROTO_INET))
-            message(NFT_MSG_NEWTABLE, flags: NLM_F_CREATE, record: .init(operation: "create table", table: name, elementCount: 0)) {
+            message(
+                NFT_MSG_NEWTABLE, flags: NLM_F_CREATE,
+                record: .init(operation: "create table", table: name, elementCount: 0)
+            ) {
                 nftnl_table_nlmsg_build_payload($0, table)
             }
         case .deleteTable(let name):
             let table = nftnl_table_alloc()!
             defer { nftnl_table_free(table) }
             nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), name)
-            message(NFT_MSG_DELTABLE, flags: 0, record: .init(operation: "delete table", table: name, elementCount: 0)) {
+            message(NFT_MSG_DELTABLE, flags: 0, record: .init(operation: "delete table", table: name, elementCount: 0))
+            {
                 nftnl_table_nlmsg_build_payload($0, table)
             }
         case .createChain(let table, let definition):
@@ -122,13 +126,18 @@ final class BatchEncoder {
             nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
             nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
             // DELSETELEM without an element list deletes them all.
-            message(NFT_MSG_DELSETELEM, flags: 0, record: .init(operation: "flush set", table: table, object: name, elementCount: 0)) {
+            message(
+                NFT_MSG_DELSETELEM, flags: 0,
+                record: .init(operation: "flush set", table: table, object: name, elementCount: 0)
+            ) {
                 nftnl_set_elems_nlmsg_build_payload($0, set)
             }
         case .addElements(let table, let definition, let elements):
-            encodeElements(NFT_MSG_NEWSETELEM, flags: NLM_F_CREATE, operation: "add elements", table: table, definition, elements)
+            encodeElements(
+                NFT_MSG_NEWSETELEM, flags: NLM_F_CREATE, operation: "add elements", table: table, definition, elements)
         case .deleteElements(let table, let definition, let elements):
-            encodeElements(NFT_MSG_DELSETELEM, flags: 0, operation: "delete elements", table: table, definition, elements)
+            encodeElements(
+                NFT_MSG_DELSETELEM, flags: 0, operation: "delete elements", table: table, definition, elements)
         case .destroyElements(let table, let definition, let elements):
             // Not in the 6.1 UAPI headers this builds against; the number is fixed by the kernel ABI.
             encodeElements(
@@ -164,15 +173,20 @@ final class BatchEncoder {
         let now = Date()
         for element in elements {
             let item = nftnl_set_elem_alloc()!
-            element.key.withUnsafeBytes { _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
+            element.key.withUnsafeBytes {
+                _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
+            }
             if let end = element.keyEnd {
-                end.withUnsafeBytes { _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count)) }
+                end.withUnsafeBytes {
+                    _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
+                }
             }
             if element.isIntervalEnd {
                 nftnl_set_elem_set_u32(item, UInt16(NFTNL_SET_ELEM_FLAGS), NFT_SET_ELEM_INTERVAL_END.rawValue)
             }
             if type == NFT_MSG_NEWSETELEM, case .at(let expiry) = element.expiry {
-                nftnl_set_elem_set_u64(item, UInt16(NFTNL_SET_ELEM_TIMEOUT), Self.timeoutMilliseconds(until: expiry, now: now))
+                nftnl_set_elem_set_u64(
+                    item, UInt16(NFTNL_SET_ELEM_TIMEOUT), Self.timeoutMilliseconds(until: expiry, now: now))
             }
             nftnl_set_elem_add(set, item)
         }
@@ -180,7 +194,10 @@ final class BatchEncoder {
         defer { nftnl_set_elems_iter_destroy(iterator) }
         var more: Int32 = 1
         while more > 0 {
-            message(type, flags: flags, record: .init(operation: operation, table: table, object: definition.name, elementCount: 0)) {
+            message(
+                type, flags: flags,
+                record: .init(operation: operation, table: table, object: definition.name, elementCount: 0)
+            ) {
                 more = nftnl_set_elems_nlmsg_build_payload_iter($0, iterator)
             }
         }
@@ -238,7 +255,8 @@ final class BatchEncoder {
             case .input: nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), NF_INET_LOCAL_IN.rawValue)
             }
             nftnl_chain_set_s32(chain, UInt16(NFTNL_CHAIN_PRIO.rawValue), base.priority)
-            nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_POLICY.rawValue), UInt32(base.acceptByDefault ? NF_ACCEPT : NF_DROP))
+            nftnl_chain_set_u32(
+                chain, UInt16(NFTNL_CHAIN_POLICY.rawValue), UInt32(base.acceptByDefault ? NF_ACCEPT : NF_DROP))
         }
         return chain
     }

@@ -40,7 +40,10 @@ public enum DrawbridgeTable {
     /// cannot be read (no transport header) never jumps, so nothing but a managed port can ever be dropped here.
     public static func rules(mode: SessionMode) -> [(chain: String, rule: RuleDefinition)] {
         var rules: [(String, RuleDefinition)] = [
-            (input.name, .lookup([.transportProtocol, .destinationPort], set: managed.name, verdict: .jump(gate.name))),
+            (
+                input.name,
+                .lookup([.transportProtocol, .destinationPort], set: managed.name, verdict: .jump(gate.name))
+            ),
             (gate.name, .loopbackInterface(.accept)),
         ]
         if mode == .keepSessions {
@@ -49,10 +52,22 @@ public enum DrawbridgeTable {
         rules += [
             (gate.name, .lookup([.ipv4Source], set: allow4.name, verdict: .accept)),
             (gate.name, .lookup([.ipv6Source], set: allow6.name, verdict: .accept)),
-            (gate.name, .lookup([.ipv4Source, .transportProtocol, .destinationPort], set: grants4.name, verdict: .accept)),
-            (gate.name, .lookup([.ipv4Source, .transportProtocol, .destinationPort], set: ranges4.name, verdict: .accept)),
-            (gate.name, .lookup([.ipv6Source, .transportProtocol, .destinationPort], set: grants6.name, verdict: .accept)),
-            (gate.name, .lookup([.ipv6Source, .transportProtocol, .destinationPort], set: ranges6.name, verdict: .accept)),
+            (
+                gate.name,
+                .lookup([.ipv4Source, .transportProtocol, .destinationPort], set: grants4.name, verdict: .accept)
+            ),
+            (
+                gate.name,
+                .lookup([.ipv4Source, .transportProtocol, .destinationPort], set: ranges4.name, verdict: .accept)
+            ),
+            (
+                gate.name,
+                .lookup([.ipv6Source, .transportProtocol, .destinationPort], set: grants6.name, verdict: .accept)
+            ),
+            (
+                gate.name,
+                .lookup([.ipv6Source, .transportProtocol, .destinationPort], set: ranges6.name, verdict: .accept)
+            ),
             (gate.name, .counted(.drop)),
         ]
         return rules
@@ -151,8 +166,10 @@ public enum DrawbridgeTable {
         for chain in [input, gate] {
             text += "\tchain \(chain.name) {\n"
             if let base = chain.base {
-                let priority = base.priority == 0 ? "filter" : "filter \(base.priority < 0 ? "-" : "+") \(abs(base.priority))"
-                text += "\t\ttype filter hook input priority \(priority); policy \(base.acceptByDefault ? "accept" : "drop");\n"
+                let priority =
+                    base.priority == 0 ? "filter" : "filter \(base.priority < 0 ? "-" : "+") \(abs(base.priority))"
+                text +=
+                    "\t\ttype filter hook input priority \(priority); policy \(base.acceptByDefault ? "accept" : "drop");\n"
             }
             for (_, rule) in all.filter({ $0.chain == chain.name }) {
                 text += "\t\t\(rule.nftText)\n"
@@ -250,7 +267,9 @@ struct AddressRange: Equatable {
 
     /// Merges prefixes into the fewest disjoint, non-adjacent ranges (the kernel refuses overlapping intervals).
     static func merged(_ prefixes: [IPPrefix]) -> [AddressRange] {
-        let sorted = prefixes.map { AddressRange(first: $0.network, last: $0.lastAddress) }.sorted { $0.first < $1.first }
+        let sorted = prefixes.map { AddressRange(first: $0.network, last: $0.lastAddress) }.sorted {
+            $0.first < $1.first
+        }
         var result: [AddressRange] = []
         for range in sorted {
             if var previous = result.last, previous.last.successor.map({ range.first <= $0 }) ?? true {

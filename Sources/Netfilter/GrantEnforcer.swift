@@ -65,9 +65,10 @@ public final class GrantEnforcer {
     private func probeDestroySupport() throws(NetfilterError) -> Bool {
         let probe = SetElement(key: [UInt8](repeating: 0, count: 12))
         do {
-            try connection.commit(Transaction([.destroyElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4, [probe])]))
+            try connection.commit(
+                Transaction([.destroyElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4, [probe])]))
             return true
-        } catch where error.code == .invalidRequest {
+        } catch  where error.code == .invalidRequest {
             return false
         }
     }
@@ -150,7 +151,7 @@ public final class GrantEnforcer {
                 return ReconcileOutcome(
                     diff: diff, foreignRemoved: state.foreign.count, attempts: attempt, report: report,
                     generation: state.generation &+ 1)
-            } catch where [.elementAbsent, .generationChanged, .outcomeUnknown].contains(error.code) {
+            } catch  where [.elementAbsent, .generationChanged, .outcomeUnknown].contains(error.code) {
                 lastError = error
             }
         }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A failure talking to nf_tables, named by what went wrong, what was being done and to which object — never a bare
@@ -144,7 +144,8 @@ func errnoName(_ value: Int32) -> String {
         EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", ENOMEM: "ENOMEM", EACCES: "EACCES",
         EBUSY: "EBUSY", EEXIST: "EEXIST", EINVAL: "EINVAL", ENFILE: "ENFILE", ENOSPC: "ENOSPC", ERANGE: "ERANGE",
         EAGAIN: "EAGAIN", EMSGSIZE: "EMSGSIZE", ENOBUFS: "ENOBUFS", EOPNOTSUPP: "EOPNOTSUPP", ERESTART: "ERESTART",
-        ENOTEMPTY: "ENOTEMPTY", EAFNOSUPPORT: "EAFNOSUPPORT", EOVERFLOW: "EOVERFLOW", EPROTONOSUPPORT: "EPROTONOSUPPORT",
+        ENOTEMPTY: "ENOTEMPTY", EAFNOSUPPORT: "EAFNOSUPPORT", EOVERFLOW: "EOVERFLOW",
+        EPROTONOSUPPORT: "EPROTONOSUPPORT",
         ETIMEDOUT: "ETIMEDOUT",
     ]
     return names[value] ?? "errno \(value)"

@@ -2,9 +2,9 @@ import CDrawbridgeLinux
 import CMnl
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// One reply message read from the socket.
@@ -127,48 +127,54 @@ final class NetlinkSocket {
             let error = errno
             if !wait && (error == EAGAIN || error == EWOULDBLOCK) { return false }
             if error == EAGAIN || error == EWOULDBLOCK {
-                throw NetfilterError(.protocolViolation, operation: operation, errno: ETIMEDOUT,
-                                     detail: "no reply from the kernel within 30 s")
+                throw NetfilterError(
+                    .protocolViolation, operation: operation, errno: ETIMEDOUT,
+                    detail: "no reply from the kernel within 30 s")
             }
             throw NetfilterError(errno: error, operation: operation)
         }
-        let parsed = receiveBuffer.withUnsafeBytes { buffer in Result { () throws(NetfilterError) in
-            var cursor = buffer.baseAddress!
-            var remaining = count
-            while true {
-                var length = 0
-                var type: UInt16 = 0
-                var flags: UInt16 = 0
-                var sequence: UInt32 = 0
-                let before = remaining
-                guard let header = drawbridge_next_message(cursor, &remaining, &length, &type, &flags, &sequence)
-                else { break }
-                let message = UnsafeRawBufferPointer(start: header, count: length)
-                cursor = cursor.advanced(by: before - remaining)
-                switch Int32(type) {
-                case NLMSG_ERROR:
-                    var parsed = drawbridge_netlink_error()
-                    guard drawbridge_parse_netlink_error(header, length, &parsed) == 0 else {
-                        throw NetfilterError(.protocolViolation, operation: operation, detail: "malformed error reply")
+        let parsed = receiveBuffer.withUnsafeBytes { buffer in
+            Result { () throws(NetfilterError) in
+                var cursor = buffer.baseAddress!
+                var remaining = count
+                while true {
+                    var length = 0
+                    var type: UInt16 = 0
+                    var flags: UInt16 = 0
+                    var sequence: UInt32 = 0
+                    let before = remaining
+                    guard let header = drawbridge_next_message(cursor, &remaining, &length, &type, &flags, &sequence)
+                    else { break }
+                    let message = UnsafeRawBufferPointer(start: header, count: length)
+                    cursor = cursor.advanced(by: before - remaining)
+                    switch Int32(type) {
+                    case NLMSG_ERROR:
+                        var parsed = drawbridge_netlink_error()
+                        guard drawbridge_parse_netlink_error(header, length, &parsed) == 0 else {
+                            throw NetfilterError(
+                                .protocolViolation, operation: operation, detail: "malformed error reply")
+                        }
+                        let text = withUnsafeBytes(of: parsed.message) { raw in
+                            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                        }
+                        let kind: NetlinkReply.Kind =
+                            parsed.error == 0
+                            ? .acknowledgement
+                            : .error(
+                                errno: parsed.error,
+                                attributeOffset: parsed.has_offset != 0 ? parsed.attribute_offset : nil,
+                                message: text)
+                        try handle(NetlinkReply(sequence: parsed.sequence, flags: flags, kind: kind))
+                    case NLMSG_DONE:
+                        try handle(NetlinkReply(sequence: sequence, flags: flags, kind: .done))
+                    case NLMSG_NOOP:
+                        continue
+                    default:
+                        try handle(NetlinkReply(sequence: sequence, flags: flags, kind: .data(message)))
                     }
-                    let text = withUnsafeBytes(of: parsed.message) { raw in
-                        String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                    }
-                    let kind: NetlinkReply.Kind =
-                        parsed.error == 0
-                        ? .acknowledgement
-                        : .error(errno: parsed.error, attributeOffset: parsed.has_offset != 0 ? parsed.attribute_offset : nil,
-                                 message: text)
-                    try handle(NetlinkReply(sequence: parsed.sequence, flags: flags, kind: kind))
-                case NLMSG_DONE:
-                    try handle(NetlinkReply(sequence: sequence, flags: flags, kind: .done))
-                case NLMSG_NOOP:
-                    continue
-                default:
-                    try handle(NetlinkReply(sequence: sequence, flags: flags, kind: .data(message)))
                 }
             }
-        } }
+        }
         try parsed.get()
         return true
     }

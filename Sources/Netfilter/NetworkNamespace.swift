@@ -1,9 +1,9 @@
 import CDrawbridgeLinux
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A network namespace held open by a file descriptor.

@@ -46,7 +46,8 @@ enum RuleBuilder {
         case .loopbackInterface(let verdict):
             expressions.loadMeta(NFT_META_IIF, into: NFT_REG_1.rawValue)
             // The loopback device is interface index 1 in every network namespace (LOOPBACK_IFINDEX).
-            expressions.compare(register: NFT_REG_1.rawValue, equal: true, to: withUnsafeBytes(of: UInt32(1)) { Array($0) })
+            expressions.compare(
+                register: NFT_REG_1.rawValue, equal: true, to: withUnsafeBytes(of: UInt32(1)) { Array($0) })
             expressions.verdict(verdict)
         case .establishedOrRelated(let verdict):
             expressions.add("ct") {

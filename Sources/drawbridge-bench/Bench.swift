@@ -3,9 +3,9 @@ import Foundation
 import Netfilter
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 struct BenchFailure: Error, CustomStringConvertible {
@@ -51,7 +51,10 @@ final class Bench {
     private let clock = ContinuousClock()
     private(set) var maxBackgroundLoad = 0.0
 
-    init(elements: Int, changes: Int, runs: Int, nsenter: String, nft: String, scratch: URL, log: @escaping (String) -> Void) {
+    init(
+        elements: Int, changes: Int, runs: Int, nsenter: String, nft: String, scratch: URL,
+        log: @escaping (String) -> Void
+    ) {
         self.elements = elements
         self.changes = changes
         self.runs = runs
@@ -77,10 +80,16 @@ final class Bench {
         var trueTimes: [Double] = []
         var versionTimes: [Double] = []
         for _ in 0..<max(changes, 5) {
-            trueTimes.append(try spawner.check([nsenter, "--net=\(arena.namespace.path)", truePath], what: "nsenter true").wall.seconds * 1000)
-            versionTimes.append(try spawner.check(nftCommand(in: arena, ["--version"]), what: "nft --version").wall.seconds * 1000)
+            trueTimes.append(
+                try spawner.check([nsenter, "--net=\(arena.namespace.path)", truePath], what: "nsenter true").wall
+                    .seconds * 1000)
+            versionTimes.append(
+                try spawner.check(nftCommand(in: arena, ["--version"]), what: "nft --version").wall.seconds * 1000)
         }
-        return (version, ProcessStart(nsenterTrueMilliseconds: median(trueTimes), nftVersionMilliseconds: median(versionTimes)))
+        return (
+            version,
+            ProcessStart(nsenterTrueMilliseconds: median(trueTimes), nftVersionMilliseconds: median(versionTimes))
+        )
     }
 
     // MARK: One kind
@@ -110,7 +119,9 @@ final class Bench {
                     drawbridgeSamples.append(sample)
                     diffTimes.append(diffSeconds)
                     drawbridgeArena = arena
-                    log("\(kind.rawValue) bulk \(run + 1)/\(runs): drawbridge \(formatSeconds(sample.seconds)) (\(sample.verifiedElements) verified)")
+                    log(
+                        "\(kind.rawValue) bulk \(run + 1)/\(runs): drawbridge \(formatSeconds(sample.seconds)) (\(sample.verifiedElements) verified)"
+                    )
                 } else {
                     nftArena = nil
                     let arena = try Arena.make()
@@ -118,7 +129,9 @@ final class Bench {
                     let sample = try nftBulk(file: file, workload, into: arena, expected: expected)
                     nftSamples.append(sample)
                     nftArena = arena
-                    log("\(kind.rawValue) bulk \(run + 1)/\(runs): nft -f     \(formatSeconds(sample.seconds)) (\(sample.verifiedElements) verified)")
+                    log(
+                        "\(kind.rawValue) bulk \(run + 1)/\(runs): nft -f     \(formatSeconds(sample.seconds)) (\(sample.verifiedElements) verified)"
+                    )
                 }
             }
         }
@@ -181,9 +194,12 @@ final class Bench {
     }
 
     /// `nft -f FILE` inside the namespace, timed from spawn to exit.
-    private func nftBulk(file: URL, _ workload: Workload, into arena: Arena, expected: Set<AccessKey>) throws -> LoadSample {
+    private func nftBulk(file: URL, _ workload: Workload, into arena: Arena, expected: Set<AccessKey>) throws
+        -> LoadSample
+    {
         let machineBefore = machineCPUSeconds()
-        let outcome = try spawner.check(nftCommand(in: arena, ["-f", file.path]), what: "nft -f \(file.lastPathComponent)")
+        let outcome = try spawner.check(
+            nftCommand(in: arena, ["-f", file.path]), what: "nft -f \(file.lastPathComponent)")
         let own = outcome.userSeconds + outcome.systemSeconds
         let background = max(0, machineCPUSeconds() - machineBefore - own) / outcome.wall.seconds
         let check = try verify(arena, expected: expected, who: "nft -f", kind: workload.kind)
@@ -208,7 +224,8 @@ final class Bench {
                 if drawbridgeTurn {
                     let now = Date()
                     let diff = ElementDiff(
-                        desired: [key: now.addingTimeInterval(TimeInterval(Workload.timeoutSeconds))], actual: [:], now: now)
+                        desired: [key: now.addingTimeInterval(TimeInterval(Workload.timeoutSeconds))], actual: [:],
+                        now: now)
                     let started = clock.now
                     let report = try drawbridge.enforcer.apply(diff)
                     drawbridgeTimes.append((clock.now - started).seconds * 1000)
@@ -255,7 +272,8 @@ final class Bench {
                     latest = max(latest, expiry)
                 }
                 return Verification(
-                    count: held.count, elements: held, dumpSpreadMilliseconds: latest.timeIntervalSince(earliest) * 1000,
+                    count: held.count, elements: held,
+                    dumpSpreadMilliseconds: latest.timeIntervalSince(earliest) * 1000,
                     readSeconds: readSeconds, shortReads: shortReads)
             }
             shortReads += 1
@@ -265,10 +283,13 @@ final class Bench {
             }
             let missing = expected.filter { held[$0] == nil }
             // Ask a second reader, so the report says whether the load or the read is short.
-            let listing = try? spawner.run(nftCommand(in: arena, ["list", "set", "inet", DrawbridgeTable.name, kind.set.name]))
-            let nftCount = listing.map { String($0.standardOutput.components(separatedBy: " expires ").count - 1) } ?? "?"
+            let listing = try? spawner.run(
+                nftCommand(in: arena, ["list", "set", "inet", DrawbridgeTable.name, kind.set.name]))
+            let nftCount =
+                listing.map { String($0.standardOutput.components(separatedBy: " expires ").count - 1) } ?? "?"
             throw BenchFailure(
-                description: "\(who) load into \(kind.set.name) is wrong: the kernel holds \(held.count) grant elements "
+                description:
+                    "\(who) load into \(kind.set.name) is wrong: the kernel holds \(held.count) grant elements "
                     + "(\(state.foreign.count) not decodable), expected \(expected.count); \(missing.count) missing"
                     + (missing.first.map { ", e.g. \($0)" } ?? "") + "; `nft list set` lists \(nftCount)")
         }
@@ -292,11 +313,13 @@ final class Bench {
         let answered = Date()
         let values = remaining.compactMap { $0 }
         guard values.count == elements.count, let low = values.min(), let high = values.max() else {
-            throw BenchFailure(description: "the point query of \(workload.kind.set.name) returned elements without a timeout")
+            throw BenchFailure(
+                description: "the point query of \(workload.kind.set.name) returned elements without a timeout")
         }
         // The kernel computed every remaining time between `asked` and `answered` (well under a millisecond apart).
         let offsets = requested.map { requested -> ClosedRange<Double> in
-            let base = (asked.timeIntervalSince1970 + answered.timeIntervalSince1970) / 2 - requested.timeIntervalSince1970
+            let base =
+                (asked.timeIntervalSince1970 + answered.timeIntervalSince1970) / 2 - requested.timeIntervalSince1970
             return (base * 1000 + Double(low))...(base * 1000 + Double(high))
         }
         return (Double(high - low), offsets)
@@ -317,7 +340,9 @@ final class Bench {
         maxBackgroundLoad = max(maxBackgroundLoad, load)
         let waited = clock.now - started
         if waited > .milliseconds(500) {
-            log("waited \(formatSeconds(waited.seconds)) for the CPUs to settle (last 100 ms: \(Int(load * 100))% busy)")
+            log(
+                "waited \(formatSeconds(waited.seconds)) for the CPUs to settle (last 100 ms: \(Int(load * 100))% busy)"
+            )
         }
     }
 

@@ -3,9 +3,9 @@ import Foundation
 import Netfilter
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 struct DrawbridgeBench: ParsableCommand {
@@ -95,7 +95,9 @@ struct DrawbridgeBench: ParsableCommand {
         let selected = try selectedKinds
         guard elements >= 1 else { throw ValidationError("--elements must be at least 1") }
         for kind in selected where elements > kind.maxElements {
-            throw ValidationError("--elements \(elements) is more than the \(kind.maxElements) \(kind.rawValue) elements the documentation ranges allow")
+            throw ValidationError(
+                "--elements \(elements) is more than the \(kind.maxElements) \(kind.rawValue) elements the documentation ranges allow"
+            )
         }
         guard (1...1000).contains(changes) else { throw ValidationError("--repeat must be between 1 and 1000") }
         guard (1...20).contains(runs) else { throw ValidationError("--runs must be between 1 and 20") }
@@ -103,12 +105,15 @@ struct DrawbridgeBench: ParsableCommand {
 
     func run() throws {
         guard geteuid() == 0 else {
-            FileHandle.standardError.write(Data(
-                "drawbridge-bench: must run as root: it creates network namespaces (CAP_SYS_ADMIN) and programs nftables in them (CAP_NET_ADMIN)\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "drawbridge-bench: must run as root: it creates network namespaces (CAP_SYS_ADMIN) and programs nftables in them (CAP_NET_ADMIN)\n"
+                        .utf8))
             throw ExitCode(1)
         }
         guard let nsenter = locate("nsenter"), let nft = locate("nft") else {
-            FileHandle.standardError.write(Data("drawbridge-bench: needs nsenter (util-linux) and nft (nftables) in PATH\n".utf8))
+            FileHandle.standardError.write(
+                Data("drawbridge-bench: needs nsenter (util-linux) and nft (nftables) in PATH\n".utf8))
             throw ExitCode(1)
         }
         let selected = try selectedKinds

@@ -133,7 +133,8 @@ extension BenchReport {
             let bulk = result.bulk
             let change = result.change
             let drawbridge = bulk.drawbridge.last!
-            lines.append("\(result.kind.rawValue): set \(result.set) { type \(result.setType) } (\(result.backend) backend)")
+            lines.append(
+                "\(result.kind.rawValue): set \(result.set) { type \(result.setType) } (\(result.backend) backend)")
             lines.append(
                 "  bulk, drawbridge   \(drawbridge.messages ?? 0) messages, \(formatBytes(drawbridge.bytes ?? 0)) in one sendmsg; "
                     + "thread CPU user \(formatSeconds(medianOf(bulk.drawbridge, \.userSeconds))), "
@@ -160,13 +161,17 @@ extension BenchReport {
             lines.append(
                 "  1 element (ms)     drawbridge min \(formatPlain(change.drawbridgeMilliseconds.min()!)) "
                     + "max \(formatPlain(change.drawbridgeMilliseconds.max()!)); "
-                    + "nft min \(formatPlain(change.nftMilliseconds.min()!)) max \(formatPlain(change.nftMilliseconds.max()!))")
+                    + "nft min \(formatPlain(change.nftMilliseconds.min()!)) max \(formatPlain(change.nftMilliseconds.max()!))"
+            )
             let loads = bulk.drawbridge + bulk.nft
             let short = loads.filter { $0.shortReads > 0 }.count
             if short > 0 {
                 lines.append(
-                    "  note: after \(short) of \(loads.count) loads the first verifying dump came back short (some elements twice,")
-                lines.append("        others missing, no NLM_F_DUMP_INTR: the rhash table was still resizing) and was read again")
+                    "  note: after \(short) of \(loads.count) loads the first verifying dump came back short (some elements twice,"
+                )
+                lines.append(
+                    "        others missing, no NLM_F_DUMP_INTR: the rhash table was still resizing) and was read again"
+                )
             }
         }
         lines.append("")
@@ -174,9 +179,11 @@ extension BenchReport {
         lines.append(
             "expiry skew: the kernel starts each element's clock when it processes the element's message, so the first")
         lines.append(
-            "  elements of a big transaction expire earlier. Spread (max - min) of the absolute expiries of \(min(elements, 256)) elements")
+            "  elements of a big transaction expire earlier. Spread (max - min) of the absolute expiries of \(min(elements, 256)) elements"
+        )
         lines.append(
-            "  sampled across the load, read by one point query (a full dump takes up to \(formatSeconds(readSeconds)) and smears it).")
+            "  sampled across the load, read by one point query (a full dump takes up to \(formatSeconds(readSeconds)) and smears it)."
+        )
         lines.append(
             "process start alone: nsenter --net=NS true \(formatMilliseconds(processStart.nsenterTrueMilliseconds)), "
                 + "nsenter --net=NS nft --version \(formatMilliseconds(processStart.nftVersionMilliseconds)) "
@@ -249,5 +256,6 @@ func formatRatio(_ ratio: Double) -> String {
 }
 
 func formatBytes(_ bytes: Int) -> String {
-    bytes >= 1 << 20 ? String(format: "%.1f MiB", Double(bytes) / 1_048_576) : String(format: "%.0f KiB", Double(bytes) / 1024)
+    bytes >= 1 << 20
+        ? String(format: "%.1f MiB", Double(bytes) / 1_048_576) : String(format: "%.0f KiB", Double(bytes) / 1024)
 }

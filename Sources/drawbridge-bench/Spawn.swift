@@ -1,9 +1,9 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// What one child process did: its exit status, wall clock from spawn to reaped exit, and the CPU time and peak
@@ -81,7 +81,9 @@ struct Spawner {
             let message = (outcome.standardError + outcome.standardOutput)
                 .split(separator: "\n").prefix(8).joined(separator: "\n    ")
             throw SpawnError(
-                description: "\(what) failed (exit \(outcome.exitStatus)): \(arguments.joined(separator: " ").prefix(300))\n    \(message)")
+                description:
+                    "\(what) failed (exit \(outcome.exitStatus)): \(arguments.joined(separator: " ").prefix(300))\n    \(message)"
+            )
         }
         return outcome
     }

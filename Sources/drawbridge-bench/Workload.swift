@@ -35,7 +35,8 @@ enum SetKind: String, CaseIterable, Codable, Sendable {
         switch self {
         case .hash:
             let address = IPAddress.v4(0xCB00_7100 | UInt32(1 + index % 254))
-            return AccessKey(source: IPPrefix(address: address), service: Service(port: UInt16(ssh + index / 254), transport: .tcp))
+            return AccessKey(
+                source: IPPrefix(address: address), service: Service(port: UInt16(ssh + index / 254), transport: .tcp))
         case .interval:
             let prefix = try! IPPrefix(network: .v4(0xCB00_7100 | UInt32(4 * (index % 64))), length: 30)
             return AccessKey(source: prefix, service: Service(port: UInt16(ssh + index / 64), transport: .tcp))

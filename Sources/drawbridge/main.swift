@@ -4,17 +4,17 @@ import Foundation
 import Netfilter
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 let drawbridgeVersion = "0.1.0"
 
 /// Exit statuses scripts can rely on (sysexits.h values where one fits).
 enum ExitStatus {
-    static let refused = ExitCode(77)       // EX_NOPERM: the policy or your role does not allow it
-    static let unavailable = ExitCode(69)   // EX_UNAVAILABLE: the agent is not running or not reachable
-    static let invalidData = ExitCode(65)   // EX_DATAERR: the policy file is invalid
-    static let notFound = ExitCode(2)       // no such grant
+    static let refused = ExitCode(77)  // EX_NOPERM: the policy or your role does not allow it
+    static let unavailable = ExitCode(69)  // EX_UNAVAILABLE: the agent is not running or not reachable
+    static let invalidData = ExitCode(65)  // EX_DATAERR: the policy file is invalid
+    static let notFound = ExitCode(2)  // no such grant
 }
 
 @main
@@ -65,8 +65,11 @@ extension Drawbridge {
         @Argument(help: ArgumentHelp("Managed ports: policy names or NUMBER/PROTO.", valueName: "port"))
         var ports: [String]
 
-        @Option(name: .customLong("from"), help: ArgumentHelp(
-            "The source address or CIDR prefix (203.0.113.7, 198.51.100.0/24, 2001:db8::/64).", valueName: "prefix"))
+        @Option(
+            name: .customLong("from"),
+            help: ArgumentHelp(
+                "The source address or CIDR prefix (203.0.113.7, 198.51.100.0/24, 2001:db8::/64).", valueName: "prefix")
+        )
         var source: String?
 
         @Option(name: .customLong("for"), help: ArgumentHelp("How long: 90s, 30m, 2h, 1h30m.", valueName: "duration"))
@@ -106,8 +109,9 @@ extension Drawbridge {
             let response = try Client(options: connection).send(request)
             guard !connection.json else { return }
             guard let status = response.grants?.first else { return }
-            let verb = ["created": "granted", "extended": "extended", "unchanged": "already granted, unchanged"][
-                response.outcome ?? ""] ?? "granted"
+            let verb =
+                ["created": "granted", "extended": "extended", "unchanged": "already granted, unchanged"][
+                    response.outcome ?? ""] ?? "granted"
             print("\(verb) \(status.grant.id): \(status.grant.source) may reach \(status.grant.portsDescription)")
             print("until \(Format.timestamp(status.grant.expiresAt)) (\(Format.remaining(status.grant.expiresAt)))")
         }
@@ -125,20 +129,25 @@ extension Drawbridge {
         @Argument(help: "The grant to end.")
         var id: String?
 
-        @Option(name: .customLong("from"), help: ArgumentHelp("End every grant whose source lies inside this prefix.", valueName: "prefix"))
+        @Option(
+            name: .customLong("from"),
+            help: ArgumentHelp("End every grant whose source lies inside this prefix.", valueName: "prefix"))
         var source: String?
 
         @OptionGroup var connection: ConnectionOptions
 
         func validate() throws {
-            guard (id == nil) != (source == nil) else { throw ValidationError("give either a grant id or --from PREFIX") }
+            guard (id == nil) != (source == nil) else {
+                throw ValidationError("give either a grant id or --from PREFIX")
+            }
             if let source {
                 do { _ = try IPPrefix(parsing: source) } catch { throw ValidationError("--from: \(error.description)") }
             }
         }
 
         func run() throws {
-            let response = try Client(options: connection).send(LocalAPI.Request(command: .revoke, source: source, id: id))
+            let response = try Client(options: connection).send(
+                LocalAPI.Request(command: .revoke, source: source, id: id))
             guard !connection.json else { return }
             for status in response.grants ?? [] {
                 print("revoked \(status.grant.id): \(status.grant.source) \(status.grant.portsDescription)")
@@ -230,36 +239,50 @@ extension Drawbridge {
             }
             let warnings = PolicyReview.warnings(for: policy)
             if json {
-                Output.json([
-                    "valid": true,
-                    "managed": policy.ports.map {
-                        ["name": $0.name, "port": Int($0.service.port), "protocol": $0.service.transport.rawValue,
-                         "max_duration": GrantDuration.format($0.maxDuration),
-                         "allowed_sources": $0.allowedSources.map(\.description)] as [String: Any]
-                    },
-                    "always_allow": policy.alwaysAllow.map(\.description),
-                    "on_expiry": policy.onExpiry.rawValue,
-                    "roles": policy.roles.map {
-                        ["group": $0.group, "ports": $0.ports, "max_duration": GrantDuration.format($0.maxDuration)] as [String: Any]
-                    },
-                    "grant_files": policy.grantFiles,
-                    "warnings": warnings,
-                ] as [String: Any])
+                Output.json(
+                    [
+                        "valid": true,
+                        "managed": policy.ports.map {
+                            [
+                                "name": $0.name, "port": Int($0.service.port),
+                                "protocol": $0.service.transport.rawValue,
+                                "max_duration": GrantDuration.format($0.maxDuration),
+                                "allowed_sources": $0.allowedSources.map(\.description),
+                            ] as [String: Any]
+                        },
+                        "always_allow": policy.alwaysAllow.map(\.description),
+                        "on_expiry": policy.onExpiry.rawValue,
+                        "roles": policy.roles.map {
+                            [
+                                "group": $0.group, "ports": $0.ports,
+                                "max_duration": GrantDuration.format($0.maxDuration),
+                            ] as [String: Any]
+                        },
+                        "grant_files": policy.grantFiles,
+                        "warnings": warnings,
+                    ] as [String: Any])
                 return
             }
             print("\(file): valid")
             print("\nmanaged ports (closed except for grants):")
             for port in policy.ports {
-                print("  \(port.name) \(port.service): grants up to \(GrantDuration.format(port.maxDuration)) "
-                      + "from within \(port.allowedSources.map(\.description).joined(separator: ", "))")
+                print(
+                    "  \(port.name) \(port.service): grants up to \(GrantDuration.format(port.maxDuration)) "
+                        + "from within \(port.allowedSources.map(\.description).joined(separator: ", "))")
             }
             if policy.ports.isEmpty { print("  none") }
-            print("\nalways allowed (break-glass): \(policy.alwaysAllow.isEmpty ? "none" : policy.alwaysAllow.map(\.description).joined(separator: ", "))")
-            print("on expiry: \(policy.onExpiry.rawValue)"
-                  + (policy.onExpiry == .keepSessions ? " (open connections continue)" : " (open connections are cut)"))
+            print(
+                "\nalways allowed (break-glass): \(policy.alwaysAllow.isEmpty ? "none" : policy.alwaysAllow.map(\.description).joined(separator: ", "))"
+            )
+            print(
+                "on expiry: \(policy.onExpiry.rawValue)"
+                    + (policy.onExpiry == .keepSessions
+                        ? " (open connections continue)" : " (open connections are cut)"))
             print("\nroles:")
             for role in policy.roles {
-                print("  group \(role.group): \(role.ports.joined(separator: ", ")) for up to \(GrantDuration.format(role.maxDuration))")
+                print(
+                    "  group \(role.group): \(role.ports.joined(separator: ", ")) for up to \(GrantDuration.format(role.maxDuration))"
+                )
             }
             print("  root: any managed port, within each port's limits")
             if !policy.grantFiles.isEmpty { print("\ngrants files: \(policy.grantFiles.joined(separator: ", "))") }
@@ -283,8 +306,9 @@ extension Drawbridge {
                 Output.error("\(error)")
                 throw ExitStatus.invalidData
             }
-            print(DrawbridgeTable.ruleset(
-                mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow),
+            print(
+                DrawbridgeTable.ruleset(
+                    mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow),
                 terminator: "")
         }
     }
@@ -294,7 +318,9 @@ extension Drawbridge {
 enum PolicyReview {
     static func warnings(for policy: Policy) -> [String] {
         var warnings: [String] = []
-        if policy.alwaysAllow.isEmpty, policy.ports.contains(where: { $0.service == Service(port: 22, transport: .tcp) }) {
+        if policy.alwaysAllow.isEmpty,
+            policy.ports.contains(where: { $0.service == Service(port: 22, transport: .tcp) })
+        {
             warnings.append(
                 "SSH (22/tcp) is managed and always_allow is empty: if drawbridged cannot be reached, nobody can "
                     + "log in over the network; add your management network to always_allow")
@@ -303,7 +329,9 @@ enum PolicyReview {
             warnings.append("group \(role.group) does not exist on this host; its role grants nothing until it does")
         }
         for port in policy.ports where port.allowedSources.contains(where: { $0.length == 0 }) {
-            warnings.append("\(port.name) may be opened to the whole internet (\(port.allowedSources.filter { $0.length == 0 }.map(\.description).joined(separator: ", "))) by anyone with a role for it")
+            warnings.append(
+                "\(port.name) may be opened to the whole internet (\(port.allowedSources.filter { $0.length == 0 }.map(\.description).joined(separator: ", "))) by anyone with a role for it"
+            )
         }
         return warnings
     }
@@ -392,7 +420,8 @@ struct Client {
         data.append(0x0a)
         let sent = data.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
         guard sent == data.count else {
-            throw ClientError(message: "cannot send to the agent: \(String(cString: strerror(errno)))", exit: ExitStatus.unavailable)
+            throw ClientError(
+                message: "cannot send to the agent: \(String(cString: strerror(errno)))", exit: ExitStatus.unavailable)
         }
         var answer = Data()
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -423,7 +452,9 @@ enum Output {
     }
 
     static func json(_ value: Any) {
-        if let data = try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes]) {
+        if let data = try? JSONSerialization.data(
+            withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])
+        {
             print(String(decoding: data, as: UTF8.self))
         }
     }

@@ -7,7 +7,7 @@ import Netfilter
 import ServiceLifecycle
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The version both binaries report; the Debian package build checks it against its changelog.
@@ -56,9 +56,10 @@ struct Drawbridged: AsyncParsableCommand {
     @Flag(help: "Check the policy file and exit: 0 when it is valid, 1 with the error otherwise.")
     var checkConfig = false
 
-    @Flag(help: ArgumentHelp(
-        "Delete the drawbridge table from the kernel and exit: every managed port opens again. For package removal.",
-        visibility: .default))
+    @Flag(
+        help: ArgumentHelp(
+            "Delete the drawbridge table from the kernel and exit: every managed port opens again. For package removal.",
+            visibility: .default))
     var removeTable = false
 
     func validate() throws {
@@ -71,7 +72,9 @@ struct Drawbridged: AsyncParsableCommand {
         if checkConfig {
             do {
                 let policy = try Policy.load(path: config)
-                print("\(config): valid; manages \(policy.ports.map { "\($0.name) \($0.service)" }.joined(separator: ", "))")
+                print(
+                    "\(config): valid; manages \(policy.ports.map { "\($0.name) \($0.service)" }.joined(separator: ", "))"
+                )
                 return
             } catch {
                 FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))

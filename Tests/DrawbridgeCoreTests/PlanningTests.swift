@@ -97,14 +97,16 @@ struct AccessPlanTests {
         let planned = plan.keys.map(\.source)
         for (index, first) in planned.enumerated() {
             for second in planned[(index + 1)...] {
-                #expect(!first.contains(second.network) && !second.contains(first.network), "\(first) overlaps \(second)")
+                #expect(
+                    !first.contains(second.network) && !second.contains(first.network), "\(first) overlaps \(second)")
             }
         }
         for offset in stride(from: UInt32(0), to: 1280, by: 1) {
             let address = IPAddress.v4(0xC633_6400 &+ offset &- 128)
             let wanted = input.filter { $0.key.source.contains(address) }.map(\.value).max()
             let got = plan.filter { $0.key.source.contains(address) }.map(\.value).max()
-            #expect(wanted == got, "\(address): wanted \(String(describing: wanted)), planned \(String(describing: got))")
+            #expect(
+                wanted == got, "\(address): wanted \(String(describing: wanted)), planned \(String(describing: got))")
         }
     }
 }

@@ -5,14 +5,15 @@ import TestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The product end to end: the real drawbridged and drawbridge binaries, a real kernel, real packets between two
 /// namespaces, real Unix accounts.
 @Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)))
 struct AgentTests {
-    static func policy(directory: String = "", onExpiry: SessionMode = .keepSessions, extraPort: String = "") -> String {
+    static func policy(directory: String = "", onExpiry: SessionMode = .keepSessions, extraPort: String = "") -> String
+    {
         """
         ports:
           ssh:      { port: 22,   protocol: tcp, max_duration: 3h,  allowed_sources: ["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"] }
@@ -40,14 +41,16 @@ struct AgentTests {
             self.network = network
             listeners = try [22, 5432, 8443].map { try TCPListener(in: network.host, port: $0) }
             let agent = try AgentProcess(namespace: network.host, policy: "")
-            try agent.writePolicy(AgentTests.policy(directory: withGrantsFile ? agent.directory : "", onExpiry: onExpiry))
+            try agent.writePolicy(
+                AgentTests.policy(directory: withGrantsFile ? agent.directory : "", onExpiry: onExpiry))
             try agent.start()
             self.agent = agent
         }
 
         func connects(from source: String, to destination: String? = nil, port: UInt16 = 22) throws -> Bool {
             let from = IPAddress(source)!
-            let to = destination.map { IPAddress($0)! }
+            let to =
+                destination.map { IPAddress($0)! }
                 ?? (from.family == .ipv4
                     ? (source.hasPrefix("198.51.100.") ? IPAddress("198.51.100.1")! : TestNetwork.hostIPv4)
                     : (source.hasPrefix("2001:db8:1:") ? IPAddress("2001:db8:1::1")! : TestNetwork.hostIPv6))
@@ -72,7 +75,8 @@ struct AgentTests {
         let firstAccepted = Date().timeIntervalSince(granted)
         #expect(try !setup.connects(from: "192.0.2.20"), "another address of the same network stays shut out")
 
-        let expiry = try #require(try setup.agent.auditEvents().last { $0["event"] as? String == "grant" }?["expires_at"] as? String)
+        let expiry = try #require(
+            try setup.agent.auditEvents().last { $0["event"] as? String == "grant" }?["expires_at"] as? String)
         let expiresAt = try #require(ISO8601DateFormatter().date(from: expiry))
         var firstDrop: Date?
         while firstDrop == nil, Date() < expiresAt.addingTimeInterval(4) {
@@ -81,12 +85,16 @@ struct AgentTests {
         }
         let drop = try #require(firstDrop, "still open 4 s after expiry")
         let afterExpiry = drop.timeIntervalSince(expiresAt)
-        print("e2e figures: grant -> first accepted connection \(Int(firstAccepted * 1000)) ms; first refused "
-              + "connection \(Int(afterExpiry * 1000)) ms after the expiry instant")
+        print(
+            "e2e figures: grant -> first accepted connection \(Int(firstAccepted * 1000)) ms; first refused "
+                + "connection \(Int(afterExpiry * 1000)) ms after the expiry instant")
         #expect(afterExpiry < 1.0)
         #expect(afterExpiry > -0.05, "not closed before its time")
         // The agent notices the expiry too and says so.
-        #expect(eventually(within: .seconds(3)) { (try? setup.agent.auditEvents().contains { $0["event"] as? String == "expire" }) == true })
+        #expect(
+            eventually(within: .seconds(3)) {
+                (try? setup.agent.auditEvents().contains { $0["event"] as? String == "expire" }) == true
+            })
     }
 
     @Test("kill -9 of the agent: expiry still on time; restart brings back what was granted, not what was revoked")
@@ -129,7 +137,8 @@ struct AgentTests {
         let agent = setup.agent
         #expect(try agent.cli(["grant", "ssh", "--from", "198.51.100.5", "--for", "2h"]).succeeded)
         #expect(try agent.cli(["grant", "ssh", "--from", "192.0.2.2", "--for", "2s"]).succeeded)
-        let revoked = try #require(Self.grantID(try agent.cli(["grant", "ssh", "--from", "2001:db8::2", "--for", "2h"])))
+        let revoked = try #require(
+            Self.grantID(try agent.cli(["grant", "ssh", "--from", "2001:db8::2", "--for", "2h"])))
         #expect(try agent.cli(["revoke", revoked]).succeeded)
         #expect(agent.terminate() == 0)
         // What a reboot does to the kernel: no table, no elements; only the state directory survives.
@@ -147,38 +156,51 @@ struct AgentTests {
         let remaining = try #require(response.grants?.first?.kernelRemainingSeconds["ssh"] ?? nil)
         #expect(response.grants?.count == 1)
         #expect(remaining > 7100 && remaining < 7200, "restored with its remaining time, not a fresh 2h")
-        #expect(try agent.auditEvents().contains { $0["event"] as? String == "expire" && $0["source"] as? String == "192.0.2.2" })
+        #expect(
+            try agent.auditEvents().contains {
+                $0["event"] as? String == "expire" && $0["source"] as? String == "192.0.2.2"
+            })
     }
 
     @Test("roles decide by Unix group; what a client claims about itself counts for nothing")
     func roles() throws {
         let setup = try Setup()
         let agent = setup.agent
-        let developer = try agent.cli(["grant", "ssh", "--from", "192.0.2.2", "--for", "30m"], as: TestAccounts.developer)
+        let developer = try agent.cli(
+            ["grant", "ssh", "--from", "192.0.2.2", "--for", "30m"], as: TestAccounts.developer)
         #expect(developer.status == 0, "\(developer.error)")
-        let devPostgres = try agent.cli(["grant", "postgres", "--from", "198.51.100.5", "--for", "10m"], as: TestAccounts.developer)
+        let devPostgres = try agent.cli(
+            ["grant", "postgres", "--from", "198.51.100.5", "--for", "10m"], as: TestAccounts.developer)
         #expect(devPostgres.status == 77)
         #expect(devPostgres.error.contains("may not grant postgres"))
-        let devTooLong = try agent.cli(["grant", "ssh", "--from", "192.0.2.2", "--for", "2h"], as: TestAccounts.developer)
+        let devTooLong = try agent.cli(
+            ["grant", "ssh", "--from", "192.0.2.2", "--for", "2h"], as: TestAccounts.developer)
         #expect(devTooLong.status == 77)
         #expect(devTooLong.error.contains("1h"))
-        let outsider = try agent.cli(["grant", "ssh", "--from", "192.0.2.3", "--for", "10m"], as: TestAccounts.outsider)
+        let outsider = try agent.cli(
+            ["grant", "ssh", "--from", "192.0.2.3", "--for", "10m"], as: TestAccounts.outsider)
         #expect(outsider.status == 77)
-        let stranger = try agent.cli(["grant", "ssh", "--from", "192.0.2.3", "--for", "10m"], as: TestAccounts.stranger)
+        let stranger = try agent.cli(
+            ["grant", "ssh", "--from", "192.0.2.3", "--for", "10m"], as: TestAccounts.stranger)
         #expect(stranger.status == 69)
         #expect(stranger.error.contains("permission denied"))
         #expect(stranger.error.contains("group drawbridge"))
-        let admin = try agent.cli(["grant", "postgres", "--from", "198.51.100.5", "--for", "20m"], as: TestAccounts.admin)
+        let admin = try agent.cli(
+            ["grant", "postgres", "--from", "198.51.100.5", "--for", "20m"], as: TestAccounts.admin)
         #expect(admin.status == 0, "\(admin.error)")
         #expect(try setup.connects(from: "198.51.100.5", port: 5432))
-        let adminTooLong = try agent.cli(["grant", "postgres", "--from", "198.51.100.6", "--for", "40m"], as: TestAccounts.admin)
+        let adminTooLong = try agent.cli(
+            ["grant", "postgres", "--from", "198.51.100.6", "--for", "40m"], as: TestAccounts.admin)
         #expect(adminTooLong.status == 77, "the port's own limit (30m) binds admins too")
 
         // A hand-made request that claims to be root is still judged as the developer who sent it.
-        let forged = #"{"command":"grant","ports":["postgres"],"source":"198.51.100.7","duration_seconds":60,"uid":0,"user":"root","groups":["dbtest-admins"]}"#
+        let forged =
+            #"{"command":"grant","ports":["postgres"],"source":"198.51.100.7","duration_seconds":60,"uid":0,"user":"root","groups":["dbtest-admins"]}"#
         let answer = try run(
-            ["setpriv", "--reuid=\(TestAccounts.developer)", "--regid=\(TestAccounts.developer)", "--init-groups",
-             "nc", "-U", "-N", "-w", "5", agent.socketPath], input: forged + "\n", check: false)
+            [
+                "setpriv", "--reuid=\(TestAccounts.developer)", "--regid=\(TestAccounts.developer)", "--init-groups",
+                "nc", "-U", "-N", "-w", "5", agent.socketPath,
+            ], input: forged + "\n", check: false)
         #expect(answer.output.contains("\"refused\""), "\(answer.output)")
         #expect(try !setup.connects(from: "198.51.100.7", port: 5432))
 
@@ -202,7 +224,8 @@ struct AgentTests {
         #expect(second.output.hasPrefix("extended"))
         let id = try #require(Self.grantID(first))
         #expect(Self.grantID(second) == id, "same grant, no duplicate")
-        let listing = try run(["nft", "-j", "list", "set", "inet", "drawbridge", "grants4"], in: setup.network.host).output
+        let listing = try run(["nft", "-j", "list", "set", "inet", "drawbridge", "grants4"], in: setup.network.host)
+            .output
         #expect(listing.components(separatedBy: "\"elem\"").count == 3, "one element: \(listing)")  // set elem + 1 entry
         let timeout = listing.range(of: #""timeout": ([0-9]+)"#, options: .regularExpression).map {
             Int(listing[$0].split(separator: " ").last!)!
@@ -234,8 +257,12 @@ struct AgentTests {
             rename(temporary, file)
         }
         let later = ISO8601DateFormatter().string(from: Date().addingTimeInterval(3600))
-        try write(#"{"grants": [{"id": "deploy", "source": "192.0.2.2", "ports": ["ssh"], "expires_at": "\#(later)", "reason": "ci"}]}"#)
-        #expect(eventually(within: .seconds(4)) { (try? setup.connects(from: "192.0.2.2")) == true }, "the file's grant opens the port")
+        try write(
+            #"{"grants": [{"id": "deploy", "source": "192.0.2.2", "ports": ["ssh"], "expires_at": "\#(later)", "reason": "ci"}]}"#
+        )
+        #expect(
+            eventually(within: .seconds(4)) { (try? setup.connects(from: "192.0.2.2")) == true },
+            "the file's grant opens the port")
 
         usleep(1_200_000)
         let kernelBefore = try kernelSnapshot(setup.network.host)
@@ -249,18 +276,27 @@ struct AgentTests {
 
         try write(#"{"grants": [{"source": "192.0.2.2", "ports": ["ssh"], "expires_at": "\#(later)"}]}"#, mode: 0o666)
         usleep(2_500_000)
-        #expect(try agent.auditEvents().contains { ($0["detail"] as? String)?.contains("writable by group or others") == true })
+        #expect(
+            try agent.auditEvents().contains {
+                ($0["detail"] as? String)?.contains("writable by group or others") == true
+            })
 
         // One entry refused by the policy, one valid: the valid one applies, the other is audited.
-        try write(#"""
+        try write(
+            #"""
             {"grants": [
               {"source": "192.0.2.2", "ports": ["postgres"], "expires_at": "\#(later)"},
               {"source": "198.51.100.5", "ports": ["ssh"], "expires_at": "\#(later)"}
             ]}
             """#)
         #expect(eventually(within: .seconds(4)) { (try? setup.connects(from: "198.51.100.5")) == true })
-        #expect(eventually(within: .seconds(4)) { (try? setup.connects(from: "192.0.2.2")) == false }, "the entry removed from the file is closed")
-        #expect(try agent.auditEvents().contains { $0["event"] as? String == "refuse" && ($0["detail"] as? String)?.contains("postgres") == true })
+        #expect(
+            eventually(within: .seconds(4)) { (try? setup.connects(from: "192.0.2.2")) == false },
+            "the entry removed from the file is closed")
+        #expect(
+            try agent.auditEvents().contains {
+                $0["event"] as? String == "refuse" && ($0["detail"] as? String)?.contains("postgres") == true
+            })
 
         try write(#"{"grants": []}"#)
         #expect(eventually(within: .seconds(4)) { (try? setup.connects(from: "198.51.100.5")) == false })
@@ -273,26 +309,45 @@ struct AgentTests {
         #expect(try agent.cli(["grant", "ssh", "--from", "192.0.2.2", "--for", "1h"]).succeeded)
         #expect(try setup.connects(from: "192.0.2.2", port: 8443), "8443 is not managed yet")
 
-        final class Failures: @unchecked Sendable { var count = 0; var attempts = 0; var stop = false }
+        final class Failures: @unchecked Sendable {
+            var count = 0
+            var attempts = 0
+            var stop = false
+        }
         let failures = Failures()
         let network = setup.network
         let prober = Thread {
             while !failures.stop {
                 failures.attempts += 1
-                if (try? canConnect(from: network.client, to: TestNetwork.hostIPv4, port: 22, source: TestNetwork.clientIPv4)) != true {
+                if (try? canConnect(
+                    from: network.client, to: TestNetwork.hostIPv4, port: 22, source: TestNetwork.clientIPv4)) != true
+                {
                     failures.count += 1
                 }
                 usleep(5_000)
             }
         }
         prober.start()
-        try agent.writePolicy(Self.policy(extraPort: "  https-admin: { port: 8443, protocol: tcp, max_duration: 1h, allowed_sources: [\"192.0.2.0/24\"] }"))
+        try agent.writePolicy(
+            Self.policy(
+                extraPort:
+                    "  https-admin: { port: 8443, protocol: tcp, max_duration: 1h, allowed_sources: [\"192.0.2.0/24\"] }"
+            ))
         agent.signal(SIGHUP)
-        #expect(eventually(within: .seconds(5)) { (try? agent.auditEvents().contains { $0["event"] as? String == "reload" }) == true })
-        #expect(eventually(within: .seconds(3)) { (try? setup.connects(from: "192.0.2.3", port: 8443)) == false }, "the new port is managed")
+        #expect(
+            eventually(within: .seconds(5)) {
+                (try? agent.auditEvents().contains { $0["event"] as? String == "reload" }) == true
+            })
+        #expect(
+            eventually(within: .seconds(3)) { (try? setup.connects(from: "192.0.2.3", port: 8443)) == false },
+            "the new port is managed")
         try agent.writePolicy("ports: { ssh: { port: 22 } }\n")
         agent.signal(SIGHUP)
-        #expect(eventually(within: .seconds(5)) { (try? agent.auditEvents().contains { ($0["detail"] as? String)?.contains("reload refused") == true }) == true })
+        #expect(
+            eventually(within: .seconds(5)) {
+                (try? agent.auditEvents().contains { ($0["detail"] as? String)?.contains("reload refused") == true })
+                    == true
+            })
         usleep(500_000)
         failures.stop = true
         while !prober.isFinished { usleep(10_000) }
@@ -312,12 +367,19 @@ struct AgentTests {
         #expect(eventually(within: .seconds(3)) { (try? setup.connects(from: "192.0.2.20")) == false }, "closed again")
         #expect(try setup.connects(from: "192.0.2.2"), "the valid grant came back")
 
-        try run(["nft", "add", "rule", "inet", "drawbridge", "gate", "ip", "saddr", "192.0.2.20", "accept"], in: setup.network.host)
-        try run(["nft", "add", "element", "inet", "drawbridge", "grants4", "{ 192.0.2.21 . tcp . 22 }"], in: setup.network.host)
-        #expect(eventually(within: .seconds(3)) {
-            (try? setup.connects(from: "192.0.2.20")) == false && (try? setup.connects(from: "192.0.2.21")) == false
-        }, "the hand-made rule and element are gone")
-        let repairs = try agent.auditEvents().filter { $0["event"] as? String == "repair" }.compactMap { $0["detail"] as? String }
+        try run(
+            ["nft", "add", "rule", "inet", "drawbridge", "gate", "ip", "saddr", "192.0.2.20", "accept"],
+            in: setup.network.host)
+        try run(
+            ["nft", "add", "element", "inet", "drawbridge", "grants4", "{ 192.0.2.21 . tcp . 22 }"],
+            in: setup.network.host)
+        #expect(
+            eventually(within: .seconds(3)) {
+                (try? setup.connects(from: "192.0.2.20")) == false && (try? setup.connects(from: "192.0.2.21")) == false
+            }, "the hand-made rule and element are gone")
+        let repairs = try agent.auditEvents().filter { $0["event"] as? String == "repair" }.compactMap {
+            $0["detail"] as? String
+        }
         #expect(repairs.contains { $0.contains("table inet drawbridge is missing") })
         #expect(repairs.contains { $0.contains("the rules of chain gate were changed") })
     }

@@ -5,7 +5,7 @@ import TestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Bad input gets a clear error and changes nothing: neither the kernel's table nor the stored grants.
@@ -16,7 +16,9 @@ struct BadInputTests {
         let setup: AgentTests.Setup
         init() throws {
             setup = try AgentTests.Setup()
-            let granted = try setup.agent.cli(["grant", "ssh", "--from", "198.51.100.5", "--for", "1h", "--reason", "baseline"])
+            let granted = try setup.agent.cli([
+                "grant", "ssh", "--from", "198.51.100.5", "--for", "1h", "--reason", "baseline",
+            ])
             guard granted.succeeded else { throw CommandFailed(command: ["grant"], result: granted) }
         }
     }
@@ -30,24 +32,50 @@ struct BadInputTests {
     }
 
     static let cliCases: [CLICase] = [
-        CLICase(arguments: ["grant", "ssh", "--from", "203.0.113.300", "--for", "1h"], status: 64, message: "is not an IPv4 or IPv6 address"),
-        CLICase(arguments: ["grant", "ssh", "--from", "192.0.2.2/24", "--for", "1h"], status: 64, message: "did you mean 192.0.2.0/24?"),
-        CLICase(arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "1x"], status: 64, message: "is not a duration"),
-        CLICase(arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "0s"], status: 64, message: "is not a duration"),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "203.0.113.300", "--for", "1h"], status: 64,
+            message: "is not an IPv4 or IPv6 address"),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "192.0.2.2/24", "--for", "1h"], status: 64,
+            message: "did you mean 192.0.2.0/24?"),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "1x"], status: 64, message: "is not a duration"),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "0s"], status: 64, message: "is not a duration"),
         CLICase(arguments: ["grant", "ssh", "--for", "1h"], status: 64, message: "--from is required"),
         CLICase(arguments: ["grant", "--from", "192.0.2.2", "--for", "1h"], status: 64, message: "port"),
-        CLICase(arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "1h", "--reason", "two\nlines"], status: 64, message: "one line"),
-        CLICase(arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "4h"], status: 77, message: "ssh allows at most 3h"),
-        CLICase(arguments: ["grant", "postgres", "--from", "192.0.2.2", "--for", "10m"], status: 77, message: "198.51.100.0/24"),
-        CLICase(arguments: ["grant", "8080/tcp", "--from", "192.0.2.2", "--for", "10m"], status: 77, message: "8080/tcp is not a managed port; managed: ssh 22/tcp, postgres 5432/tcp"),
-        CLICase(arguments: ["grant", "shh", "--from", "192.0.2.2", "--for", "10m"], status: 77, message: "did you mean ssh?"),
-        CLICase(arguments: ["grant", "ssh", "--from", "0.0.0.0/0", "--for", "10m"], status: 77, message: "may not be opened to 0.0.0.0/0"),
-        CLICase(arguments: ["grant", "ssh", "--from", "203.0.113.7", "--for", "10m"], status: 77, message: "may not be opened to 203.0.113.7"),
-        CLICase(arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "2h"], status: 77, message: "1h", user: TestAccounts.developer),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "1h", "--reason", "two\nlines"], status: 64,
+            message: "one line"),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "4h"], status: 77,
+            message: "ssh allows at most 3h"),
+        CLICase(
+            arguments: ["grant", "postgres", "--from", "192.0.2.2", "--for", "10m"], status: 77,
+            message: "198.51.100.0/24"),
+        CLICase(
+            arguments: ["grant", "8080/tcp", "--from", "192.0.2.2", "--for", "10m"], status: 77,
+            message: "8080/tcp is not a managed port; managed: ssh 22/tcp, postgres 5432/tcp"),
+        CLICase(
+            arguments: ["grant", "shh", "--from", "192.0.2.2", "--for", "10m"], status: 77, message: "did you mean ssh?"
+        ),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "0.0.0.0/0", "--for", "10m"], status: 77,
+            message: "may not be opened to 0.0.0.0/0"),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "203.0.113.7", "--for", "10m"], status: 77,
+            message: "may not be opened to 203.0.113.7"),
+        CLICase(
+            arguments: ["grant", "ssh", "--from", "192.0.2.2", "--for", "2h"], status: 77, message: "1h",
+            user: TestAccounts.developer),
         CLICase(arguments: ["revoke", "g-doesnotexist"], status: 2, message: "no active grant has id g-doesnotexist"),
         CLICase(arguments: ["revoke"], status: 64, message: "either a grant id or --from"),
-        CLICase(arguments: ["revoke", "--from", "203.0.113.0/24"], status: 2, message: "no active grant comes from within 203.0.113.0/24"),
-        CLICase(arguments: ["list", "--socket", "/nonexistent/drawbridge.sock"], status: 69, message: "the agent is not running: no socket at /nonexistent/drawbridge.sock"),
+        CLICase(
+            arguments: ["revoke", "--from", "203.0.113.0/24"], status: 2,
+            message: "no active grant comes from within 203.0.113.0/24"),
+        CLICase(
+            arguments: ["list", "--socket", "/nonexistent/drawbridge.sock"], status: 69,
+            message: "the agent is not running: no socket at /nonexistent/drawbridge.sock"),
     ]
 
     @Test("bad command lines are refused with a reason and change nothing", arguments: cliCases)
@@ -75,11 +103,23 @@ struct BadInputTests {
         SocketCase(name: "empty line", payload: "\n", answer: "empty request"),
         SocketCase(name: "unknown command", payload: #"{"command":"explode"}"# + "\n", answer: "bad value at command"),
         SocketCase(name: "grant without fields", payload: #"{"command":"grant"}"# + "\n", answer: "at least one port"),
-        SocketCase(name: "negative duration", payload: #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":-5}"# + "\n", answer: "at least 1 second"),
-        SocketCase(name: "absurd duration", payload: #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":1e300}"# + "\n", answer: "duration-too-long"),
-        SocketCase(name: "wrong types", payload: #"{"command":"grant","ports":"ssh","source":7}"# + "\n", answer: "wrong type at ports"),
-        SocketCase(name: "oversized request", payload: String(repeating: "x", count: 100_000) + "\n", answer: "larger than 65536 bytes"),
-        SocketCase(name: "no newline, then hang up", payload: #"{"command":"list""#, answer: "not a valid drawbridge API message"),
+        SocketCase(
+            name: "negative duration",
+            payload: #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":-5}"# + "\n",
+            answer: "at least 1 second"),
+        SocketCase(
+            name: "absurd duration",
+            payload: #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":1e300}"# + "\n",
+            answer: "duration-too-long"),
+        SocketCase(
+            name: "wrong types", payload: #"{"command":"grant","ports":"ssh","source":7}"# + "\n",
+            answer: "wrong type at ports"),
+        SocketCase(
+            name: "oversized request", payload: String(repeating: "x", count: 100_000) + "\n",
+            answer: "larger than 65536 bytes"),
+        SocketCase(
+            name: "no newline, then hang up", payload: #"{"command":"list""#,
+            answer: "not a valid drawbridge API message"),
     ]
 
     @Test("hostile socket clients get an error and change nothing", arguments: socketCases)
@@ -109,7 +149,9 @@ struct BadInputTests {
                 for (index, byte) in agent.socketPath.utf8.enumerated() { raw[index] = byte }
             }
             let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
             }
             guard connected == 0 else { throw POSIXError(errno: errno, "connect") }
             return descriptor
@@ -132,11 +174,24 @@ struct BadInputTests {
 
     static let policyCases: [PolicyCase] = [
         PolicyCase(name: "unknown key", text: "ports: {}\nalways_alow: []\n", message: "did you mean always_allow?"),
-        PolicyCase(name: "bad prefix", text: "ports:\n  ssh: { port: 22, max_duration: 1h, allowed_sources: [\"203.0.113.7/24\"] }\n", message: "did you mean 203.0.113.0/24?"),
-        PolicyCase(name: "bad duration", text: "ports:\n  ssh: { port: 22, max_duration: 3x, allowed_sources: [\"0.0.0.0/0\"] }\n", message: "is not a duration"),
-        PolicyCase(name: "port out of range", text: "ports:\n  ssh: { port: 70000, max_duration: 1h, allowed_sources: [\"0.0.0.0/0\"] }\n", message: "from 1 to 65535"),
+        PolicyCase(
+            name: "bad prefix",
+            text: "ports:\n  ssh: { port: 22, max_duration: 1h, allowed_sources: [\"203.0.113.7/24\"] }\n",
+            message: "did you mean 203.0.113.0/24?"),
+        PolicyCase(
+            name: "bad duration",
+            text: "ports:\n  ssh: { port: 22, max_duration: 3x, allowed_sources: [\"0.0.0.0/0\"] }\n",
+            message: "is not a duration"),
+        PolicyCase(
+            name: "port out of range",
+            text: "ports:\n  ssh: { port: 70000, max_duration: 1h, allowed_sources: [\"0.0.0.0/0\"] }\n",
+            message: "from 1 to 65535"),
         PolicyCase(name: "not YAML", text: "ports: [unclosed\n", message: "policy.yaml:"),
-        PolicyCase(name: "role with unknown port", text: "ports:\n  ssh: { port: 22, max_duration: 1h, allowed_sources: [\"0.0.0.0/0\"] }\nroles:\n  - { group: admins, ports: [rdp], max_duration: 1h }\n", message: "rdp"),
+        PolicyCase(
+            name: "role with unknown port",
+            text:
+                "ports:\n  ssh: { port: 22, max_duration: 1h, allowed_sources: [\"0.0.0.0/0\"] }\nroles:\n  - { group: admins, ports: [rdp], max_duration: 1h }\n",
+            message: "rdp"),
     ]
 
     @Test("invalid policies: check exits 65 naming file and line; the agent refuses to start", arguments: policyCases)
@@ -146,7 +201,9 @@ struct BadInputTests {
         let check = try agent.cli(["check", agent.policyPath])
         #expect(check.status == 65)
         #expect(check.error.contains(agent.policyPath + ":"), "\(check.error)")
-        #expect(check.error.contains(example.message) || check.error.range(of: "[0-9]", options: .regularExpression) != nil, "\(check.error)")
+        #expect(
+            check.error.contains(example.message) || check.error.range(of: "[0-9]", options: .regularExpression) != nil,
+            "\(check.error)")
         #expect(check.error.contains(example.message), "\(check.error)")
         #expect(throws: AgentProcess.AgentFailed.self) { try agent.start() }
         #expect(agent.log(tail: 5).contains(example.message), "\(agent.log(tail: 5))")

@@ -5,7 +5,7 @@ import TestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The product's promise with the real programs: OpenSSH's sshd in the host namespace behind drawbridged, the real
@@ -22,9 +22,12 @@ struct SSHAgentTests {
     }
 
     static let paths = [
-        Path(name: "IPv4, agent running", source: TestNetwork.clientIPv4, destination: TestNetwork.hostIPv4, killAgent: false),
-        Path(name: "IPv6, agent killed with -9 after the grant", source: TestNetwork.clientIPv6,
-             destination: TestNetwork.hostIPv6, killAgent: true),
+        Path(
+            name: "IPv4, agent running", source: TestNetwork.clientIPv4, destination: TestNetwork.hostIPv4,
+            killAgent: false),
+        Path(
+            name: "IPv6, agent killed with -9 after the grant", source: TestNetwork.clientIPv6,
+            destination: TestNetwork.hostIPv6, killAgent: true),
     ]
 
     struct Setup {
@@ -42,11 +45,13 @@ struct SSHAgentTests {
         }
 
         func logIn(_ path: Path) throws -> SSHResult {
-            try SSHClient.logIn(from: network.client, source: path.source, to: path.destination, key: server.clientKeyPath)
+            try SSHClient.logIn(
+                from: network.client, source: path.source, to: path.destination, key: server.clientKeyPath)
         }
 
         func expiry(ofLastGrant agent: AgentProcess) throws -> Date {
-            let text = try #require(try agent.auditEvents().last { $0["event"] as? String == "grant" }?["expires_at"] as? String)
+            let text = try #require(
+                try agent.auditEvents().last { $0["event"] as? String == "grant" }?["expires_at"] as? String)
             return try #require(ISO8601DateFormatter().date(from: text))
         }
     }
@@ -58,7 +63,9 @@ struct SSHAgentTests {
         let before = try setup.logIn(path)
         #expect(!before.loggedIn && before.connectTimedOut, "refused before any grant: \(before)")
 
-        let granted = try setup.agent.cli(["grant", "ssh", "--from", path.source.description, "--for", "5s", "--reason", "e2e ssh"])
+        let granted = try setup.agent.cli([
+            "grant", "ssh", "--from", path.source.description, "--for", "5s", "--reason", "e2e ssh",
+        ])
         let grantedAt = Date()
         #expect(granted.succeeded, "\(granted.error)")
         let packetOK = try canConnect(from: setup.network.client, to: path.destination, port: 22, source: path.source)
@@ -85,21 +92,25 @@ struct SSHAgentTests {
         let drop = try #require(firstDrop, "port 22 still open 3 s after the expiry")
         let after = try setup.logIn(path)
         #expect(!after.loggedIn && after.connectTimedOut, "refused after the expiry: \(after)")
-        print("e2e ssh figures (\(path.name)): grant -> first accepted SYN \(Int(firstPacket * 1000)) ms; ssh login "
-              + "\(Int(login.elapsed.components.seconds * 1000 + login.elapsed.components.attoseconds / 1_000_000_000_000_000)) ms; "
-              + "first dropped SYN \(Int(drop.timeIntervalSince(expiresAt) * 1000)) ms after expiry")
+        print(
+            "e2e ssh figures (\(path.name)): grant -> first accepted SYN \(Int(firstPacket * 1000)) ms; ssh login "
+                + "\(Int(login.elapsed.components.seconds * 1000 + login.elapsed.components.attoseconds / 1_000_000_000_000_000)) ms; "
+                + "first dropped SYN \(Int(drop.timeIntervalSince(expiresAt) * 1000)) ms after expiry")
         #expect(drop.timeIntervalSince(expiresAt) < 1.0, "refused within a second after expiry")
         #expect(drop.timeIntervalSince(expiresAt) > -0.1, "not before its time")
     }
 
-    @Test("an open SSH session at expiry: keep-sessions lets it run, cut-sessions stops it", arguments: SessionMode.allCases)
+    @Test(
+        "an open SSH session at expiry: keep-sessions lets it run, cut-sessions stops it",
+        arguments: SessionMode.allCases)
     func openSessionAtExpiry(mode: SessionMode) throws {
         let setup = try Setup(onExpiry: mode)
         defer { setup.server.stop() }
         let path = Self.paths[0]
         #expect(try setup.agent.cli(["grant", "ssh", "--from", path.source.description, "--for", "4s"]).succeeded)
         let expiresAt = try setup.expiry(ofLastGrant: setup.agent)
-        let session = try SSHSession(from: setup.network.client, source: path.source, to: path.destination, key: setup.server.clientKeyPath)
+        let session = try SSHSession(
+            from: setup.network.client, source: path.source, to: path.destination, key: setup.server.clientKeyPath)
         defer { session.close() }
         #expect(session.waitUntilOpen(within: .seconds(3)), "the session opened during the grant")
 
@@ -111,7 +122,9 @@ struct SSHAgentTests {
             #expect(session.isAlive(within: .seconds(1)), "the open session continues")
         case .cutSessions:
             let last = session.lastOutputAt ?? .distantPast
-            #expect(last < expiresAt.addingTimeInterval(2), "the session stopped (last output \(last.timeIntervalSince(expiresAt)) s after expiry)")
+            #expect(
+                last < expiresAt.addingTimeInterval(2),
+                "the session stopped (last output \(last.timeIntervalSince(expiresAt)) s after expiry)")
             #expect(!session.isAlive(within: .milliseconds(800)))
         }
     }

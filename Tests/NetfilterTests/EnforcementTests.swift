@@ -22,14 +22,18 @@ struct EnforcementTests {
     }
 
     static let cases: [Case] = [
-        Case(name: "IPv4 single address", grant: "192.0.2.2", source: "192.0.2.2", destination: "192.0.2.1",
-             outsider: "198.51.100.20", outsiderDestination: "198.51.100.1"),
-        Case(name: "IPv4 prefix", grant: "198.51.100.0/28", source: "198.51.100.5", destination: "198.51.100.1",
-             outsider: "198.51.100.20", outsiderDestination: "198.51.100.1"),
-        Case(name: "IPv6 single address", grant: "2001:db8::2", source: "2001:db8::2", destination: "2001:db8::1",
-             outsider: "2001:db8:1::5", outsiderDestination: "2001:db8:1::1"),
-        Case(name: "IPv6 prefix", grant: "2001:db8:1::/65", source: "2001:db8:1::5", destination: "2001:db8:1::1",
-             outsider: "2001:db8:1:0:8000::5", outsiderDestination: "2001:db8:1::1"),
+        Case(
+            name: "IPv4 single address", grant: "192.0.2.2", source: "192.0.2.2", destination: "192.0.2.1",
+            outsider: "198.51.100.20", outsiderDestination: "198.51.100.1"),
+        Case(
+            name: "IPv4 prefix", grant: "198.51.100.0/28", source: "198.51.100.5", destination: "198.51.100.1",
+            outsider: "198.51.100.20", outsiderDestination: "198.51.100.1"),
+        Case(
+            name: "IPv6 single address", grant: "2001:db8::2", source: "2001:db8::2", destination: "2001:db8::1",
+            outsider: "2001:db8:1::5", outsiderDestination: "2001:db8:1::1"),
+        Case(
+            name: "IPv6 prefix", grant: "2001:db8:1::/65", source: "2001:db8:1::5", destination: "2001:db8:1::1",
+            outsider: "2001:db8:1:0:8000::5", outsiderDestination: "2001:db8:1::1"),
     ]
 
     static let ssh = Service(port: 22, transport: .tcp)
@@ -77,7 +81,9 @@ struct EnforcementTests {
         let failure = try #require(firstFailure, "the grant never expired")
         #expect(lastSuccess < expiresAt.addingTimeInterval(0.05))
         #expect(failure.timeIntervalSince(expiresAt) > -0.05)
-        #expect(failure.timeIntervalSince(expiresAt) < 1.0, "a loaded machine may start the attempt late; the kernel itself drops at expiry")
+        #expect(
+            failure.timeIntervalSince(expiresAt) < 1.0,
+            "a loaded machine may start the attempt late; the kernel itself drops at expiry")
         #expect(try !connects(source, destination), "still refused after expiry")
         #expect(try connects(source, destination, 8080))
     }
@@ -91,10 +97,16 @@ struct EnforcementTests {
         try enforcer.install(
             mode: .cutSessions, managedServices: [Self.ssh],
             alwaysAllowed: [try IPPrefix(parsing: "198.51.100.0/29"), try IPPrefix(parsing: "2001:db8::2")])
-        #expect(try canConnect(from: network.client, to: IPAddress("198.51.100.1")!, port: 22, source: IPAddress("198.51.100.5")!))
-        #expect(try !canConnect(from: network.client, to: IPAddress("198.51.100.1")!, port: 22, source: IPAddress("198.51.100.20")!))
-        #expect(try canConnect(from: network.client, to: TestNetwork.hostIPv6, port: 22, source: TestNetwork.clientIPv6))
-        #expect(try !canConnect(from: network.client, to: TestNetwork.hostIPv4, port: 22, source: TestNetwork.clientIPv4))
+        #expect(
+            try canConnect(
+                from: network.client, to: IPAddress("198.51.100.1")!, port: 22, source: IPAddress("198.51.100.5")!))
+        #expect(
+            try !canConnect(
+                from: network.client, to: IPAddress("198.51.100.1")!, port: 22, source: IPAddress("198.51.100.20")!))
+        #expect(
+            try canConnect(from: network.client, to: TestNetwork.hostIPv6, port: 22, source: TestNetwork.clientIPv6))
+        #expect(
+            try !canConnect(from: network.client, to: TestNetwork.hostIPv4, port: 22, source: TestNetwork.clientIPv4))
         #expect(try canConnect(from: network.host, to: IPAddress("127.0.0.1")!, port: 22))
     }
 }

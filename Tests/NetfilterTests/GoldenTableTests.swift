@@ -62,9 +62,14 @@ struct GoldenTableTests {
 
     @Test("managed ports and break-glass prefixes list as nft would load them")
     func elementsMatchNft() throws {
-        let managed = [Service(port: 22, transport: .tcp), Service(port: 5432, transport: .tcp), Service(port: 53, transport: .udp)]
-        let allowed = try ["192.0.2.10", "198.51.100.0/24", "203.0.113.0/25", "203.0.113.128/25", "2001:db8::/32", "::/0"]
-            .map { try IPPrefix(parsing: $0) }
+        let managed = [
+            Service(port: 22, transport: .tcp), Service(port: 5432, transport: .tcp),
+            Service(port: 53, transport: .udp),
+        ]
+        let allowed = try [
+            "192.0.2.10", "198.51.100.0/24", "203.0.113.0/25", "203.0.113.128/25", "2001:db8::/32", "::/0",
+        ]
+        .map { try IPPrefix(parsing: $0) }
 
         let fromModule = try NetworkNamespace.createAnonymous()
         let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: fromModule))

@@ -50,7 +50,9 @@ struct SSHHarnessTests {
 
         let grantedAt = Date()
         let expiresAt = grantedAt.addingTimeInterval(4)
-        _ = try enforcer.reconcile(desired: [AccessKey(source: IPPrefix(address: path.source), service: Self.ssh): expiresAt])
+        _ = try enforcer.reconcile(desired: [
+            AccessKey(source: IPPrefix(address: path.source), service: Self.ssh): expiresAt
+        ])
         let reconciled = Date()
 
         // During the grant: log in again and again; every login works, the first one at once.
@@ -75,7 +77,9 @@ struct SSHHarnessTests {
             if offset < -0.45 {
                 #expect(attempt.loggedIn, "an attempt \(Self.signed(offset)) ms from expiry failed: \(attempt)")
             } else if offset >= 0.05 {  // the kernel counts timeouts in jiffies: allow a few ms of rounding
-                #expect(!attempt.succeeded && attempt.connectTimedOut, "an attempt \(Self.signed(offset)) ms after expiry was not dropped: \(attempt)")
+                #expect(
+                    !attempt.succeeded && attempt.connectTimedOut,
+                    "an attempt \(Self.signed(offset)) ms after expiry was not dropped: \(attempt)")
             } else {
                 #expect(attempt.loggedIn || attempt.connectTimedOut, "either in or dropped: \(attempt)")
             }
@@ -120,11 +124,15 @@ struct SSHHarnessTests {
         try enforcer.install(mode: example.mode, managedServices: [Self.ssh], alwaysAllowed: [])
 
         let expiresAt = Date().addingTimeInterval(4)
-        _ = try enforcer.reconcile(desired: [AccessKey(source: IPPrefix(address: path.source), service: Self.ssh): expiresAt])
+        _ = try enforcer.reconcile(desired: [
+            AccessKey(source: IPPrefix(address: path.source), service: Self.ssh): expiresAt
+        ])
         let session = try SSHSession(
             from: network.client, source: path.source, to: path.destination, key: server.clientKeyPath)
         defer { session.close() }
-        try #require(session.waitUntilOpen(within: .seconds(3)), "session opened during the grant: \(session.errorOutput)\nsshd log:\n\(server.log)")
+        try #require(
+            session.waitUntilOpen(within: .seconds(3)),
+            "session opened during the grant: \(session.errorOutput)\nsshd log:\n\(server.log)")
         #expect(session.isAlive(within: .seconds(1)))
 
         Self.sleep(until: expiresAt)
@@ -141,7 +149,9 @@ struct SSHHarnessTests {
             #expect(session.isAlive(within: .seconds(1)), "the session still delivers output 4.5 s after expiry")
             #expect(session.isRunning, "ssh did not give up: \(session.errorOutput)")
             let ticks = session.outputArrivals.filter { $0 > expiresAt }.count
-            print("\(label) \(ticks) outputs after expiry; still open at expiry+\(Self.milliseconds(Date().timeIntervalSince(expiresAt))) ms")
+            print(
+                "\(label) \(ticks) outputs after expiry; still open at expiry+\(Self.milliseconds(Date().timeIntervalSince(expiresAt))) ms"
+            )
         case .cutSessions:
             // Output stops: the host drops the client's ACKs and keepalives, so sshd's TCP stops sending new data
             // at its first retransmission timeout. ssh gives up after ServerAliveInterval × (CountMax + 1) ≈ 3 s.
@@ -156,7 +166,8 @@ struct SSHHarnessTests {
             #expect(session.exitStatus == 255, "ssh exits 255 on a server-alive timeout: \(session.errorOutput)")
             print(
                 "\(label) last output at expiry\(Self.signed(stopped)) ms; ssh exited \(session.exitStatus.map(String.init) ?? "-") "
-                    + "(\(session.errorOutput.split(whereSeparator: \.isNewline).filter { !$0.contains("Permanently added") }.joined(separator: " / "))), noticed by expiry+\(Self.milliseconds(gaveUp)) ms")
+                    + "(\(session.errorOutput.split(whereSeparator: \.isNewline).filter { !$0.contains("Permanently added") }.joined(separator: " / "))), noticed by expiry+\(Self.milliseconds(gaveUp)) ms"
+            )
         }
     }
 

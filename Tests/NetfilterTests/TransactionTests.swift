@@ -12,8 +12,10 @@ struct TransactionTests {
     /// A namespace with the drawbridge table installed.
     static func installed(canDestroyElements: Bool? = nil) throws -> (NetworkNamespace, GrantEnforcer) {
         let namespace = try NetworkNamespace.createAnonymous()
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: namespace), canDestroyElements: canDestroyElements ?? false)
-        try enforcer.install(mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [], probeDestroy: canDestroyElements == nil)
+        let enforcer = GrantEnforcer(
+            connection: try NetfilterConnection(namespace: namespace), canDestroyElements: canDestroyElements ?? false)
+        try enforcer.install(
+            mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [], probeDestroy: canDestroyElements == nil)
         return (namespace, enforcer)
     }
 
@@ -56,7 +58,8 @@ struct TransactionTests {
         }
     }
 
-    @Test("refresh moves an expiry later and earlier, with delete and add in one transaction", arguments: [false, true])
+    @Test(
+        "refresh moves an expiry later and earlier, with delete and add in one transaction", arguments: [false, true])
     func refresh(destroy: Bool) throws {
         let (_, enforcer) = try Self.installed(canDestroyElements: destroy)
         for source in ["203.0.113.9", "198.51.100.64/26", "2001:db8::9", "2001:db8:7::/64"] {
@@ -81,10 +84,12 @@ struct TransactionTests {
         let (_, enforcer) = try Self.installed()
         let key = try Self.key("203.0.113.10")
         try enforcer.reconcile(desired: [key: Date().addingTimeInterval(60)])
-        try enforcer.connection.commit(Transaction([
-            .addElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4,
-                         [DrawbridgeTable.element(for: key, expiresAt: Date().addingTimeInterval(600))]),
-        ]))
+        try enforcer.connection.commit(
+            Transaction([
+                .addElements(
+                    table: DrawbridgeTable.name, set: DrawbridgeTable.grants4,
+                    [DrawbridgeTable.element(for: key, expiresAt: Date().addingTimeInterval(600))])
+            ]))
         let remaining = try #require(try Self.remaining(key, enforcer))
         let release = try String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8)
         let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
@@ -109,7 +114,10 @@ struct TransactionTests {
         // A diff computed while they were alive, applied after they expired.
         let stale = ElementDiff(
             desired: [newcomer: Date().addingTimeInterval(600)],
-            actual: [short: Date().addingTimeInterval(0.5), shortRange: Date().addingTimeInterval(0.5), long: Date().addingTimeInterval(600)],
+            actual: [
+                short: Date().addingTimeInterval(0.5), shortRange: Date().addingTimeInterval(0.5),
+                long: Date().addingTimeInterval(600),
+            ],
             now: Date())
         usleep(800_000)
         #expect(throws: NetfilterError.self) { try enforcer.apply(stale) }
@@ -136,7 +144,9 @@ struct TransactionTests {
         let newcomer = try Self.key("203.0.113.30")
         try enforcer.reconcile(desired: [short: Date().addingTimeInterval(0.3)])
         usleep(500_000)
-        let stale = ElementDiff(desired: [newcomer: Date().addingTimeInterval(60)], actual: [short: Date().addingTimeInterval(60)], now: Date())
+        let stale = ElementDiff(
+            desired: [newcomer: Date().addingTimeInterval(60)], actual: [short: Date().addingTimeInterval(60)],
+            now: Date())
         try enforcer.apply(stale)
         #expect(Set(try enforcer.read().elements.keys) == [newcomer])
     }
@@ -146,11 +156,14 @@ struct TransactionTests {
         let (namespace, enforcer) = try Self.installed()
         let key = try Self.key("203.0.113.40")
         try enforcer.apply(ElementDiff(desired: [key: Date().addingTimeInterval(600)], actual: [:], now: Date()))
-        try enforcer.connection.commit(Transaction([
-            .deleteElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4, [DrawbridgeTable.element(for: key)]),
-            .addElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4,
-                         [DrawbridgeTable.element(for: key, expiresAt: Date().addingTimeInterval(-10))]),
-        ]))
+        try enforcer.connection.commit(
+            Transaction([
+                .deleteElements(
+                    table: DrawbridgeTable.name, set: DrawbridgeTable.grants4, [DrawbridgeTable.element(for: key)]),
+                .addElements(
+                    table: DrawbridgeTable.name, set: DrawbridgeTable.grants4,
+                    [DrawbridgeTable.element(for: key, expiresAt: Date().addingTimeInterval(-10))]),
+            ]))
         usleep(50_000)
         #expect(try enforcer.read().elements.isEmpty)
         let listing = try run(["nft", "list", "set", "inet", "drawbridge", "grants4"], in: namespace).output
@@ -165,7 +178,10 @@ struct TransactionTests {
         let expiry = Date().addingTimeInterval(3600)
         let portsPerSource = prefixes ? 1563 : 391
         for index in 0..<(prefixes ? 64 : 256) {
-            let source = prefixes ? try IPPrefix(parsing: "198.51.100.\(index * 4)/30") : IPPrefix(address: .v4(0xC000_0200 | UInt32(index)))
+            let source =
+                prefixes
+                ? try IPPrefix(parsing: "198.51.100.\(index * 4)/30")
+                : IPPrefix(address: .v4(0xC000_0200 | UInt32(index)))
             for port in 1...portsPerSource where desired.count < 100_000 {
                 desired[AccessKey(source: source, service: Service(port: UInt16(port), transport: .tcp))] = expiry
             }
@@ -195,7 +211,8 @@ struct TransactionTests {
         // A /25 whose start lies inside the existing /24: the interval set refuses the overlap.
         let overlapping = try Self.key("198.51.100.128/25")
         let diff = ElementDiff(
-            desired: [good: Date().addingTimeInterval(600), overlapping: Date().addingTimeInterval(600)], actual: [:], now: Date())
+            desired: [good: Date().addingTimeInterval(600), overlapping: Date().addingTimeInterval(600)], actual: [:],
+            now: Date())
         do {
             try enforcer.apply(diff)
             Issue.record("the overlapping element was accepted")
@@ -214,7 +231,9 @@ struct TransactionTests {
         try enforcer.reconcile(desired: [try Self.key("203.0.113.60"): Date().addingTimeInterval(600)])
         let late = try Self.key("203.0.113.61")
         do {
-            try enforcer.apply(ElementDiff(desired: [late: Date().addingTimeInterval(600)], actual: [:], now: Date()), generation: generation)
+            try enforcer.apply(
+                ElementDiff(desired: [late: Date().addingTimeInterval(600)], actual: [:], now: Date()),
+                generation: generation)
             Issue.record("a stale generation was accepted")
         } catch {
             #expect(error.code == .generationChanged)
@@ -236,9 +255,12 @@ struct TransactionTests {
         }
 
         // A set with room for two elements answers the third with ENFILE.
-        let tiny = SetDefinition(name: "tiny", keyTypes: [.ipv4Address, .inetProtocol, .inetService], timeout: true, size: 2)
+        let tiny = SetDefinition(
+            name: "tiny", keyTypes: [.ipv4Address, .inetProtocol, .inetService], timeout: true, size: 2)
         try connection.commit(Transaction([.createTable("sizes"), .createSet(table: "sizes", tiny)]))
-        let elements = try (1...3).map { DrawbridgeTable.element(for: try Self.key("203.0.113.\($0)"), expiresAt: Date().addingTimeInterval(60)) }
+        let elements = try (1...3).map {
+            DrawbridgeTable.element(for: try Self.key("203.0.113.\($0)"), expiresAt: Date().addingTimeInterval(60))
+        }
         do {
             try connection.commit(Transaction([.addElements(table: "sizes", set: tiny, elements)]))
             Issue.record("a full set accepted a third element")

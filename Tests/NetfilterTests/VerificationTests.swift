@@ -34,8 +34,14 @@ struct VerificationTests {
         arguments: [
             ("add rule inet drawbridge input tcp dport 22 accept", "the rules of chain input were changed"),
             ("add rule inet drawbridge gate accept", "the rules of chain gate were changed"),
-            ("add element inet drawbridge allow4 { 203.0.113.0/24 }", "set allow4 holds elements the policy does not give it"),
-            ("delete element inet drawbridge managed { tcp . 22 }", "set managed holds elements the policy does not give it"),
+            (
+                "add element inet drawbridge allow4 { 203.0.113.0/24 }",
+                "set allow4 holds elements the policy does not give it"
+            ),
+            (
+                "delete element inet drawbridge managed { tcp . 22 }",
+                "set managed holds elements the policy does not give it"
+            ),
             ("flush chain inet drawbridge gate", "the rules of chain gate were changed"),
             ("delete table inet drawbridge", "table inet drawbridge is missing"),
         ])

@@ -3,7 +3,7 @@ import Foundation
 import Netfilter
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Where the built executables are: next to the test bundle (`.build/<triple>/debug`), or DRAWBRIDGE_BIN_DIR.
@@ -93,12 +93,13 @@ public final class AgentProcess: @unchecked Sendable {
     public func start(extraArguments: [String] = []) throws -> AgentProcess {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        process.arguments = [
-            "--net=\(namespace.path)", BuiltProducts.agent, "--config", policyPath, "--socket", socketPath,
-            "--socket-group", "drawbridge", "--state-dir", stateDirectory, "--audit-log", auditLogPath,
-            "--log-level", "info",
-        ] + extraArguments
-        FileManager.default.createFile(atPath: agentLogPath, contents: nil)
+        process.arguments =
+            [
+                "--net=\(namespace.path)", BuiltProducts.agent, "--config", policyPath, "--socket", socketPath,
+                "--socket-group", "drawbridge", "--state-dir", stateDirectory, "--audit-log", auditLogPath,
+                "--log-level", "info",
+            ] + extraArguments
+        _ = FileManager.default.createFile(atPath: agentLogPath, contents: nil)
         let log = FileHandle(forWritingAtPath: agentLogPath)!
         log.seekToEndOfFile()
         process.standardOutput = log
@@ -108,7 +109,8 @@ public final class AgentProcess: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
             if !process.isRunning {
-                throw AgentFailed(message: "drawbridged exited with \(process.terminationStatus): \(self.log(tail: 20))")
+                throw AgentFailed(
+                    message: "drawbridged exited with \(process.terminationStatus): \(self.log(tail: 20))")
             }
             if (try? cli(["status"]))?.succeeded == true { return self }
             usleep(50_000)

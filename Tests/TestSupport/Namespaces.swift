@@ -3,7 +3,7 @@ import Foundation
 import Netfilter
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Whether kernel tests can run, and whether they must.
@@ -14,7 +14,8 @@ public enum KernelTestGate {
     public static var isPrivileged: Bool { geteuid() == 0 }
     public static var isRequired: Bool { ProcessInfo.processInfo.environment["DRAWBRIDGE_REQUIRE_KERNEL_TESTS"] == "1" }
     public static var enabled: Bool { isPrivileged || isRequired }
-    public static let reason = "needs root to create network namespaces (set DRAWBRIDGE_REQUIRE_KERNEL_TESTS=1 to fail instead of skip)"
+    public static let reason =
+        "needs root to create network namespaces (set DRAWBRIDGE_REQUIRE_KERNEL_TESTS=1 to fail instead of skip)"
 }
 
 /// A command's exit status and output.
@@ -103,7 +104,8 @@ public final class TestNetwork: @unchecked Sendable {
             try run(["ip", "addr", "add", address, "dev", "dbh0"] + (address.contains(":") ? ["nodad"] : []), in: host)
         }
         for address in clientAddresses {
-            try run(["ip", "addr", "add", address, "dev", "dbc0"] + (address.contains(":") ? ["nodad"] : []), in: client)
+            try run(
+                ["ip", "addr", "add", address, "dev", "dbc0"] + (address.contains(":") ? ["nodad"] : []), in: client)
         }
         try run(["ip", "link", "set", "dbh0", "up"], in: host)
         try run(["ip", "link", "set", "dbc0", "up"], in: client)
@@ -118,7 +120,9 @@ public final class TCPListener: @unchecked Sendable {
 
     /// Listens on every address of both families (`[::]:port`, dual-stack).
     public init(in namespace: NetworkNamespace, port: UInt16) throws {
-        let descriptor = try namespace.perform { socket(AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let descriptor = try namespace.perform {
+            socket(AF_INET6, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        }
         guard descriptor >= 0 else { throw POSIXError(errno: errno, "socket") }
         var zero: Int32 = 0
         var one: Int32 = 1

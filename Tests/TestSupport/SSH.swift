@@ -3,7 +3,7 @@ import Foundation
 import Netfilter
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // A harness for end-to-end tests with a real OpenSSH server and client, each inside a test namespace.
@@ -433,7 +433,9 @@ public final class SSHServer: @unchecked Sendable {
                 && canConnect(from: namespace, to: IPAddress("::1")!, port: port)
         }
         guard process.isRunning, listening else {
-            throw HarnessError("sshd did not start listening on port \(port) (exit status \(process.exitStatus.map(String.init) ?? "none, still running")):\n\(log)")
+            throw HarnessError(
+                "sshd did not start listening on port \(port) (exit status \(process.exitStatus.map(String.init) ?? "none, still running")):\n\(log)"
+            )
         }
     }
 
@@ -552,8 +554,10 @@ public enum SSHClient {
         from namespace: NetworkNamespace, source: IPAddress, to destination: IPAddress, port: UInt16 = 22,
         key: String, connectTimeout: Int = 2
     ) throws -> Bool {
-        try logIn(from: namespace, source: source, to: destination, port: port, key: key, connectTimeout: connectTimeout)
-            .loggedIn
+        try logIn(
+            from: namespace, source: source, to: destination, port: port, key: key, connectTimeout: connectTimeout
+        )
+        .loggedIn
     }
 
     /// `canLogIn` with the whole result, for timing and diagnostics.
