@@ -303,8 +303,8 @@ public actor Agent {
         guard !diff.isEmpty else { return }
         let failure: NetfilterError
         do {
-            try enforcer.apply(diff, generation: generation)
-            knownGeneration = generation &+ 1
+            let report = try enforcer.apply(diff, generation: generation)
+            knownGeneration = generation &+ UInt32(report.transactions)
             kernelView = desired
             return
         } catch {

@@ -43,8 +43,21 @@ public struct ElementDiff: Equatable, Sendable {
     public var refreshes: [AccessElement]
     /// Elements to delete: in the kernel, not desired.
     public var deletions: [AccessKey]
+    /// When the elements to delete or refresh expire in the kernel, as read: an element close to its expiry may be
+    /// gone by the time a strict delete reaches the kernel.
+    public var currentExpiries: [AccessKey: Date]
 
     public var isEmpty: Bool { additions.isEmpty && refreshes.isEmpty && deletions.isEmpty }
+
+    public init(
+        additions: [AccessElement] = [], refreshes: [AccessElement] = [], deletions: [AccessKey] = [],
+        currentExpiries: [AccessKey: Date] = [:]
+    ) {
+        self.additions = additions
+        self.refreshes = refreshes
+        self.deletions = deletions
+        self.currentExpiries = currentExpiries
+    }
 
     /// Compares desired with actual state.
     ///
@@ -74,5 +87,8 @@ public struct ElementDiff: Equatable, Sendable {
         self.additions = additions.sorted { $0.key < $1.key }
         self.refreshes = refreshes.sorted { $0.key < $1.key }
         self.deletions = deletions.sorted()
+        var currentExpiries: [AccessKey: Date] = [:]
+        for key in deletions + refreshes.map(\.key) { currentExpiries[key] = actual[key] }
+        self.currentExpiries = currentExpiries
     }
 }

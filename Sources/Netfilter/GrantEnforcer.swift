@@ -126,10 +126,65 @@ public final class GrantEnforcer {
         return transaction
     }
 
-    /// Applies a diff computed from a known state in one transaction, refused if the ruleset generation moved.
+    /// How close to its expiry an element must be for a strict delete of it to risk ENOENT: its clock in the
+    /// kernel and the expiry read back differ by milliseconds, the margin is generous.
+    public static let expiryMargin: TimeInterval = 5
+
+    /// Applies a diff computed from a known state, refused whole if the ruleset generation moved.
+    ///
+    /// Where the kernel lacks DESTROYSETELEM (before 6.3), deleting an element that expired a moment ago fails the
+    /// transaction with ENOENT. So there, deletions and refreshes of elements within `expiryMargin` of their expiry
+    /// go in a second transaction after the rest, which therefore never fails for them; if the second one meets an
+    /// element that did expire, the elements the kernel no longer has are dropped from it (a refresh becomes an
+    /// addition) and it is sent again.
     @discardableResult
-    public func apply(_ diff: ElementDiff, generation: UInt32? = nil) throws(NetfilterError) -> CommitReport {
-        try connection.commit(transaction(for: diff), generation: generation)
+    public func apply(
+        _ diff: ElementDiff, removing foreign: [ForeignElement] = [], generation: UInt32? = nil
+    ) throws(NetfilterError) -> CommitReport {
+        var main = diff
+        var late = ElementDiff()
+        if !canDestroyElements {
+            let soon = Date().addingTimeInterval(Self.expiryMargin)
+            let expiring = Set(diff.currentExpiries.filter { $0.value < soon }.keys)
+            main.deletions.removeAll { expiring.contains($0) }
+            main.refreshes.removeAll { expiring.contains($0.key) }
+            late.deletions = diff.deletions.filter { expiring.contains($0) }
+            late.refreshes = diff.refreshes.filter { expiring.contains($0.key) }
+        }
+        let report = try connection.commit(transaction(for: main, removing: foreign), generation: generation)
+        guard !late.isEmpty else { return report }
+        let next = generation.map { $0 &+ UInt32(report.transactions) }
+        var failure = NetfilterError(.elementAbsent, operation: "delete elements")
+        for _ in 0..<4 {
+            do {
+                return report.followed(by: try connection.commit(transaction(for: late), generation: next))
+            } catch {
+                failure = error
+            }
+            guard failure.code == .elementAbsent else { throw failure }
+            late = try withoutVanished(late)
+        }
+        throw failure
+    }
+
+    /// `diff` without deletions of elements the kernel no longer has; refreshes of those become additions.
+    private func withoutVanished(_ diff: ElementDiff) throws(NetfilterError) -> ElementDiff {
+        func present(_ key: AccessKey) throws(NetfilterError) -> Bool {
+            do {
+                let found = try connection.getElements(
+                    table: DrawbridgeTable.name, set: DrawbridgeTable.grantSet(for: key).name,
+                    [DrawbridgeTable.element(for: key)])
+                return !found.isEmpty
+            } catch where error.code == .objectMissing || error.errno == ENOENT {
+                return false
+            }
+        }
+        var result = ElementDiff(additions: diff.additions)
+        for key in diff.deletions where try present(key) { result.deletions.append(key) }
+        for element in diff.refreshes {
+            if try present(element.key) { result.refreshes.append(element) } else { result.additions.append(element) }
+        }
+        return result
     }
 
     /// Reads the kernel, compares with `desired`, and applies the difference; retries (up to `attempts` times) when
@@ -146,12 +201,11 @@ public final class GrantEnforcer {
                     diff: diff, foreignRemoved: 0, attempts: attempt, report: nil, generation: state.generation)
             }
             do {
-                let report = try connection.commit(
-                    transaction(for: diff, removing: state.foreign), generation: state.generation)
+                let report = try apply(diff, removing: state.foreign, generation: state.generation)
                 return ReconcileOutcome(
                     diff: diff, foreignRemoved: state.foreign.count, attempts: attempt, report: report,
-                    generation: state.generation &+ 1)
-            } catch  where [.elementAbsent, .generationChanged, .outcomeUnknown].contains(error.code) {
+                    generation: state.generation &+ UInt32(report.transactions))
+            } catch where [.elementAbsent, .generationChanged, .outcomeUnknown].contains(error.code) {
                 lastError = error
             }
         }

@@ -52,7 +52,9 @@ public final class NetfilterConnection {
     ///   `.outcomeUnknown`, after which the caller must read the state again.
     @discardableResult
     public func commit(_ transaction: Transaction, generation: UInt32? = nil) throws(NetfilterError) -> CommitReport {
-        guard !transaction.isEmpty else { return CommitReport(messages: 0, bytes: 0, encodedAt: Date()) }
+        guard !transaction.isEmpty else {
+            return CommitReport(messages: 0, bytes: 0, encodedAt: Date(), transactions: 0)
+        }
         let encoder = BatchEncoder(firstSequence: nextSequence(), generation: generation, now: Date())
         for change in transaction.changes { encoder.encode(change) }
         var (iovecs, bytes) = encoder.finish()

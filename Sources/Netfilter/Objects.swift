@@ -227,7 +227,7 @@ public struct Transaction: Sendable {
     }
 }
 
-/// What a committed transaction cost.
+/// What committing cost.
 public struct CommitReport: Sendable {
     /// Netlink messages between batch begin and end.
     public var messages: Int
@@ -235,4 +235,13 @@ public struct CommitReport: Sendable {
     public var bytes: Int
     /// The timeouts that were computed for elements with an absolute expiry were read against this instant.
     public var encodedAt: Date
+    /// Transactions the kernel committed: each moves the ruleset generation by one. 0 for an empty change.
+    public var transactions: Int = 1
+
+    /// The cost of this and then `next`.
+    func followed(by next: CommitReport) -> CommitReport {
+        CommitReport(
+            messages: messages + next.messages, bytes: bytes + next.bytes, encodedAt: encodedAt,
+            transactions: transactions + next.transactions)
+    }
 }
