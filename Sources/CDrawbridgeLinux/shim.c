@@ -5,6 +5,8 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <linux/netlink.h>
 
@@ -68,6 +70,24 @@ const void *drawbridge_next_message(const void *buffer, size_t *remaining, size_
 int drawbridge_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 
 int drawbridge_unshare_net(void) { return unshare(CLONE_NEWNET); }
+
+int drawbridge_unix_address(const char *path, struct sockaddr_un *address, socklen_t *length) {
+    size_t size = strlen(path);
+    memset(address, 0, sizeof(*address));
+    address->sun_family = AF_UNIX;
+    if (size == 0 || size >= sizeof(address->sun_path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(address->sun_path, path, size);
+    if (path[0] == '@') {
+        address->sun_path[0] = 0;
+        *length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + size);
+    } else {
+        *length = (socklen_t)sizeof(*address);
+    }
+    return 0;
+}
 
 int drawbridge_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     struct ucred credentials;

@@ -1,3 +1,4 @@
+import CDrawbridgeLinux
 import DrawbridgeCore
 import Foundation
 import Logging
@@ -39,13 +40,11 @@ public final class LocalAPIServer: @unchecked Sendable {
         guard descriptor >= 0 else {
             throw AgentError("cannot create the API socket: \(String(cString: strerror(errno)))")
         }
-        var address = try Self.address(path)
+        var (address, length) = try Self.address(path)
         // Created 0600 (umask), then opened to the group only once its owner is right: never world-accessible.
         let previous = umask(0o177)
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
         }
         umask(previous)
         guard bound == 0 else {
@@ -93,27 +92,22 @@ public final class LocalAPIServer: @unchecked Sendable {
         // A socket someone still answers on belongs to a running agent.
         let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         defer { close(probe) }
-        var address = try Self.address(path)
+        var (address, length) = try Self.address(path)
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, length) }
         }
         if connected == 0 { throw AgentError("another drawbridged is already serving \(path)") }
         unlink(path)
     }
 
-    static func address(_ path: String) throws -> sockaddr_un {
+    /// The socket address of `path`, and its length. The corresponding C function is `drawbridge_unix_address`.
+    static func address(_ path: String) throws -> (sockaddr_un, socklen_t) {
         var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw AgentError("socket path too long (\(bytes.count) bytes, at most 107): \(path)")
+        var length: socklen_t = 0
+        guard drawbridge_unix_address(path, &address, &length) == 0 else {
+            throw AgentError("socket path too long (at most 107 bytes): \(path)")
         }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in bytes.enumerated() { raw[index] = byte }
-        }
-        return address
+        return (address, length)
     }
 
     private func acceptLoop(_ listening: Int32) {

@@ -1,3 +1,4 @@
+import CDrawbridgeLinux
 import DrawbridgeCore
 import Foundation
 import Logging
@@ -84,15 +85,8 @@ public struct SystemdNotifier: Sendable {
         guard descriptor >= 0 else { return false }
         defer { close(descriptor) }
         var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        var bytes = Array(path.utf8)
-        // A leading '@' names an abstract socket: a NUL byte on the wire.
-        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in bytes.enumerated() { raw[index] = byte }
-        }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+        var length: socklen_t = 0
+        guard drawbridge_unix_address(path, &address, &length) == 0 else { return false }
         let sent = state.utf8CString.withUnsafeBufferPointer { message in
             withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {

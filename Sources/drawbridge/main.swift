@@ -1,4 +1,5 @@
 import ArgumentParser
+import CDrawbridgeLinux
 import DrawbridgeCore
 import Foundation
 import Netfilter
@@ -379,18 +380,12 @@ struct Client {
         guard descriptor >= 0 else { throw ClientError(message: "cannot create a socket", exit: .failure) }
         defer { close(descriptor) }
         var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw ClientError(message: "socket path too long: \(path)", exit: .validationFailure)
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in bytes.enumerated() { raw[index] = byte }
+        var length: socklen_t = 0
+        guard drawbridge_unix_address(path, &address, &length) == 0 else {
+            throw ClientError(message: "socket path too long (at most 107 bytes): \(path)", exit: .validationFailure)
         }
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, length) }
         }
         if connected != 0 {
             let error = errno

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 /// What one NLMSG_ERROR reply says: the errno (0 for an ACK), the sequence number of the request it answers,
 /// and the extended-ACK details when the kernel sent them.
@@ -28,6 +30,11 @@ const void *drawbridge_next_message(const void *buffer, size_t *remaining, size_
 
 int drawbridge_setns_net(int fd);
 int drawbridge_unshare_net(void);
+
+/// Fills a Unix socket address for a filesystem path, or for an abstract name when the path starts with '@' (as
+/// systemd's NOTIFY_SOCKET may). Sets *length to the size to pass to bind, connect or sendto. Returns 0, or -1 with
+/// errno ENAMETOOLONG when the path does not fit.
+int drawbridge_unix_address(const char *path, struct sockaddr_un *address, socklen_t *length);
 
 /// The credentials of the process on the other end of a connected Unix socket (SO_PEERCRED).
 int drawbridge_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
