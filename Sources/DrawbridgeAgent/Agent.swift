@@ -360,6 +360,20 @@ public actor Agent {
             kernelView = kernelView.filter { $0.value > now }
             persist()
         }
+        verifyKernel()
+        var changed = false
+        for path in policy.grantFiles where loadGrantFile(path) { changed = true }
+        if changed {
+            persist()
+            do { try enforce() } catch {
+                audit.record(AuditEvent(.error, detail: "applying grants file changes failed: \(error)"))
+            }
+        }
+    }
+
+    /// Repairs the table when any other program committed a ruleset change since our last commit. Called at once
+    /// on every nf_tables notification, and once a second in case notifications were lost.
+    public func verifyKernel() {
         do {
             let generation = try enforcer.connection.generation()
             if generation != knownGeneration {
@@ -369,14 +383,6 @@ public actor Agent {
             }
         } catch {
             logger.error("kernel check failed", metadata: ["kernel.error": "\(error)"])
-        }
-        var changed = false
-        for path in policy.grantFiles where loadGrantFile(path) { changed = true }
-        if changed {
-            persist()
-            do { try enforce() } catch {
-                audit.record(AuditEvent(.error, detail: "applying grants file changes failed: \(error)"))
-            }
         }
     }
 

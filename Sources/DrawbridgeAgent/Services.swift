@@ -2,6 +2,7 @@ import CDrawbridgeLinux
 import DrawbridgeCore
 import Foundation
 import Logging
+import Netfilter
 import ServiceLifecycle
 import UnixSignals
 
@@ -45,6 +46,39 @@ public struct MaintenanceService: ServiceLifecycle.Service, Sendable {
                 try await Task.sleep(for: .seconds(1))
             }
         }
+    }
+}
+
+/// Checks the table the moment any program changes the ruleset (an `nft flush ruleset` opens every managed port
+/// until the table is back, so a second of polling is too long).
+public final class RulesetWatchService: ServiceLifecycle.Service, @unchecked Sendable {
+    let agent: Agent
+    let monitor: RulesetMonitor
+    private let lock = NSLock()
+    private var running = true
+
+    public init(agent: Agent) throws {
+        self.agent = agent
+        monitor = try RulesetMonitor()
+    }
+
+    public func run() async throws {
+        let thread = Thread { [self] in
+            // Blocking reads on a thread of its own; each burst of notifications leads to one check.
+            while lock.withLock({ running }) {
+                guard monitor.waitForChange(timeout: .milliseconds(500)) else { continue }
+                let done = DispatchSemaphore(value: 0)
+                Task {
+                    await agent.verifyKernel()
+                    done.signal()
+                }
+                done.wait()
+            }
+        }
+        thread.name = "drawbridge-ruleset-watch"
+        thread.start()
+        try? await gracefulShutdown()
+        lock.withLock { running = false }
     }
 }
 

@@ -35,11 +35,13 @@ final class NetlinkSocket {
     private var receiveBuffer = [UInt8](repeating: 0, count: 256 * 1024)
 
     /// The corresponding C functions are `mnl_socket_open` and `mnl_socket_bind`.
-    init() throws(NetfilterError) {
+    ///
+    /// - Parameter groups: multicast groups to receive, as a bit mask (bit n-1 for group n).
+    init(groups: UInt32 = 0) throws(NetfilterError) {
         guard let socket = mnl_socket_open(NETLINK_NETFILTER) else {
             throw NetfilterError(errno: errno, operation: "open netlink socket")
         }
-        guard mnl_socket_bind(socket, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
+        guard mnl_socket_bind(socket, groups, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             let error = errno
             mnl_socket_close(socket)
             throw NetfilterError(errno: error, operation: "bind netlink socket")

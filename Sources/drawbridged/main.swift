@@ -115,6 +115,14 @@ struct Drawbridged: AsyncParsableCommand {
             FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
             throw ExitCode.failure
         }
+        let watch: RulesetWatchService
+        do {
+            watch = try RulesetWatchService(agent: agent)
+        } catch {
+            logger.critical("cannot subscribe to nf_tables notifications", metadata: ["error": "\(error)"])
+            FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
         // The socket is bound before readiness is announced: when systemd (or a script) sees READY=1, the table is
         // installed, grants are restored and `drawbridge` can connect.
         let api = LocalAPIService(agent: agent, configuration: configuration, logger: logger)
@@ -129,7 +137,9 @@ struct Drawbridged: AsyncParsableCommand {
         notifier.notify("READY=1")
         logger.notice("ready", metadata: ["api.socket": "\(socket)"])
         let group = ServiceGroup(
-            services: [api, MaintenanceService(agent: agent), ReloadService(agent: agent, notifier: notifier)],
+            services: [
+                api, watch, MaintenanceService(agent: agent), ReloadService(agent: agent, notifier: notifier),
+            ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         try await group.run()
