@@ -69,8 +69,21 @@ public actor Agent {
         for grant in expired {
             audit.record(AuditEvent(.expire, grant: grant, detail: "expired while the agent was down"))
         }
-        try enforcer.install(
-            mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
+        // (Not `catch where`: Swift 6.3 crashes compiling it here, for a typed throw inside an untyped one.)
+        var installFailure: NetfilterError?
+        do {
+            try enforcer.install(
+                mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
+        } catch {
+            installFailure = error
+        }
+        if let installFailure {
+            guard installFailure.code == .alreadyExists else { throw installFailure }
+            throw AgentError(
+                "\(installFailure). The kernel holds a table inet \(DrawbridgeTable.name) whose sets are laid out "
+                    + "differently (made by another drawbridge version or by hand): remove it with `drawbridged "
+                    + "--remove-table` (managed ports open until the agent starts again) and start the agent again")
+        }
         _ = dropGrantsOutsidePolicy(reason: "no longer allowed by the policy")
         for path in policy.grantFiles { _ = loadGrantFile(path) }
         try store.save(book)

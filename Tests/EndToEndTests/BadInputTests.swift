@@ -210,4 +210,15 @@ struct BadInputTests {
         let tables = try run(["nft", "list", "tables"], in: namespace).output
         #expect(tables.isEmpty, "a refused start programs nothing: \(tables)")
     }
+
+    @Test("a drawbridge table of another layout in the kernel: the agent refuses to start and says how to fix it")
+    func foreignTableLayout() throws {
+        let namespace = try NetworkNamespace.createAnonymous()
+        try run(["nft", "add table inet drawbridge; add set inet drawbridge grants4 { type ipv4_addr; }"], in: namespace)
+        let before = try run(["nft", "list", "ruleset"], in: namespace).output
+        let agent = try AgentProcess(namespace: namespace, policy: AgentTests.policy())
+        #expect(throws: AgentProcess.AgentFailed.self) { try agent.start() }
+        #expect(agent.log(tail: 5).contains("drawbridged --remove-table"), "\(agent.log(tail: 5))")
+        #expect(try run(["nft", "list", "ruleset"], in: namespace).output == before, "nothing was changed")
+    }
 }
