@@ -374,13 +374,21 @@ public actor Agent {
             persist()
         }
         verifyKernel()
+        checkGrantFiles()
+    }
+
+    /// The grants files the policy names.
+    public var grantFilePaths: [String] { policy.grantFiles }
+
+    /// Reads the grants files that changed and makes the kernel follow. Called when inotify reports a change in
+    /// their directories, and once a second in case it did not.
+    public func checkGrantFiles() {
         var changed = false
         for path in policy.grantFiles where loadGrantFile(path) { changed = true }
-        if changed {
-            persist()
-            do { try enforce() } catch {
-                audit.record(AuditEvent(.error, detail: "applying grants file changes failed: \(error)"))
-            }
+        guard changed else { return }
+        persist()
+        do { try enforce() } catch {
+            audit.record(AuditEvent(.error, detail: "applying grants file changes failed: \(error)"))
         }
     }
 

@@ -168,19 +168,8 @@ public final class LocalAPIServer: @unchecked Sendable {
         case .success(let value):
             request = value
         }
-        let box = ResponseBox()
-        let done = DispatchSemaphore(value: 0)
         let handler = self.handler
-        Task {
-            box.response = await handler(request, caller)
-            done.signal()
-        }
-        done.wait()
-        respond(connection, box.response ?? .failure(.init(code: .internal, message: "no response")))
-    }
-
-    private final class ResponseBox: @unchecked Sendable {
-        var response: LocalAPI.Response?
+        respond(connection, blockingCall { await handler(request, caller) })
     }
 
     /// Reads one line of at most 64 KiB within the deadline and decodes it.

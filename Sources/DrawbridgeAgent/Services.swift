@@ -67,12 +67,7 @@ public final class RulesetWatchService: ServiceLifecycle.Service, @unchecked Sen
             // Blocking reads on a thread of its own; each burst of notifications leads to one check.
             while lock.withLock({ running }) {
                 guard monitor.waitForChange(timeout: .milliseconds(500)) else { continue }
-                let done = DispatchSemaphore(value: 0)
-                Task {
-                    await agent.verifyKernel()
-                    done.signal()
-                }
-                done.wait()
+                blockingCall { await self.agent.verifyKernel() }
             }
         }
         thread.name = "drawbridge-ruleset-watch"
@@ -80,6 +75,68 @@ public final class RulesetWatchService: ServiceLifecycle.Service, @unchecked Sen
         try? await gracefulShutdown()
         lock.withLock { running = false }
     }
+}
+
+/// Follows edits of the grants files as they happen: inotify on the directories that hold them (editors and
+/// configuration management replace files by rename, which a watch on the file itself would miss).
+public final class GrantFileWatchService: ServiceLifecycle.Service, @unchecked Sendable {
+    let agent: Agent
+    private let lock = NSLock()
+    private var running = true
+
+    public init(agent: Agent) {
+        self.agent = agent
+    }
+
+    public func run() async throws {
+        let descriptor = inotify_init1(Int32(IN_CLOEXEC) | Int32(IN_NONBLOCK))
+        guard descriptor >= 0 else { return }  // the one-second check still follows the files
+        let thread = Thread { [self] in
+            defer { close(descriptor) }
+            var watched: [String: Int32] = [:]
+            var buffer = [UInt8](repeating: 0, count: 8192)
+            while lock.withLock({ running }) {
+                // The policy (and so the list of files) can change on reload: keep the watches in step.
+                let directories = Set(
+                    blockingCall { await self.agent.grantFilePaths }.map {
+                        ($0 as NSString).deletingLastPathComponent
+                    })
+                for directory in directories where watched[directory] == nil {
+                    let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_ATTRIB)
+                    let watch = inotify_add_watch(descriptor, directory, mask)
+                    if watch >= 0 { watched[directory] = watch }
+                }
+                for (directory, watch) in watched where !directories.contains(directory) {
+                    inotify_rm_watch(descriptor, watch)
+                    watched[directory] = nil
+                }
+                var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+                guard poll(&poller, 1, 500) > 0 else { continue }
+                while read(descriptor, &buffer, buffer.count) > 0 {}
+                blockingCall { await self.agent.checkGrantFiles() }
+            }
+        }
+        thread.name = "drawbridge-grant-files"
+        thread.start()
+        try? await gracefulShutdown()
+        lock.withLock { running = false }
+    }
+}
+
+final class ResultBox<Value>: @unchecked Sendable {
+    var value: Value?
+}
+
+/// Runs async work from a plain thread and waits for its result.
+func blockingCall<Result: Sendable>(_ work: @escaping @Sendable () async -> Result) -> Result {
+    let box = ResultBox<Result>()
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        box.value = await work()
+        done.signal()
+    }
+    done.wait()
+    return box.value!
 }
 
 /// SIGHUP re-reads the policy without flushing anything.

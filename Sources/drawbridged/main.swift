@@ -138,7 +138,8 @@ struct Drawbridged: AsyncParsableCommand {
         logger.notice("ready", metadata: ["api.socket": "\(socket)"])
         let group = ServiceGroup(
             services: [
-                api, watch, MaintenanceService(agent: agent), ReloadService(agent: agent, notifier: notifier),
+                api, watch, GrantFileWatchService(agent: agent), MaintenanceService(agent: agent),
+                ReloadService(agent: agent, notifier: notifier),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
