@@ -168,6 +168,25 @@ public final class NetfilterConnection {
         }
     }
 
+    /// Whether a set of this name exists in an inet table (one GETSET, without reading its elements).
+    public func setExists(table: String, set name: String) throws(NetfilterError) -> Bool {
+        do {
+            try request(
+                type: NFT_MSG_GETSET, family: UInt16(NFPROTO_INET), dump: false, operation: "read set",
+                build: { header in
+                    let set = nftnl_set_alloc()!
+                    defer { nftnl_set_free(set) }
+                    nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
+                    nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
+                    nftnl_set_nlmsg_build_payload(header, set)
+                }
+            ) { _ in }
+            return true
+        } catch  where error.errno == ENOENT {
+            return false
+        }
+    }
+
     /// Every live element of a set, with its remaining time. Expired elements the kernel has not collected yet are
     /// not listed (the kernel skips them, as lookups do).
     ///

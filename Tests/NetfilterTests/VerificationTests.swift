@@ -44,6 +44,7 @@ struct VerificationTests {
             ),
             ("flush chain inet drawbridge gate", "the rules of chain gate were changed"),
             ("delete table inet drawbridge", "table inet drawbridge is missing"),
+            ("flush chain inet drawbridge gate; delete set inet drawbridge ranges6", "set ranges6 is missing"),
         ])
     func tampering(command: String, problem: String) throws {
         let (namespace, enforcer) = try Self.installed(.keepSessions)
