@@ -261,22 +261,20 @@ public actor Agent {
         } catch {
             return .failure(.init(code: .kernel, message: "cannot read the kernel's grant sets: \(error)"))
         }
-        return LocalAPI.Response(
-            ok: true, grants: book.sorted.map { status(of: $0, kernel: kernel.elements, at: kernel.readAt) })
+        let index = KernelIndex(kernel.elements)
+        return LocalAPI.Response(ok: true, grants: book.sorted.map { status(of: $0, kernel: index, at: kernel.readAt) })
     }
 
     private func status(of grant: Grant) -> LocalAPI.GrantStatus {
-        status(of: grant, kernel: kernelView, at: Date())
+        status(of: grant, kernel: KernelIndex(kernelView), at: Date())
     }
 
     /// For each port of a grant, the longest time any kernel element covering its source still has.
-    private func status(of grant: Grant, kernel: [AccessKey: Date], at instant: Date) -> LocalAPI.GrantStatus {
+    private func status(of grant: Grant, kernel: KernelIndex, at instant: Date) -> LocalAPI.GrantStatus {
         var remaining: [String: Double?] = [:]
         for port in grant.ports {
-            let covering = kernel.filter { key, _ in
-                key.service == port.service && (key.source.contains(grant.source) || grant.source.contains(key.source))
-            }
-            remaining[port.name] = covering.values.max().map { max(0, $0.timeIntervalSince(instant)) }
+            remaining[port.name] = kernel.latestExpiry(overlapping: grant.source, port.service)
+                .map { max(0, $0.timeIntervalSince(instant)) }
         }
         return LocalAPI.GrantStatus(grant: grant, kernelRemainingSeconds: remaining)
     }
@@ -541,5 +539,36 @@ public actor Agent {
         for grant in added { audit.record(AuditEvent(.grant, grant: grant)) }
         for grant in removed { audit.record(AuditEvent(.revoke, grant: grant, detail: "no longer in \(path)")) }
         return !added.isEmpty || !removed.isEmpty
+    }
+}
+
+/// Kernel elements arranged for `list`: an exact lookup per single address, a scan only over the elements that
+/// could overlap, so listing many grants does not compare every grant with every element.
+private struct KernelIndex {
+    let exact: [AccessKey: Date]
+    /// By service: every element (for prefix grants) and the prefix elements only (for single-address grants).
+    let byService: [Service: [(IPPrefix, Date)]]
+    let prefixesByService: [Service: [(IPPrefix, Date)]]
+
+    init(_ elements: [AccessKey: Date]) {
+        exact = elements
+        var byService: [Service: [(IPPrefix, Date)]] = [:]
+        var prefixes: [Service: [(IPPrefix, Date)]] = [:]
+        for (key, expiry) in elements {
+            byService[key.service, default: []].append((key.source, expiry))
+            if !key.source.isSingleAddress { prefixes[key.service, default: []].append((key.source, expiry)) }
+        }
+        self.byService = byService
+        prefixesByService = prefixes
+    }
+
+    /// The latest expiry of the elements for `service` whose source contains `source` or lies inside it.
+    func latestExpiry(overlapping source: IPPrefix, _ service: Service) -> Date? {
+        let candidates = source.isSingleAddress ? prefixesByService[service] ?? [] : byService[service] ?? []
+        var latest = source.isSingleAddress ? exact[AccessKey(source: source, service: service)] : nil
+        for (prefix, expiry) in candidates where prefix.contains(source) || source.contains(prefix) {
+            latest = max(latest ?? expiry, expiry)
+        }
+        return latest
     }
 }

@@ -41,6 +41,7 @@ public final class GrantEnforcer {
     public let connection: NetfilterConnection
     /// Whether the kernel accepts NFT_MSG_DESTROYSETELEM, found by asking it (`install` probes).
     public private(set) var canDestroyElements: Bool
+    private var probed = false
 
     /// - Parameter canDestroyElements: force the pre-6.3 delete path (tests use this to prove it on new kernels).
     public init(connection: NetfilterConnection, canDestroyElements: Bool = false) {
@@ -56,7 +57,11 @@ public final class GrantEnforcer {
     ) throws(NetfilterError) -> CommitReport {
         let report = try connection.commit(
             DrawbridgeTable.installation(mode: mode, managedServices: managedServices, alwaysAllowed: alwaysAllowed))
-        if probeDestroy { canDestroyElements = try probeDestroySupport() }
+        // Once per enforcer: installs on reload and repair need not ask the kernel again.
+        if probeDestroy && !probed {
+            canDestroyElements = try probeDestroySupport()
+            probed = true
+        }
         return report
     }
 
@@ -175,7 +180,7 @@ public final class GrantEnforcer {
                     table: DrawbridgeTable.name, set: DrawbridgeTable.grantSet(for: key).name,
                     [DrawbridgeTable.element(for: key)])
                 return !found.isEmpty
-            } catch where error.code == .objectMissing || error.errno == ENOENT {
+            } catch  where error.code == .objectMissing || error.errno == ENOENT {
                 return false
             }
         }
@@ -205,7 +210,7 @@ public final class GrantEnforcer {
                 return ReconcileOutcome(
                     diff: diff, foreignRemoved: state.foreign.count, attempts: attempt, report: report,
                     generation: state.generation &+ UInt32(report.transactions))
-            } catch where [.elementAbsent, .generationChanged, .outcomeUnknown].contains(error.code) {
+            } catch  where [.elementAbsent, .generationChanged, .outcomeUnknown].contains(error.code) {
                 lastError = error
             }
         }

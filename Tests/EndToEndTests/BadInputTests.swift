@@ -201,9 +201,6 @@ struct BadInputTests {
         let check = try agent.cli(["check", agent.policyPath])
         #expect(check.status == 65)
         #expect(check.error.contains(agent.policyPath + ":"), "\(check.error)")
-        #expect(
-            check.error.contains(example.message) || check.error.range(of: "[0-9]", options: .regularExpression) != nil,
-            "\(check.error)")
         #expect(check.error.contains(example.message), "\(check.error)")
         #expect(throws: AgentProcess.AgentFailed.self) { try agent.start() }
         #expect(agent.log(tail: 5).contains(example.message), "\(agent.log(tail: 5))")
@@ -214,7 +211,8 @@ struct BadInputTests {
     @Test("a drawbridge table of another layout in the kernel: the agent refuses to start and says how to fix it")
     func foreignTableLayout() throws {
         let namespace = try NetworkNamespace.createAnonymous()
-        try run(["nft", "add table inet drawbridge; add set inet drawbridge grants4 { type ipv4_addr; }"], in: namespace)
+        try run(
+            ["nft", "add table inet drawbridge; add set inet drawbridge grants4 { type ipv4_addr; }"], in: namespace)
         let before = try run(["nft", "list", "ruleset"], in: namespace).output
         let agent = try AgentProcess(namespace: namespace, policy: AgentTests.policy())
         #expect(throws: AgentProcess.AgentFailed.self) { try agent.start() }
