@@ -13,6 +13,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.7.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.90.0"),
     ],
     targets: [
         // C libraries and the small shim for what Swift cannot import. Only Netfilter imports CNftnl and CMnl.
@@ -22,9 +25,19 @@ let package = Package(
         .target(name: "CDrawbridgeLinux", path: "Sources/CDrawbridgeLinux"),
 
         // Pure logic: addresses, policy, grants, authorization, the diff between desired and actual kernel state.
-        .target(name: "DrawbridgeCore", dependencies: [.product(name: "Yams", package: "Yams")]),
+        .target(
+            name: "DrawbridgeCore",
+            dependencies: [
+                .product(name: "Yams", package: "Yams"), .product(name: "HeapModule", package: "swift-collections"),
+            ]),
+        // The one OS layer for everything that is not nftables: files, sockets, credentials, clocks, event sources.
+        .target(
+            name: "HostSystem",
+            dependencies: [
+                "DrawbridgeCore", "CDrawbridgeLinux", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // The one OS layer for nftables: netlink connection, transactions, the drawbridge table.
-        .target(name: "Netfilter", dependencies: ["DrawbridgeCore", "CNftnl", "CMnl", "CDrawbridgeLinux"]),
+        .target(name: "Netfilter", dependencies: ["DrawbridgeCore", "HostSystem", "CNftnl", "CMnl", "CDrawbridgeLinux"]),
         // The agent's services: local API, grant store, audit, grants files, tamper repair.
         .target(
             name: "DrawbridgeAgent",

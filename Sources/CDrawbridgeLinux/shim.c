@@ -9,6 +9,14 @@
 #include <stddef.h>
 #include <netinet/in.h>
 #include <linux/netlink.h>
+#include <fcntl.h>
+#include <time.h>
+#include <sys/timerfd.h>
+#include <linux/falloc.h>
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
 
 int drawbridge_parse_netlink_error(const void *message, size_t length, drawbridge_netlink_error *out) {
     const struct nlmsghdr *nlh = message;
@@ -98,3 +106,27 @@ int drawbridge_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     *gid = credentials.gid;
     return 0;
 }
+
+int drawbridge_peer_groups(int fd, gid_t *groups, size_t *count) {
+    socklen_t length = (socklen_t)(*count * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &length) != 0) {
+        if (errno == ERANGE) *count = length / sizeof(gid_t);
+        return -1;
+    }
+    *count = length / sizeof(gid_t);
+    return 0;
+}
+
+int drawbridge_reserve_space(int fd, off_t offset, off_t length) {
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+int drawbridge_arm_clock_step_timer(int fd) {
+    struct itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    // Far in the future (absolute): it never fires, it only gets cancelled by a clock step.
+    spec.it_value.tv_sec = (time_t)1 << 40;
+    return timerfd_settime(fd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &spec, NULL);
+}
+
+int drawbridge_open_path_flag(void) { return O_PATH; }

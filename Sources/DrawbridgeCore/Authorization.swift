@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Who is asking, as the kernel vouches for it (the local socket's peer credentials), never as a request claims.
 public struct Caller: Sendable, Equatable, Codable {
@@ -116,20 +116,36 @@ extension Policy {
     /// 4. the duration is within the port's limit, and unless the caller is root, within the longest limit of the
     ///    caller's roles that cover the port (`duration-too-long`). A duration is never clamped.
     public func authorize(_ request: GrantRequest, by caller: Caller) -> Result<AuthorizedGrant, Refusal> {
-        func refuse(_ reason: Refusal.Reason, _ message: String) -> Result<AuthorizedGrant, Refusal> {
-            .failure(Refusal(reason: reason, message: message))
+        switch resolvePorts(request.ports) {
+        case .failure(let refusal): return .failure(refusal)
+        case .success(let resolved): return authorize(resolved, request: request, by: caller)
         }
-        guard !request.ports.isEmpty else {
-            return refuse(.invalidRequest, "the request names no port; managed: \(managedList)")
+    }
+
+    /// The managed ports a request names, without duplicates, in policy order; refused when it names none or one
+    /// that is not managed.
+    public func resolvePorts(_ texts: [String]) -> Result<[ManagedPort], Refusal> {
+        guard !texts.isEmpty else {
+            return .failure(Refusal(reason: .invalidRequest, message: "the request names no port; managed: \(managedList)"))
         }
         var requested: Set<String> = []
-        for text in request.ports {
+        for text in texts {
             switch resolvePort(text) {
             case .success(let port): requested.insert(port.name)
             case .failure(let refusal): return .failure(refusal)
             }
         }
-        let resolved = ports.filter { requested.contains($0.name) }
+        return .success(ports.filter { requested.contains($0.name) })
+    }
+
+    /// Steps 2 to 4 of ``authorize(_:by:)`` for ports already resolved (a grants file resolves each distinct list
+    /// of ports once, not once per entry).
+    public func authorize(
+        _ resolved: [ManagedPort], request: GrantRequest, by caller: Caller
+    ) -> Result<AuthorizedGrant, Refusal> {
+        func refuse(_ reason: Refusal.Reason, _ message: String) -> Result<AuthorizedGrant, Refusal> {
+            .failure(Refusal(reason: reason, message: message))
+        }
         let duration = request.duration
         guard duration.isFinite, duration > 0 else {
             return refuse(.invalidRequest, "a grant must last longer than zero; asked for \(duration) seconds")

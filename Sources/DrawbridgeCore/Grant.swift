@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Where a grant came from.
 public enum GrantOrigin: Hashable, Sendable, CustomStringConvertible, Codable {
@@ -6,15 +6,18 @@ public enum GrantOrigin: Hashable, Sendable, CustomStringConvertible, Codable {
     case local
     /// A watched grants file.
     case file(String)
-    /// A controller (HTTP, etcd), by name.
-    case controller(String)
+    /// An etcd key (the whole key).
+    case etcd(String)
+    /// A knock signed with an SSH key (its fingerprint).
+    case knock(String)
 
-    /// `local`, `file:/etc/drawbridge/grants.json`, `controller:NAME`.
+    /// `local`, `file:/etc/drawbridge/grants.json`, `etcd:/drawbridge/v1/grants/host/web-1/g-1`, `knock:SHA256:…`.
     public var description: String {
         switch self {
         case .local: return "local"
         case .file(let path): return "file:\(path)"
-        case .controller(let name): return "controller:\(name)"
+        case .etcd(let key): return "etcd:\(key)"
+        case .knock(let fingerprint): return "knock:\(fingerprint)"
         }
     }
 
@@ -23,10 +26,21 @@ public enum GrantOrigin: Hashable, Sendable, CustomStringConvertible, Codable {
             self = .local
         } else if text.hasPrefix("file:") {
             self = .file(String(text.dropFirst(5)))
-        } else if text.hasPrefix("controller:") {
-            self = .controller(String(text.dropFirst(11)))
+        } else if text.hasPrefix("etcd:") {
+            self = .etcd(String(text.dropFirst(5)))
+        } else if text.hasPrefix("knock:") {
+            self = .knock(String(text.dropFirst(6)))
         } else {
             return nil
+        }
+    }
+
+    /// Whether the origin names its expiry as an absolute wall-clock time (files, etcd) rather than a duration
+    /// counted from the request (local, knock): after a wall-clock step such grants follow the clock.
+    public var hasAbsoluteExpiry: Bool {
+        switch self {
+        case .file, .etcd: return true
+        case .local, .knock: return false
         }
     }
 
@@ -58,14 +72,24 @@ public struct GrantedPort: Hashable, Sendable, Codable, Comparable {
     public static func < (lhs: GrantedPort, rhs: GrantedPort) -> Bool { lhs.service < rhs.service }
 }
 
-/// One source prefix allowed to reach one or more managed ports until an absolute expiry.
+/// One source prefix allowed to reach one or more managed ports until a deadline.
+///
+/// The deadline is kept on the monotonic clock, as the kernel keeps the element's timeout: the wall-clock times are
+/// what people see and what survives a reboot, and are recomputed from the deadline when the wall clock is stepped.
 public struct Grant: Hashable, Sendable, Codable, Identifiable {
     public var id: String
     public var source: IPPrefix
     public var ports: [GrantedPort]
+    /// When the grant was first made (wall clock).
     public var createdAt: Date
+    /// When it was last made or extended (wall clock): after a reboot, when only the wall clock is left, a grant is
+    /// never given more than `expiresAt - issuedAt`, however the clock was set meanwhile.
+    public var issuedAt: Date
+    /// When the grant ends, as the wall clock showed it when it was last computed.
     public var expiresAt: Date
-    /// The Unix user who asked (for files: the file's path; for controllers: the controller's name).
+    /// When the grant ends on the monotonic clock: the instant that decides. Not encoded for clients.
+    public var deadline: MonotonicInstant
+    /// The Unix user who asked (for files: the file's path; for etcd: the writer's `requested_by`).
     public var requestedBy: String
     /// The asking process's uid, from the socket's peer credentials.
     public var uid: UInt32?
@@ -73,14 +97,16 @@ public struct Grant: Hashable, Sendable, Codable, Identifiable {
     public var origin: GrantOrigin
 
     public init(
-        id: String, source: IPPrefix, ports: [GrantedPort], createdAt: Date, expiresAt: Date, requestedBy: String,
-        uid: UInt32?, reason: String, origin: GrantOrigin
+        id: String, source: IPPrefix, ports: [GrantedPort], createdAt: Date, issuedAt: Date? = nil, expiresAt: Date,
+        deadline: MonotonicInstant, requestedBy: String, uid: UInt32?, reason: String, origin: GrantOrigin
     ) {
         self.id = id
         self.source = source
         self.ports = ports.sorted()
         self.createdAt = createdAt
+        self.issuedAt = issuedAt ?? createdAt
         self.expiresAt = expiresAt
+        self.deadline = deadline
         self.requestedBy = requestedBy
         self.uid = uid
         self.reason = reason
@@ -90,24 +116,59 @@ public struct Grant: Hashable, Sendable, Codable, Identifiable {
     enum CodingKeys: String, CodingKey {
         case id, source, ports
         case createdAt = "created_at"
+        case issuedAt = "issued_at"
         case expiresAt = "expires_at"
         case requestedBy = "requested_by"
         case uid, reason, origin
     }
 
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        id = try container.decode(String.self, forKey: .id)
+        source = try container.decode(IPPrefix.self, forKey: .source)
+        ports = try container.decode([GrantedPort].self, forKey: .ports)
+        createdAt = try container.decode(Date.self, forKey: .createdAt)
+        issuedAt = try container.decodeIfPresent(Date.self, forKey: .issuedAt) ?? createdAt
+        expiresAt = try container.decode(Date.self, forKey: .expiresAt)
+        deadline = .distantFuture
+        requestedBy = try container.decode(String.self, forKey: .requestedBy)
+        uid = try container.decodeIfPresent(UInt32.self, forKey: .uid)
+        reason = try container.decode(String.self, forKey: .reason)
+        origin = try container.decode(GrantOrigin.self, forKey: .origin)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(id, forKey: .id)
+        try container.encode(source, forKey: .source)
+        try container.encode(ports, forKey: .ports)
+        try container.encode(createdAt, forKey: .createdAt)
+        try container.encode(issuedAt, forKey: .issuedAt)
+        try container.encode(expiresAt, forKey: .expiresAt)
+        try container.encode(requestedBy, forKey: .requestedBy)
+        try container.encodeIfPresent(uid, forKey: .uid)
+        try container.encode(reason, forKey: .reason)
+        try container.encode(origin, forKey: .origin)
+    }
+
     /// The kernel elements this grant stands for.
     public var accessKeys: [AccessKey] { ports.map { AccessKey(source: source, service: $0.service) } }
 
-    public func isActive(at now: Date) -> Bool { expiresAt > now }
+    public func isActive(at now: MonotonicInstant) -> Bool { deadline > now }
 
     /// `ssh 22/tcp, postgres 5432/tcp`.
     public var portsDescription: String { ports.map { "\($0.name) \($0.service)" }.joined(separator: ", ") }
 
     /// A new random grant id: `g-` and ten lowercase base-32 characters.
-    public static func newIdentifier() -> String {
+    public static func newIdentifier<Generator: RandomNumberGenerator>(using generator: inout Generator) -> String {
         let alphabet = Array("abcdefghijkmnpqrstuvwxyz23456789")
-        var generator = SystemRandomNumberGenerator()
         return "g-" + String((0..<10).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
+    }
+
+    /// A new random grant id from the system's generator.
+    public static func newIdentifier() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return newIdentifier(using: &generator)
     }
 }
 

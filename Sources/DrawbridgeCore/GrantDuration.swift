@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The text form of a grant's length, as people write it in a policy and on the command line: `90s`, `30m`, `2h`,
 /// `1h30m`, `1d12h`.

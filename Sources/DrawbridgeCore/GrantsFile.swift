@@ -1,115 +1,237 @@
-import Foundation
+import FoundationEssentials
+
+/// A grant as a file or a controller writes it:
+///
+/// ```json
+/// { "id": "deploy", "source": "203.0.113.7", "ports": ["ssh"], "expires_at": "2026-11-26T12:00:00Z",
+///   "reason": "nightly deploy", "requested_by": "ci" }
+/// ```
+/// `id`, `reason` and `requested_by` are optional. Every field is checked the same way whatever the origin: the
+/// source is a prefix, the ports are one to sixteen names or NUMBER/PROTO, the expiry an RFC 3339 timestamp, the
+/// texts one line of printable characters within their limits, and no key is unknown or repeated.
+public struct GrantEntry: Sendable, Equatable {
+    public var id: String?
+    public var source: IPPrefix
+    public var ports: [String]
+    public var expiresAt: Date
+    public var reason: String
+    public var requestedBy: String?
+
+    public init(
+        id: String?, source: IPPrefix, ports: [String], expiresAt: Date, reason: String, requestedBy: String? = nil
+    ) {
+        self.id = id
+        self.source = source
+        self.ports = ports
+        self.expiresAt = expiresAt
+        self.reason = reason
+        self.requestedBy = requestedBy
+    }
+
+    public static let keys: Set<String> = ["id", "source", "ports", "expires_at", "reason", "requested_by"]
+    public static let maximumPorts = 16
+
+    /// Reads one entry object at the reader's position; `place` names it in errors (`grants[3]`).
+    public static func read(
+        _ reader: inout JSONReader, place: String, allowed: Set<String> = keys
+    ) throws(FieldError) -> GrantEntry {
+        var id: String?
+        var sourceText: String?
+        var ports: [String]?
+        var expiryText: String?
+        var reason = ""
+        var requestedBy: String?
+        do throws(JSONError) {
+            try reader.readObject { (key: String, reader: inout JSONReader) throws(JSONError) in
+                guard allowed.contains(key) else {
+                    throw JSONError(
+                        message: "unknown key \"\(TextCheck.escaped(key))\"; allowed: "
+                            + allowed.sorted().joined(separator: ", "), line: 0, column: 0)
+                }
+                switch key {
+                case "id": id = try reader.readString()
+                case "source": sourceText = try reader.readString()
+                case "ports":
+                    var list: [String] = []
+                    try reader.readArray { (_, reader: inout JSONReader) throws(JSONError) in
+                        list.append(try reader.readString())
+                    }
+                    ports = list
+                case "expires_at": expiryText = try reader.readString()
+                case "reason": reason = try reader.readString()
+                case "requested_by": requestedBy = try reader.readString()
+                default: try reader.skipValue()
+                }
+            }
+        } catch {
+            throw FieldError(error.line == 0 ? "\(place): \(error.message)" : "\(place): \(error)")
+        }
+        guard let sourceText else { throw FieldError("\(place) has no \"source\" (the address or prefix to open to)") }
+        let source: IPPrefix
+        do {
+            source = try IPPrefix(parsing: sourceText)
+        } catch {
+            throw FieldError("\(place).source: \(error.description)")
+        }
+        guard let ports, !ports.isEmpty else {
+            throw FieldError("\(place).ports must be a non-empty list of port names (or NUMBER/PROTO)")
+        }
+        guard ports.count <= maximumPorts else {
+            throw FieldError("\(place).ports lists \(ports.count) ports; at most \(maximumPorts) are allowed")
+        }
+        for port in ports {
+            if let problem = TextCheck.problem(with: port, field: "\(place).ports", maximumBytes: 64) {
+                throw FieldError(problem)
+            }
+        }
+        guard let expiryText else { throw FieldError("\(place) has no \"expires_at\"") }
+        guard let expiresAt = Timestamp.parse(expiryText) else {
+            throw FieldError(
+                "\(place).expires_at '\(TextCheck.escaped(String(expiryText.prefix(64))))' is not an RFC 3339 "
+                    + "timestamp like 2026-11-26T12:00:00Z")
+        }
+        if let id, let problem = TextCheck.identifierProblem(id, field: "\(place).id") { throw FieldError(problem) }
+        if let problem = TextCheck.problem(
+            with: reason, field: "\(place).reason", maximumBytes: TextCheck.maximumReasonBytes)
+        {
+            throw FieldError(problem)
+        }
+        if let requestedBy {
+            if requestedBy.isEmpty { throw FieldError("\(place).requested_by is empty") }
+            if let problem = TextCheck.problem(with: requestedBy, field: "\(place).requested_by", maximumBytes: 256) {
+                throw FieldError(problem)
+            }
+        }
+        return GrantEntry(
+            id: id, source: source, ports: ports, expiresAt: expiresAt, reason: reason, requestedBy: requestedBy)
+    }
+}
 
 /// A watched grants file: a JSON document that lists grants with absolute expiries.
 ///
 /// ```json
-/// {
-///   "grants": [
-///     { "id": "deploy", "source": "203.0.113.7", "ports": ["ssh"], "expires_at": "2026-11-26T12:00:00Z",
-///       "reason": "nightly deploy" }
-///   ]
-/// }
+/// { "grants": [ { "id": "deploy", "source": "203.0.113.7", "ports": ["ssh"],
+///                 "expires_at": "2026-11-26T12:00:00Z", "reason": "nightly deploy" } ] }
 /// ```
-/// `id` is optional (without it the entry's content names it); `reason` is optional. Each entry is checked against
-/// the policy as if root asked for it, for the time left until `expires_at`.
+/// Each entry is checked against the policy as if root asked for it, for the time left until `expires_at`.
 public enum GrantsFile {
+    /// The largest grants file read.
+    public static let maximumBytes = 512 << 20
+    /// The most entries one file may list.
+    public static let maximumEntries = 2_000_000
+
     /// A grants file that could not be read as a whole; the agent then keeps the file's last good grants.
     public struct FormatError: Error, Sendable, Equatable, CustomStringConvertible {
         public var path: String
         public var message: String
-        public var description: String { "\(path): \(message)" }
+        public var description: String { "\(TextCheck.escaped(path)): \(message)" }
+
+        public init(path: String, message: String) {
+            self.path = path
+            self.message = message
+        }
     }
 
     /// What a readable file yields: the grants that pass the policy, and the entries refused with why.
     public struct Contents: Sendable, Equatable {
         public var grants: [Grant]
-        public var refusals: [(entry: String, refusal: Refusal)]
+        public var refusals: [Refused]
+        /// Entries whose expiry had already passed (left out without complaint).
+        public var expired: Int
 
-        public static func == (lhs: Contents, rhs: Contents) -> Bool {
-            lhs.grants == rhs.grants && lhs.refusals.map(\.entry) == rhs.refusals.map(\.entry)
-                && lhs.refusals.map(\.refusal) == rhs.refusals.map(\.refusal)
+        public struct Refused: Sendable, Equatable {
+            public var entry: String
+            public var refusal: Refusal
         }
     }
 
-    static let entryKeys: Set<String> = ["id", "source", "ports", "expires_at", "reason"]
-
-    /// Parses and checks a grants file. Entries whose expiry has passed are left out without complaint.
-    public static func parse(_ data: Data, path: String, policy: Policy, now: Date) throws(FormatError) -> Contents {
+    /// Parses and checks a grants file.
+    public static func parse(_ bytes: [UInt8], path: String, policy: Policy, now: Instants) throws(FormatError)
+        -> Contents
+    {
         func fail(_ message: String) -> FormatError { FormatError(path: path, message: message) }
-        let document: Any
-        do {
-            document = try JSONSerialization.jsonObject(with: data)
-        } catch {
-            throw fail("not valid JSON (\((error as NSError).userInfo["NSDebugDescription"] ?? error))")
+        guard bytes.count <= maximumBytes else {
+            throw fail("the file is larger than \(maximumBytes >> 20) MiB")
         }
-        guard let top = document as? [String: Any] else {
-            throw fail("the document must be an object with a \"grants\" list")
-        }
-        if let unknown = top.keys.first(where: { $0 != "grants" }) {
-            throw fail("unknown key \"\(unknown)\" at the top level; the only key is \"grants\"")
-        }
-        guard let entries = top["grants"] as? [Any] else { throw fail("\"grants\" must be a list of grant objects") }
-
         let origin = GrantOrigin.file(path)
+        let idPrefix = GrantBook.fileIdentifierPrefix(for: path)
+        var reader = JSONReader(bytes, maximumDepth: 4)
+        var entries: [GrantEntry] = []
+        var sawGrants = false
+        do throws(JSONError) {
+            try reader.readObject { (key: String, reader: inout JSONReader) throws(JSONError) in
+                guard key == "grants" else {
+                    throw JSONError(
+                        message: "unknown key \"\(TextCheck.escaped(key))\" at the top level; the only key is \"grants\"",
+                        line: 0, column: 0)
+                }
+                sawGrants = true
+                try reader.readArray { (index: Int, reader: inout JSONReader) throws(JSONError) in
+                    guard index < maximumEntries else {
+                        throw JSONError(message: "more than \(maximumEntries) entries", line: 0, column: 0)
+                    }
+                    do throws(FieldError) {
+                        entries.append(try GrantEntry.read(&reader, place: "grants[\(index)]", allowed: entryKeys))
+                    } catch {
+                        throw JSONError(message: error.description, line: 0, column: 0)
+                    }
+                }
+            }
+            try reader.finish()
+        } catch {
+            throw fail(error.line == 0 ? error.message : "not valid JSON: \(error)")
+        }
+        guard sawGrants else { throw fail("the document must be an object with a \"grants\" list") }
+
         var grants: [Grant] = []
-        var refusals: [(String, Refusal)] = []
+        grants.reserveCapacity(entries.count)
+        var refusals: [Contents.Refused] = []
+        var expired = 0
         var seen: Set<String> = []
-        for (index, raw) in entries.enumerated() {
+        seen.reserveCapacity(entries.count)
+        var resolvedPorts: [[String]: Result<[Policy.ManagedPort], Refusal>] = [:]
+        let root = Caller(uid: 0, user: "root", groups: [])
+        for (index, entry) in entries.enumerated() {
             let place = "grants[\(index)]"
-            guard let entry = raw as? [String: Any] else { throw fail("\(place) must be an object") }
-            if let unknown = entry.keys.sorted().first(where: { !entryKeys.contains($0) }) {
-                throw fail(
-                    "\(place): unknown key \"\(unknown)\"; allowed: \(entryKeys.sorted().joined(separator: ", "))")
-            }
-            guard let sourceText = entry["source"] as? String else {
-                throw fail("\(place).source must be a string prefix")
-            }
-            let source: IPPrefix
-            do {
-                source = try IPPrefix(parsing: sourceText)
-            } catch {
-                throw fail("\(place).source: \(error.description)")
-            }
-            guard let ports = entry["ports"] as? [String], !ports.isEmpty else {
-                throw fail("\(place).ports must be a non-empty list of port names (or NUMBER/PROTO)")
-            }
-            guard let expiryText = entry["expires_at"] as? String, let expiresAt = parseTimestamp(expiryText) else {
-                throw fail("\(place).expires_at must be a UTC timestamp like 2026-11-26T12:00:00Z")
-            }
-            let reason = entry["reason"] ?? ""
-            guard let reason = reason as? String else { throw fail("\(place).reason must be a string") }
-            if let id = entry["id"], !(id is String) || (id as! String).isEmpty {
-                throw fail("\(place).id must be a non-empty string")
-            }
-
             let suffix =
-                (entry["id"] as? String) ?? String(fnv1a("\(source)|\(ports.sorted())|\(expiryText)"), radix: 16)
-            let id = GrantBook.fileIdentifierPrefix(for: origin) + suffix
+                entry.id
+                ?? String(
+                    fnv1a("\(entry.source)|\(entry.ports.sorted())|\(Timestamp.format(entry.expiresAt))"), radix: 16)
+            let id = idPrefix + suffix
             guard seen.insert(id).inserted else { throw fail("\(place): duplicate id \"\(suffix)\"") }
-            guard expiresAt > now else { continue }
-
+            guard entry.expiresAt > now.wall else {
+                expired += 1
+                continue
+            }
+            let resolved: Result<[Policy.ManagedPort], Refusal>
+            if let cached = resolvedPorts[entry.ports] {
+                resolved = cached
+            } else {
+                resolved = policy.resolvePorts(entry.ports)
+                resolvedPorts[entry.ports] = resolved
+            }
             let request = GrantRequest(
-                ports: ports, source: source, duration: expiresAt.timeIntervalSince(now), reason: reason)
-            switch policy.authorize(request, by: Caller(uid: 0, user: "root", groups: [])) {
+                ports: entry.ports, source: entry.source, duration: entry.expiresAt.timeIntervalSince(now.wall),
+                reason: entry.reason)
+            let outcome = resolved.flatMap { policy.authorize($0, request: request, by: root) }
+            switch outcome {
             case .failure(let refusal):
-                refusals.append(("\(place) (\(sourceText) \(ports.joined(separator: ",")))", refusal))
+                refusals.append(
+                    .init(
+                        entry: "\(place) (\(entry.source) \(entry.ports.joined(separator: ",")))", refusal: refusal))
             case .success(let authorized):
                 grants.append(
                     Grant(
-                        id: id, source: source,
+                        id: id, source: entry.source,
                         ports: authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) },
-                        createdAt: now, expiresAt: expiresAt, requestedBy: path, uid: nil, reason: reason,
-                        origin: origin))
+                        createdAt: now.wall, expiresAt: entry.expiresAt,
+                        deadline: now.deadline(forWall: entry.expiresAt), requestedBy: path, uid: nil,
+                        reason: entry.reason, origin: origin))
             }
         }
-        return Contents(grants: grants, refusals: refusals)
+        return Contents(grants: grants, refusals: refusals, expired: expired)
     }
 
-    static func parseTimestamp(_ text: String) -> Date? {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
-        if let date = formatter.date(from: text) { return date }
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.date(from: text)
-    }
+    /// A grants file names no requester: the file is the requester.
+    static let entryKeys: Set<String> = ["id", "source", "ports", "expires_at", "reason"]
 }

@@ -1,11 +1,3 @@
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Musl)
-    import Musl
-#elseif canImport(Darwin)
-    import Darwin
-#endif
-
 /// An IPv4 or IPv6 address, held as plain integers so that hashing and comparing a hundred thousand of them is cheap.
 public enum IPAddress: Hashable, Sendable, Comparable {
     /// An IPv4 address in host order (`192.0.2.1` is `0xC000_0201`).
@@ -22,20 +14,111 @@ public enum IPAddress: Hashable, Sendable, Comparable {
     }
 
     /// Parses dotted-quad IPv4 or any RFC 4291 text form of IPv6 (`2001:db8::1`, `::ffff:192.0.2.1`).
+    ///
+    /// Only the four-part decimal IPv4 form is read, without leading zeros, which is what a person writing a policy
+    /// means; inet_aton's `10.1` or octal-looking `010.0.0.1` forms are refused rather than guessed at.
     public init?(_ text: some StringProtocol) {
-        let string = String(text)
-        guard !string.isEmpty, string.utf8.count <= 45 else { return nil }
-        if string.contains(":") {
-            var raw = in6_addr()
-            guard inet_pton(AF_INET6, string, &raw) == 1 else { return nil }
-            let bytes = withUnsafeBytes(of: raw) { Array($0) }
-            self.init(bytes: bytes)!
-        } else {
-            // inet_pton accepts only the four-part decimal form, which is what a person writing a policy means;
-            // inet_aton's "10.1" or octal "010.0.0.1" forms are deliberately refused.
-            var raw = in_addr()
-            guard inet_pton(AF_INET, string, &raw) == 1 else { return nil }
-            self = .v4(UInt32(bigEndian: raw.s_addr))
+        let parsed =
+            text.utf8.withContiguousStorageIfAvailable { IPAddress.parse($0) }
+            ?? Array(text.utf8).withUnsafeBufferPointer { IPAddress.parse($0) }
+        guard let parsed else { return nil }
+        self = parsed
+    }
+
+    static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> IPAddress? {
+        guard !bytes.isEmpty, bytes.count <= 45 else { return nil }
+        if bytes.contains(UInt8(ascii: ":")) { return parseIPv6(bytes) }
+        return parseIPv4(bytes[...]).map(IPAddress.v4)
+    }
+
+    private static func parseIPv4(_ bytes: Slice<UnsafeBufferPointer<UInt8>>) -> UInt32? {
+        var value: UInt32 = 0
+        var part: UInt32 = 0
+        var digits = 0
+        var parts = 0
+        for byte in bytes {
+            if byte == UInt8(ascii: ".") {
+                guard digits > 0, parts < 3 else { return nil }
+                value = value << 8 | part
+                parts += 1
+                part = 0
+                digits = 0
+            } else if byte >= 0x30, byte <= 0x39 {
+                // A leading zero is only the number zero itself: "010" is refused, as inet_pton does.
+                if digits > 0 && part == 0 { return nil }
+                part = part * 10 + UInt32(byte - 0x30)
+                digits += 1
+                guard part <= 255 else { return nil }
+            } else {
+                return nil
+            }
+        }
+        guard digits > 0, parts == 3 else { return nil }
+        return value << 8 | part
+    }
+
+    private static func parseIPv6(_ bytes: UnsafeBufferPointer<UInt8>) -> IPAddress? {
+        var groups: [UInt16] = []
+        groups.reserveCapacity(8)
+        var gap: Int?  // index in `groups` where "::" stands
+        var index = 0
+        let count = bytes.count
+        if count >= 2, bytes[0] == UInt8(ascii: ":") {
+            guard bytes[1] == UInt8(ascii: ":") else { return nil }
+            gap = 0
+            index = 2
+            if index == count { return .v6(high: 0, low: 0) }
+        }
+        while index < count {
+            // One group: hex digits, or (last) a dotted IPv4 address.
+            var value: UInt32 = 0
+            var digits = 0
+            let start = index
+            while index < count, let nibble = hexValue(bytes[index]) {
+                value = value << 4 | UInt32(nibble)
+                digits += 1
+                index += 1
+                guard digits <= 4 else { break }
+            }
+            if index < count, bytes[index] == UInt8(ascii: ".") {
+                guard groups.count <= 6, let v4 = parseIPv4(bytes[start..<count]) else { return nil }
+                groups.append(UInt16(v4 >> 16))
+                groups.append(UInt16(v4 & 0xffff))
+                index = count
+                break
+            }
+            guard digits >= 1, digits <= 4, groups.count < 8 else { return nil }
+            groups.append(UInt16(value))
+            if index == count { break }
+            guard bytes[index] == UInt8(ascii: ":") else { return nil }
+            index += 1
+            if index < count, bytes[index] == UInt8(ascii: ":") {
+                guard gap == nil else { return nil }
+                gap = groups.count
+                index += 1
+                if index == count { break }
+            } else if index == count {
+                return nil  // a trailing single colon
+            }
+        }
+        if let gap {
+            guard groups.count <= 7 else { return nil }
+            groups.insert(contentsOf: [UInt16](repeating: 0, count: 8 - groups.count), at: gap)
+        }
+        guard groups.count == 8 else { return nil }
+        var high: UInt64 = 0
+        var low: UInt64 = 0
+        for group in groups[0..<4] { high = high << 16 | UInt64(group) }
+        for group in groups[4..<8] { low = low << 16 | UInt64(group) }
+        return .v6(high: high, low: low)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case 0x30...0x39: return byte - 0x30
+        case 0x41...0x46: return byte - 0x41 + 10
+        case 0x61...0x66: return byte - 0x61 + 10
+        default: return nil
         }
     }
 
@@ -80,15 +163,53 @@ extension IPAddress: CustomStringConvertible {
         switch self {
         case .v4(let value):
             return "\(value >> 24).\(value >> 16 & 0xff).\(value >> 8 & 0xff).\(value & 0xff)"
-        case .v6:
-            var raw = in6_addr()
-            withUnsafeMutableBytes(of: &raw) { destination in
-                for (index, byte) in bytes.enumerated() { destination[index] = byte }
-            }
-            var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-            _ = inet_ntop(AF_INET6, &raw, &buffer, socklen_t(buffer.count))
-            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        case .v6(let high, let low):
+            return Self.ipv6Text(high: high, low: low)
         }
+    }
+
+    /// RFC 5952 text, as glibc's inet_ntop writes it: lowercase, no leading zeros, the longest run of two or more
+    /// zero groups as `::` (the first of equal runs), and IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible
+    /// (`::a.b.c.d`) addresses with their last 32 bits dotted.
+    private static func ipv6Text(high: UInt64, low: UInt64) -> String {
+        let groups = (0..<8).map { index -> UInt16 in
+            let word = index < 4 ? high : low
+            return UInt16(truncatingIfNeeded: word >> UInt64(48 - 16 * (index % 4)))
+        }
+        var bestStart = -1
+        var bestLength = 0
+        var runStart = -1
+        for index in 0...8 {
+            if index < 8, groups[index] == 0 {
+                if runStart < 0 { runStart = index }
+            } else if runStart >= 0 {
+                if index - runStart > bestLength {
+                    bestStart = runStart
+                    bestLength = index - runStart
+                }
+                runStart = -1
+            }
+        }
+        if bestLength < 2 { bestStart = -1 }
+        var text = ""
+        var index = 0
+        while index < 8 {
+            if index == bestStart {
+                text += "::"
+                index += bestLength
+                continue
+            }
+            // glibc: the last 32 bits dotted after a leading run of six zero groups, or of five then ffff.
+            if index == 6, bestStart == 0, bestLength == 6 || (bestLength == 5 && groups[5] == 0xffff) {
+                let v4 = UInt32(groups[6]) << 16 | UInt32(groups[7])
+                text += IPAddress.v4(v4).description
+                break
+            }
+            if !text.isEmpty, !text.hasSuffix(":") { text += ":" }
+            text += String(groups[index], radix: 16)
+            index += 1
+        }
+        return text
     }
 }
 

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The local API between `drawbridge` and `drawbridged`: one JSON object per line over a Unix socket, one request
 /// and one response per connection. Who is asking is never part of the request: the agent reads it from the
@@ -8,13 +8,16 @@ public enum LocalAPI {
     public static let defaultSocketPath = "/run/drawbridge/drawbridge.sock"
     /// Requests larger than this are refused unread.
     public static let maximumRequestBytes = 64 * 1024
+    /// The longest grant a request may name at all (the policy's limits are far shorter).
+    public static let maximumDurationSeconds: Double = 1e9
 
-    public enum Command: String, Codable, Sendable {
+    public enum Verb: String, Codable, Sendable, CaseIterable {
         case grant, revoke, list, status
     }
 
+    /// A request as the client sends it.
     public struct Request: Codable, Sendable, Equatable {
-        public var command: Command
+        public var command: Verb
         /// grant: policy names or NUMBER/PROTO.
         public var ports: [String]?
         /// grant: the source prefix; revoke: revoke every grant inside it.
@@ -26,7 +29,7 @@ public enum LocalAPI {
         public var id: String?
 
         public init(
-            command: Command, ports: [String]? = nil, source: String? = nil, durationSeconds: Double? = nil,
+            command: Verb, ports: [String]? = nil, source: String? = nil, durationSeconds: Double? = nil,
             reason: String? = nil, id: String? = nil
         ) {
             self.command = command
@@ -44,6 +47,111 @@ public enum LocalAPI {
         }
     }
 
+    /// A request after it was read and checked: the only form the agent acts on.
+    public enum Command: Sendable, Equatable {
+        case grant(GrantRequest)
+        case revoke(RevokeTarget)
+        case list
+        case status
+
+        /// Whether the command only closes access (served ahead of and apart from what opens it).
+        public var isClosing: Bool {
+            if case .revoke = self { return true }
+            return false
+        }
+    }
+
+    /// Which grants a revocation ends.
+    public enum RevokeTarget: Sendable, Equatable {
+        case id(String)
+        case within(IPPrefix)
+    }
+
+    /// Reads and checks one request line, refusing anything a lenient decoder would silently accept: a repeated or
+    /// unknown key, a field that does not belong to the command, a value of the wrong type, text with control
+    /// characters, an over-long reason, a duration that is not a positive number of seconds.
+    public static func decode(_ bytes: [UInt8]) -> Result<Command, Failure> {
+        func bad(_ message: String) -> Result<Command, Failure> {
+            .failure(Failure(code: .badRequest, message: message))
+        }
+        let value: JSONValue
+        do {
+            value = try JSONReader.parse(bytes, maximumDepth: 4)
+        } catch {
+            return bad("request is not valid JSON: \(error)")
+        }
+        let allowed: [Verb: Set<String>] = [
+            .grant: ["command", "ports", "source", "duration_seconds", "reason"],
+            .revoke: ["command", "id", "source"], .list: ["command"], .status: ["command"],
+        ]
+        do throws(FieldError) {
+            let probe = try JSONFields(value, path: "request", allowed: Set(allowed.values.flatMap { $0 }))
+            guard let verbText = try probe.string("command") else { return bad("request has no \"command\"") }
+            guard let verb = Verb(rawValue: verbText) else {
+                return bad(
+                    "unknown command \"\(TextCheck.escaped(verbText))\"; commands: "
+                        + Verb.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            let fields = try JSONFields(value, path: verb.rawValue, allowed: allowed[verb]!)
+            switch verb {
+            case .list: return .success(.list)
+            case .status: return .success(.status)
+            case .revoke:
+                let id = try fields.string("id")
+                let source = try fields.string("source")
+                switch (id, source) {
+                case (let id?, nil):
+                    if let problem = TextCheck.identifierProblem(id, field: "id") { return bad(problem) }
+                    return .success(.revoke(.id(id)))
+                case (nil, let source?):
+                    do {
+                        return .success(.revoke(.within(try IPPrefix(parsing: source))))
+                    } catch {
+                        return bad("source: \(error.description)")
+                    }
+                default:
+                    return bad("revoke needs either a grant id or a source prefix, not both")
+                }
+            case .grant:
+                guard let ports = try fields.strings("ports"), !ports.isEmpty else {
+                    return bad("a grant needs at least one port")
+                }
+                guard ports.count <= GrantEntry.maximumPorts else {
+                    return bad("a grant names at most \(GrantEntry.maximumPorts) ports")
+                }
+                for port in ports {
+                    if let problem = TextCheck.problem(with: port, field: "ports", maximumBytes: 64) {
+                        return bad(problem)
+                    }
+                }
+                guard let sourceText = try fields.string("source") else {
+                    return bad("a grant needs a source (--from)")
+                }
+                let source: IPPrefix
+                do {
+                    source = try IPPrefix(parsing: sourceText)
+                } catch {
+                    return bad(error.description)
+                }
+                guard let seconds = try fields.number("duration_seconds") else {
+                    return bad("a grant needs a duration (--for)")
+                }
+                guard seconds.isFinite, seconds >= 1, seconds <= maximumDurationSeconds else {
+                    return bad("a grant lasts from 1 second to \(Int(maximumDurationSeconds)) seconds")
+                }
+                let reason = try fields.string("reason") ?? ""
+                if let problem = TextCheck.problem(
+                    with: reason, field: "the reason", maximumBytes: TextCheck.maximumReasonBytes)
+                {
+                    return bad(problem)
+                }
+                return .success(.grant(GrantRequest(ports: ports, source: source, duration: seconds, reason: reason)))
+            }
+        } catch {
+            return bad(error.description)
+        }
+    }
+
     /// Why a request failed, for scripts (`code`) and people (`message`).
     public struct Failure: Codable, Sendable, Equatable, Error, CustomStringConvertible {
         public enum Code: String, Codable, Sendable {
@@ -57,6 +165,10 @@ public enum LocalAPI {
             case notFound = "not-found"
             /// The kernel refused the change; nothing was changed.
             case kernel
+            /// The agent is at its limit of connections for this caller; try again.
+            case busy
+            /// The grant could not be recorded (state or audit storage failed); nothing was changed.
+            case storage
             /// Something failed inside the agent.
             case `internal`
         }
@@ -78,7 +190,7 @@ public enum LocalAPI {
     /// A grant as `list` shows it, with what the kernel says about each of its ports.
     public struct GrantStatus: Codable, Sendable, Equatable {
         public var grant: Grant
-        /// Seconds the kernel still gives each port's element; nil when the kernel holds no element for it.
+        /// Seconds the kernel still gives each port's element, read from the kernel; nil when it holds none.
         public var kernelRemainingSeconds: [String: Double?]
 
         public init(grant: Grant, kernelRemainingSeconds: [String: Double?]) {
@@ -92,6 +204,7 @@ public enum LocalAPI {
         }
     }
 
+    /// What `status` reports.
     public struct AgentStatus: Codable, Sendable, Equatable {
         public var version: String
         public var policyPath: String
@@ -99,10 +212,23 @@ public enum LocalAPI {
         public var onExpiry: SessionMode
         public var activeGrants: Int
         public var kernelRelease: String
+        /// `enforcing`, or what is wrong with the table right now.
+        public var table: String
+        /// The last repair of the table, with why; nil when none happened since the start.
+        public var lastRepair: String?
+        /// Repairs since the start.
+        public var repairs: Int
+        /// `ok`, or why changes cannot be stored (grants are refused until it is fixed; revocations still apply).
+        public var storage: String
+        /// `ok`, or why audit records cannot be written.
+        public var audit: String
+        /// Warnings an operator should act on (a clock step, a grants file kept at its last good state, …).
+        public var warnings: [String]
 
         public init(
             version: String, policyPath: String, managedPorts: [GrantedPort], onExpiry: SessionMode, activeGrants: Int,
-            kernelRelease: String
+            kernelRelease: String, table: String = "enforcing", lastRepair: String? = nil, repairs: Int = 0,
+            storage: String = "ok", audit: String = "ok", warnings: [String] = []
         ) {
             self.version = version
             self.policyPath = policyPath
@@ -110,6 +236,12 @@ public enum LocalAPI {
             self.onExpiry = onExpiry
             self.activeGrants = activeGrants
             self.kernelRelease = kernelRelease
+            self.table = table
+            self.lastRepair = lastRepair
+            self.repairs = repairs
+            self.storage = storage
+            self.audit = audit
+            self.warnings = warnings
         }
 
         enum CodingKeys: String, CodingKey {
@@ -119,6 +251,9 @@ public enum LocalAPI {
             case onExpiry = "on_expiry"
             case activeGrants = "active_grants"
             case kernelRelease = "kernel_release"
+            case table
+            case lastRepair = "last_repair"
+            case repairs, storage, audit, warnings
         }
     }
 
@@ -130,32 +265,45 @@ public enum LocalAPI {
         /// grant: "created", "extended" or "unchanged".
         public var outcome: String?
         public var status: AgentStatus?
+        /// What went through but should be known: a revocation applied in the kernel that could not be stored yet.
+        public var warnings: [String]?
 
         public init(
             ok: Bool, error: Failure? = nil, grants: [GrantStatus]? = nil, outcome: String? = nil,
-            status: AgentStatus? = nil
+            status: AgentStatus? = nil, warnings: [String]? = nil
         ) {
             self.ok = ok
             self.error = error
             self.grants = grants
             self.outcome = outcome
             self.status = status
+            self.warnings = warnings
         }
 
         public static func failure(_ failure: Failure) -> Response { Response(ok: false, error: failure) }
     }
 
-    /// JSON with ISO 8601 dates and sorted keys, as both ends and the state file use it.
+    /// JSON with RFC 3339 dates (milliseconds kept) and sorted keys, as both ends use it.
     public static func encoder() -> JSONEncoder {
         let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(Timestamp.format(date))
+        }
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return encoder
     }
 
     public static func decoder() -> JSONDecoder {
         let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let container = try decoder.singleValueContainer()
+            let text = try container.decode(String.self)
+            guard let date = Timestamp.parse(text) else {
+                throw DecodingError.dataCorruptedError(in: container, debugDescription: "not a timestamp: \(text)")
+            }
+            return date
+        }
         return decoder
     }
 }

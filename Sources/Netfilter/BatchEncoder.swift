@@ -1,6 +1,8 @@
 import CMnl
 import CNftnl
-import Foundation
+import DrawbridgeCore
+import FoundationEssentials
+import HostSystem
 
 /// What one message of a batch was for, so a kernel error on its sequence number can be named.
 struct MessageRecord {
@@ -171,6 +173,7 @@ final class BatchEncoder {
         // between planning and sending. An expiry already in the past is sent as 1 ms — never as 0, which the
         // kernel would read as "no timeout" and keep the element forever.
         let now = Date()
+        let monotonicNow = SystemClock.monotonic()
         for element in elements {
             let item = nftnl_set_elem_alloc()!
             element.key.withUnsafeBytes {
@@ -184,9 +187,17 @@ final class BatchEncoder {
             if element.isIntervalEnd {
                 nftnl_set_elem_set_u32(item, UInt16(NFTNL_SET_ELEM_FLAGS), NFT_SET_ELEM_INTERVAL_END.rawValue)
             }
-            if type == NFT_MSG_NEWSETELEM, case .at(let expiry) = element.expiry {
-                nftnl_set_elem_set_u64(
-                    item, UInt16(NFTNL_SET_ELEM_TIMEOUT), Self.timeoutMilliseconds(until: expiry, now: now))
+            if type == NFT_MSG_NEWSETELEM {
+                switch element.expiry {
+                case .never: break
+                case .at(let expiry):
+                    nftnl_set_elem_set_u64(
+                        item, UInt16(NFTNL_SET_ELEM_TIMEOUT), Self.timeoutMilliseconds(until: expiry, now: now))
+                case .deadline(let deadline):
+                    nftnl_set_elem_set_u64(
+                        item, UInt16(NFTNL_SET_ELEM_TIMEOUT),
+                        Self.timeoutMilliseconds(seconds: deadline.seconds(since: monotonicNow)))
+                }
             }
             nftnl_set_elem_add(set, item)
         }
@@ -209,9 +220,15 @@ final class BatchEncoder {
 
     /// Milliseconds from `now` until `expiry`, rounded up, at least 1.
     static func timeoutMilliseconds(until expiry: Date, now: Date) -> UInt64 {
-        let interval = expiry.timeIntervalSince(now) * 1000
+        timeoutMilliseconds(seconds: expiry.timeIntervalSince(now))
+    }
+
+    /// A remaining time in whole milliseconds, rounded up (never shorter than asked), at least 1 (0 would mean "no
+    /// timeout" to the kernel, an element that never expires).
+    static func timeoutMilliseconds(seconds: Double) -> UInt64 {
+        let interval = seconds * 1000
         guard interval > 1 else { return 1 }
-        return UInt64(interval.rounded(.up))
+        return UInt64(min(interval, 1e15).rounded(.up))
     }
 
     private func makeSet(table: String, _ definition: SetDefinition, full: Bool) -> OpaquePointer {
@@ -224,13 +241,8 @@ final class BatchEncoder {
         // batch could refer to it before it has a handle.
         nextSetID += 1
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_ID.rawValue), nextSetID)
-        var flags: UInt32 = 0
-        if definition.interval { flags |= NFT_SET_INTERVAL.rawValue }
-        if definition.timeout { flags |= NFT_SET_TIMEOUT.rawValue }
-        // The kernel wants CONCAT and the field lengths together for concatenated interval sets, and neither for
-        // concatenated hash sets (nft sends neither there); a mismatch is EINVAL.
-        let describeFields = definition.isConcatenation && definition.interval
-        if describeFields { flags |= NFT_SET_CONCAT.rawValue }
+        let describeFields = definition.describesFields
+        let flags = definition.kernelFlags
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_FLAGS.rawValue), flags)
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_KEY_TYPE.rawValue), definition.keyTypeID)
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_KEY_LEN.rawValue), UInt32(definition.keyLength))

@@ -1,5 +1,5 @@
 import DrawbridgeCore
-import Foundation
+import FoundationEssentials
 
 /// The one table drawbridged owns: its sets, chains and rules, and how grants become set elements.
 ///
@@ -91,6 +91,25 @@ public enum DrawbridgeTable {
         return transaction
     }
 
+    /// The one transaction that replaces whatever the kernel holds under this table's name with the table for
+    /// `layout` and exactly `elements`: create (in case it is missing), delete (with everything in it: foreign
+    /// chains, a dormant flag, another layout), create again. Packets see the old table until the commit, the new
+    /// one after it, never none.
+    public static func replacement(_ layout: TableLayout, elements: [AccessKey: MonotonicInstant]) -> Transaction {
+        var transaction = Transaction([.createTable(name), .deleteTable(name)])
+        transaction.changes += installation(
+            mode: layout.mode, managedServices: layout.managedServices, alwaysAllowed: layout.alwaysAllowed
+        ).changes
+        var bySet: [SetDefinition: [SetElement]] = [:]
+        for (key, deadline) in elements {
+            bySet[grantSet(for: key), default: []].append(element(for: key, deadline: deadline))
+        }
+        for set in grantSets {
+            if let items = bySet[set] { transaction.append(.addElements(table: name, set: set, items)) }
+        }
+        return transaction
+    }
+
     /// Replaces the managed ports (flush and refill, atomic inside a transaction).
     public static func replaceManaged(_ services: [Service]) -> [Change] {
         let elements = Set(services).sorted().map { service in
@@ -123,9 +142,18 @@ public enum DrawbridgeTable {
     /// The kernel element for a grant: for prefixes the exact start key and inclusive end key, which is also what
     /// deleting it must name (the kernel looks a pipapo element up by its start as a point).
     public static func element(for key: AccessKey, expiresAt: Date? = nil) -> SetElement {
+        element(for: key, expiry: expiresAt.map(ElementExpiry.at) ?? .never)
+    }
+
+    /// The kernel element for a grant that ends at a monotonic deadline.
+    public static func element(for key: AccessKey, deadline: MonotonicInstant) -> SetElement {
+        element(for: key, expiry: .deadline(deadline))
+    }
+
+    static func element(for key: AccessKey, expiry: ElementExpiry) -> SetElement {
         let start = ElementKey.access(address: key.source.network, key.service)
         let end = key.source.isSingleAddress ? nil : ElementKey.access(address: key.source.lastAddress, key.service)
-        return SetElement(key: start, keyEnd: end, expiry: expiresAt.map(ElementExpiry.at) ?? .never)
+        return SetElement(key: start, keyEnd: end, expiry: expiry)
     }
 
     /// Reads a grant element back, or nil if it is not one drawbridge could have written (a hand-added range that is

@@ -1,6 +1,8 @@
 import CMnl
 import CNftnl
-import Foundation
+import DrawbridgeCore
+import FoundationEssentials
+import HostSystem
 
 #if canImport(Glibc)
     import Glibc
@@ -289,7 +291,7 @@ public final class NetfilterConnection {
         let container = nftnl_set_alloc()!
         defer { nftnl_set_free(container) }
         guard nftnl_set_elems_nlmsg_parse(message, container) >= 0 else { return }
-        let readAt = Date()
+        let readAt = SystemClock.now()
         let iterator = nftnl_set_elems_iter_create(container)!
         defer { nftnl_set_elems_iter_destroy(iterator) }
         while let element = nftnl_set_elems_iter_next(iterator) {

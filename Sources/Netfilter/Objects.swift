@@ -1,4 +1,6 @@
-import Foundation
+import DrawbridgeCore
+import FoundationEssentials
+import HostSystem
 
 /// The data types a set key can be built from, with the ids the `nft` tool uses to print them.
 public enum SetKeyType: Sendable, Hashable {
@@ -55,6 +57,19 @@ public struct SetDefinition: Sendable, Hashable {
 
     var isConcatenation: Bool { keyTypes.count > 1 }
 
+    /// The kernel wants CONCAT and the field lengths together for concatenated interval sets, and neither for
+    /// concatenated hash sets (nft sends neither there); a mismatch is EINVAL.
+    var describesFields: Bool { isConcatenation && interval }
+
+    /// NFTA_SET_FLAGS as drawbridge sends them (and the kernel reports them back).
+    var kernelFlags: UInt32 {
+        var flags: UInt32 = 0
+        if interval { flags |= 0x1 }  // NFT_SET_INTERVAL
+        if timeout { flags |= 0x10 }  // NFT_SET_TIMEOUT
+        if describesFields { flags |= 0x80 }  // NFT_SET_CONCAT
+        return flags
+    }
+
     /// The key type id as nft packs it: 6 bits per field, the first field in the highest slot.
     var keyTypeID: UInt32 { keyTypes.reduce(0) { $0 << 6 | $1.datatypeID } }
 
@@ -67,6 +82,13 @@ public struct SetDefinition: Sendable, Hashable {
 /// A hook on which a base chain runs.
 public enum ChainHook: Sendable, Hashable {
     case input
+
+    /// The hook number (NF_INET_LOCAL_IN is 1).
+    var number: UInt32 {
+        switch self {
+        case .input: return 1
+        }
+    }
 }
 
 /// A chain: a base chain when it has a hook, a regular chain (a jump target) otherwise.
@@ -131,6 +153,9 @@ public enum ElementExpiry: Sendable, Hashable {
     /// The kernel stops matching the element at this wall-clock instant. The timeout sent is computed from it as
     /// the transaction is encoded, as late as possible.
     case at(Date)
+    /// The kernel stops matching the element at this monotonic instant (the clock its timeouts run on); the timeout
+    /// sent is computed from it as the transaction is encoded.
+    case deadline(MonotonicInstant)
 }
 
 /// A set element as bytes, ready for the kernel: a key, an inclusive key end for ranges in concatenated interval
@@ -162,22 +187,30 @@ public struct ListedElement: Sendable, Hashable {
     /// When the message carrying this element was read: the instant `remainingMilliseconds` counts from (a dump of
     /// a large set takes long enough that one instant for all of it would skew the expiries).
     public var readAt: Date
+    /// The same instant on the monotonic clock.
+    public var readAtMonotonic: MonotonicInstant
 
     public init(
         key: [UInt8], keyEnd: [UInt8]? = nil, isIntervalEnd: Bool = false, timeoutMilliseconds: UInt64? = nil,
-        remainingMilliseconds: UInt64? = nil, readAt: Date = Date()
+        remainingMilliseconds: UInt64? = nil, readAt: Instants = SystemClock.now()
     ) {
         self.key = key
         self.keyEnd = keyEnd
         self.isIntervalEnd = isIntervalEnd
         self.timeoutMilliseconds = timeoutMilliseconds
         self.remainingMilliseconds = remainingMilliseconds
-        self.readAt = readAt
+        self.readAt = readAt.wall
+        readAtMonotonic = readAt.monotonic
     }
 
-    /// The absolute expiry, if the element has a timeout.
+    /// The absolute expiry on the wall clock, if the element has a timeout.
     public var expiresAt: Date? {
         remainingMilliseconds.map { readAt.addingTimeInterval(Double($0) / 1000) }
+    }
+
+    /// The expiry on the monotonic clock, if the element has a timeout.
+    public var deadline: MonotonicInstant? {
+        remainingMilliseconds.map { readAtMonotonic.advanced(by: Double($0) / 1000) }
     }
 }
 

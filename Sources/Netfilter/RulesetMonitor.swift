@@ -1,22 +1,42 @@
 import CMnl
 import CNftnl
+import Glibc
+import HostSystem
 
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Musl)
-    import Musl
-#endif
+/// One committed nf_tables transaction, as the notifications describe it.
+public struct RulesetChange: Sendable, Equatable {
+    /// The ruleset generation after it.
+    public var generation: UInt32?
+    /// The process that committed it (NFTA_GEN_PROC_PID), so the agent can tell its own commits from others'.
+    public var processID: UInt32?
+    public var processName: String?
+    /// `family:name` of every table a message of the transaction was about (family 1 is inet).
+    public var tables: Set<String>
+
+    /// Whether the transaction touched the inet table of this name.
+    public func touches(inetTable name: String) -> Bool { tables.contains("1:\(name)") }
+}
+
+/// What the monitor reports.
+public enum RulesetEvent: Sendable, Equatable {
+    /// A transaction was committed.
+    case change(RulesetChange)
+    /// Notifications were lost (the socket overflowed): anything may have changed.
+    case lost
+}
 
 /// Listens to the kernel's nf_tables notifications (the NFNLGRP_NFTABLES multicast group), so a change to the
-/// ruleset by any program — `nft flush ruleset`, a firewall reload, a hand-edited rule — is known within
-/// milliseconds instead of at the next periodic check.
-///
-/// It says only that something changed; the caller reads what it needs (the generation, its own table).
+/// ruleset by any program — `nft flush ruleset`, a firewall reload, a hand-edited rule or element — is known within
+/// milliseconds, with which tables it touched and which process made it.
 public final class RulesetMonitor: @unchecked Sendable {
+    public let events: AsyncStream<RulesetEvent>
+    private let continuation: AsyncStream<RulesetEvent>.Continuation
     private let socket: NetlinkSocket
+    private let watch: EventWatch
+    private var pending = RulesetChange(tables: [])
 
     /// Subscribes in the calling thread's network namespace, or inside `namespace`.
-    public init(namespace: NetworkNamespace? = nil) throws(NetfilterError) {
+    public init(on watch: EventWatch, namespace: NetworkNamespace? = nil) throws(NetfilterError) {
         let group = UInt32(1) << (UInt32(NFNLGRP_NFTABLES.rawValue) - 1)
         if let namespace {
             do {
@@ -29,28 +49,49 @@ public final class RulesetMonitor: @unchecked Sendable {
         } else {
             socket = try NetlinkSocket(groups: group)
         }
+        // Bursts of notifications (a 100,000-element commit notifies per message) need room.
+        socket.reserve(sendBytes: 0, replies: 4096)
+        self.watch = watch
+        (events, continuation) = AsyncStream.makeStream(of: RulesetEvent.self, bufferingPolicy: .unbounded)
+        let flags = fcntl(socket.fd, F_GETFL)
+        _ = fcntl(socket.fd, F_SETFL, flags | O_NONBLOCK)
+        do {
+            try watch.watch(socket.fd) { [self] _ in drain() }
+        } catch {
+            throw NetfilterError(.other, operation: "watch nf_tables events", detail: "\(error)")
+        }
     }
 
-    /// Waits up to `timeout` for notifications and reads all that are queued.
-    ///
-    /// - Returns: true when the ruleset changed (or notifications were lost because too many came at once, which
-    ///   means the same), false when the time passed quietly.
-    public func waitForChange(timeout: Duration) -> Bool {
-        var poller = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
-        let milliseconds = Int32(
-            timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        guard poll(&poller, 1, milliseconds) > 0 else { return false }
-        var changed = false
+    deinit {
+        watch.unwatch(socket.fd)
+        continuation.finish()
+    }
+
+    /// Reads every queued notification (on the watch thread).
+    private func drain() {
         while true {
             do {
-                guard try socket.receive(wait: false, operation: "read nf_tables events", { _ in changed = true })
-                else { break }
+                let more = try socket.receive(wait: false, operation: "read nf_tables events") { reply in
+                    guard case .data(let bytes) = reply.kind, let message = NetfilterMessage(bytes),
+                        message.subsystem == UInt16(NFNL_SUBSYS_NFTABLES)
+                    else { return }
+                    if message.type == UInt16(NFT_MSG_NEWGEN.rawValue) {
+                        pending.generation = message.bigEndianUInt32(1)
+                        pending.processID = message.bigEndianUInt32(2)
+                        pending.processName = message.string(3)
+                        continuation.yield(.change(pending))
+                        pending = RulesetChange(tables: [])
+                    } else if let table = message.table {
+                        pending.tables.insert("\(message.family):\(table)")
+                    }
+                }
+                if !more { return }
             } catch {
-                // ENOBUFS: events overflowed the socket; something certainly changed.
-                changed = true
-                break
+                // ENOBUFS: notifications overflowed the socket; what they said is gone.
+                pending = RulesetChange(tables: [])
+                continuation.yield(.lost)
+                return
             }
         }
-        return changed
     }
 }

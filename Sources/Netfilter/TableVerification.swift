@@ -1,33 +1,167 @@
 import CNftnl
 import DrawbridgeCore
-import Foundation
+import FoundationEssentials
+import Glibc
+
+/// What the policy makes of the table: the parts that do not change with grants.
+public struct TableLayout: Sendable, Equatable {
+    public var mode: SessionMode
+    public var managedServices: [Service]
+    public var alwaysAllowed: [IPPrefix]
+
+    public init(mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]) {
+        self.mode = mode
+        self.managedServices = managedServices
+        self.alwaysAllowed = alwaysAllowed
+    }
+}
+
+/// A chain as the kernel reports it.
+public struct ChainState: Sendable, Equatable {
+    public var name: String
+    public var type: String?
+    public var hook: UInt32?
+    public var priority: Int32?
+    public var policy: UInt32?
+    public var device: String?
+    public var flags: UInt32
+}
+
+/// A set as the kernel reports it.
+public struct SetState: Sendable, Equatable {
+    public var name: String
+    public var flags: UInt32
+    public var keyType: UInt32
+    public var keyLength: UInt32
+    public var dataType: UInt32?
+    public var objectType: UInt32?
+    public var defaultTimeout: UInt64?
+    public var fieldLengths: [UInt8]
+    public var hasExpressions: Bool
+}
 
 extension NetfilterConnection {
-    /// The rules of a chain, each as the list of its expressions printed by libnftnl (counter values left out), so
-    /// rules read from the kernel can be compared with rules built locally.
-    public func listRules(table: String, chain: String) throws(NetfilterError) -> [[String]] {
-        var rules: [[String]] = []
+    /// The flags of an inet table (NFT_TABLE_F_DORMANT is 1), or nil when it does not exist.
+    public func tableFlags(_ name: String) throws(NetfilterError) -> UInt32? {
+        var flags: UInt32 = 0
+        do {
+            try request(
+                type: NFT_MSG_GETTABLE, family: UInt16(NFPROTO_INET), dump: false, operation: "read table",
+                build: { header in
+                    let table = nftnl_table_alloc()!
+                    defer { nftnl_table_free(table) }
+                    nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), name)
+                    nftnl_table_nlmsg_build_payload(header, table)
+                }
+            ) { message in
+                let table = nftnl_table_alloc()!
+                defer { nftnl_table_free(table) }
+                if nftnl_table_nlmsg_parse(message, table) >= 0,
+                    nftnl_table_is_set(table, UInt16(NFTNL_TABLE_FLAGS.rawValue))
+                {
+                    flags = nftnl_table_get_u32(table, UInt16(NFTNL_TABLE_FLAGS.rawValue))
+                }
+            }
+            return flags
+        } catch where error.errno == ENOENT {
+            return nil
+        }
+    }
+
+    /// Every chain of an inet table.
+    public func listChains(table: String) throws(NetfilterError) -> [ChainState] {
+        var chains: [ChainState] = []
         try request(
-            type: NFT_MSG_GETRULE, family: UInt16(NFPROTO_INET), dump: true, operation: "list rules",
-            table: table, object: chain,
+            type: NFT_MSG_GETCHAIN, family: UInt16(NFPROTO_INET), dump: true, operation: "list chains", table: table,
+            object: "chains",
             build: { header in
-                let rule = nftnl_rule_alloc()!
-                defer { nftnl_rule_free(rule) }
-                nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), table)
-                nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
-                nftnl_rule_nlmsg_build_payload(header, rule)
+                let chain = nftnl_chain_alloc()!
+                defer { nftnl_chain_free(chain) }
+                nftnl_chain_set_str(chain, UInt16(NFTNL_CHAIN_TABLE.rawValue), table)
+                nftnl_chain_nlmsg_build_payload(header, chain)
             }
         ) { message in
-            let rule = nftnl_rule_alloc()!
-            defer { nftnl_rule_free(rule) }
-            guard nftnl_rule_nlmsg_parse(message, rule) >= 0 else { return }
-            // A dump filtered by chain still needs the check: older kernels ignore the filter.
-            guard let name = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue)),
-                String(cString: name) == chain
-            else { return }
-            rules.append(RuleBuilder.signature(of: rule))
+            let chain = nftnl_chain_alloc()!
+            defer { nftnl_chain_free(chain) }
+            guard nftnl_chain_nlmsg_parse(message, chain) >= 0 else { return }
+            func text(_ attribute: nftnl_chain_attr) -> String? {
+                guard nftnl_chain_is_set(chain, UInt16(attribute.rawValue)),
+                    let value = nftnl_chain_get_str(chain, UInt16(attribute.rawValue))
+                else { return nil }
+                return String(cString: value)
+            }
+            func number(_ attribute: nftnl_chain_attr) -> UInt32? {
+                nftnl_chain_is_set(chain, UInt16(attribute.rawValue))
+                    ? nftnl_chain_get_u32(chain, UInt16(attribute.rawValue)) : nil
+            }
+            // Older kernels ignore the table filter of a dump.
+            guard text(NFTNL_CHAIN_TABLE) == table, let name = text(NFTNL_CHAIN_NAME) else { return }
+            chains.append(
+                ChainState(
+                    name: name, type: text(NFTNL_CHAIN_TYPE), hook: number(NFTNL_CHAIN_HOOKNUM),
+                    priority: nftnl_chain_is_set(chain, UInt16(NFTNL_CHAIN_PRIO.rawValue))
+                        ? nftnl_chain_get_s32(chain, UInt16(NFTNL_CHAIN_PRIO.rawValue)) : nil,
+                    policy: number(NFTNL_CHAIN_POLICY), device: text(NFTNL_CHAIN_DEV),
+                    flags: number(NFTNL_CHAIN_FLAGS) ?? 0))
         }
-        return rules
+        return chains
+    }
+
+    /// Every set of an inet table.
+    public func listSets(table: String) throws(NetfilterError) -> [SetState] {
+        var sets: [SetState] = []
+        try request(
+            type: NFT_MSG_GETSET, family: UInt16(NFPROTO_INET), dump: true, operation: "list sets", table: table,
+            object: "sets",
+            build: { header in
+                let set = nftnl_set_alloc()!
+                defer { nftnl_set_free(set) }
+                nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
+                nftnl_set_nlmsg_build_payload(header, set)
+            }
+        ) { message in
+            let set = nftnl_set_alloc()!
+            defer { nftnl_set_free(set) }
+            guard nftnl_set_nlmsg_parse(message, set) >= 0 else { return }
+            func isSet(_ attribute: nftnl_set_attr) -> Bool { nftnl_set_is_set(set, UInt16(attribute.rawValue)) }
+            func number(_ attribute: nftnl_set_attr) -> UInt32? {
+                isSet(attribute) ? nftnl_set_get_u32(set, UInt16(attribute.rawValue)) : nil
+            }
+            guard isSet(NFTNL_SET_TABLE), String(cString: nftnl_set_get_str(set, UInt16(NFTNL_SET_TABLE.rawValue)))
+                == table, isSet(NFTNL_SET_NAME)
+            else { return }
+            var lengths: [UInt8] = []
+            if isSet(NFTNL_SET_DESC_CONCAT) {
+                var length: UInt32 = 0
+                if let data = nftnl_set_get_data(set, UInt16(NFTNL_SET_DESC_CONCAT.rawValue), &length) {
+                    lengths = Array(UnsafeRawBufferPointer(start: data, count: Int(length))).prefix { $0 != 0 }
+                }
+            }
+            sets.append(
+                SetState(
+                    name: String(cString: nftnl_set_get_str(set, UInt16(NFTNL_SET_NAME.rawValue))),
+                    flags: number(NFTNL_SET_FLAGS) ?? 0, keyType: number(NFTNL_SET_KEY_TYPE) ?? 0,
+                    keyLength: number(NFTNL_SET_KEY_LEN) ?? 0, dataType: number(NFTNL_SET_DATA_TYPE),
+                    objectType: number(NFTNL_SET_OBJ_TYPE),
+                    defaultTimeout: isSet(NFTNL_SET_TIMEOUT)
+                        ? nftnl_set_get_u64(set, UInt16(NFTNL_SET_TIMEOUT.rawValue)) : nil,
+                    fieldLengths: lengths, hasExpressions: isSet(NFTNL_SET_EXPR) || isSet(NFTNL_SET_EXPRESSIONS)))
+        }
+        return sets
+    }
+
+    /// How many stateful objects (counters, quotas, limits, …) or flowtables an inet table holds.
+    public func countObjects(table: String, flowtables: Bool) throws(NetfilterError) -> Int {
+        var count = 0
+        try request(
+            type: flowtables ? NFT_MSG_GETFLOWTABLE : NFT_MSG_GETOBJ, family: UInt16(NFPROTO_INET), dump: true,
+            operation: flowtables ? "list flowtables" : "list objects", table: table,
+            build: { _ in }
+        ) { message in
+            let raw = UnsafeRawBufferPointer(start: message, count: Int(message.pointee.nlmsg_len))
+            if NetfilterMessage(raw)?.table == table { count += 1 }
+        }
+        return count
     }
 }
 
@@ -58,45 +192,123 @@ extension RuleBuilder {
     }
 }
 
-extension GrantEnforcer {
-    /// Compares the table in the kernel with what drawbridge installs for this policy: the table, its sets and
-    /// chains, the rules, the managed ports and the break-glass prefixes (grant elements are the reconcile's job).
+extension NetfilterConnection {
+    /// The rules of a chain, each as the list of its expressions printed by libnftnl (counter values left out), so
+    /// rules read from the kernel can be compared with rules built locally.
+    public func listRules(table: String, chain: String) throws(NetfilterError) -> [[String]] {
+        var rules: [[String]] = []
+        try request(
+            type: NFT_MSG_GETRULE, family: UInt16(NFPROTO_INET), dump: true, operation: "list rules",
+            table: table, object: chain,
+            build: { header in
+                let rule = nftnl_rule_alloc()!
+                defer { nftnl_rule_free(rule) }
+                nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue), table)
+                nftnl_rule_set_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue), chain)
+                nftnl_rule_nlmsg_build_payload(header, rule)
+            }
+        ) { message in
+            let rule = nftnl_rule_alloc()!
+            defer { nftnl_rule_free(rule) }
+            guard nftnl_rule_nlmsg_parse(message, rule) >= 0 else { return }
+            // A dump filtered by chain still needs the check: older kernels ignore the filter.
+            guard let tableName = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue)),
+                String(cString: tableName) == table,
+                let name = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue)),
+                String(cString: name) == chain
+            else { return }
+            rules.append(RuleBuilder.signature(of: rule))
+        }
+        return rules
+    }
+}
+
+extension DrawbridgeTable {
+    /// Compares the table in the kernel with what drawbridge installs for `layout`: everything that decides a
+    /// verdict — the table's flags (a dormant table filters nothing), every chain's type, hook, priority and policy,
+    /// every set's type, flags and key, every rule, the managed ports and break-glass prefixes, and no chain, set,
+    /// object or flowtable that drawbridge did not make. Grant elements are not read here (that would be a dump of
+    /// possibly millions); foreign changes to them are seen in the nf_tables notifications.
     ///
     /// - Returns: one sentence per difference; empty when the table is intact.
-    public func verify(
-        mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]
-    ) throws(NetfilterError) -> [String] {
-        let table = DrawbridgeTable.name
-        guard try connection.tableExists(table) else { return ["table inet \(table) is missing"] }
+    public static func verify(_ layout: TableLayout, on connection: NetfilterConnection) throws(NetfilterError)
+        -> [String]
+    {
+        guard let flags = try connection.tableFlags(name) else { return ["table inet \(name) is missing"] }
         var problems: [String] = []
+        if flags != 0 {
+            let names = [(1, "dormant"), (2, "owner"), (4, "persist")].filter { flags & UInt32($0.0) != 0 }.map(\.1)
+            problems.append(
+                "table inet \(name) has flags \(names.isEmpty ? String(flags) : names.joined(separator: ", "))"
+                    + (flags & 1 != 0 ? " (a dormant table filters nothing)" : ""))
+        }
 
-        let expected = DrawbridgeTable.installation(
-            mode: mode, managedServices: managedServices, alwaysAllowed: alwaysAllowed)
-        var expectedElements: [String: [SetElement]] = [:]
-        for case .addElements(_, let set, let elements) in expected.changes { expectedElements[set.name] = elements }
-        for set in [DrawbridgeTable.managed, DrawbridgeTable.allow4, DrawbridgeTable.allow6] {
-            do {
-                let listed = try connection.listElements(table: table, set: set.name)
-                let actual = Set(listed.map { "\($0.key)\($0.isIntervalEnd)" })
-                let wanted = Set((expectedElements[set.name] ?? []).map { "\($0.key)\($0.isIntervalEnd)" })
-                if actual != wanted { problems.append("set \(set.name) holds elements the policy does not give it") }
-            } catch  where error.code == .objectMissing {
-                problems.append("set \(set.name) is missing")
+        let chains = try connection.listChains(table: name)
+        for definition in [input, gate] {
+            guard let chain = chains.first(where: { $0.name == definition.name }) else {
+                problems.append("chain \(definition.name) is missing")
+                continue
+            }
+            if let base = definition.base {
+                let expected = ChainState(
+                    name: definition.name, type: "filter", hook: base.hook.number, priority: base.priority,
+                    policy: base.acceptByDefault ? 1 : 0, device: nil, flags: chain.flags & 1)
+                if chain != expected {
+                    problems.append(
+                        "chain \(definition.name) is not a filter chain on hook input at priority \(base.priority) "
+                            + "with policy accept (found type \(chain.type ?? "none"), hook "
+                            + "\(chain.hook.map(String.init) ?? "none"), priority "
+                            + "\(chain.priority.map(String.init) ?? "none"), policy "
+                            + "\(chain.policy.map { $0 == 1 ? "accept" : "drop" } ?? "none"))")
+                }
+            } else if chain.hook != nil || chain.type != nil {
+                problems.append("chain \(definition.name) was replaced by a base chain on hook \(chain.hook ?? 0)")
             }
         }
-        // Only whether they exist: their elements are the reconcile's to read, once.
-        for set in DrawbridgeTable.grantSets where try !connection.setExists(table: table, set: set.name) {
-            problems.append("set \(set.name) is missing")
+        for chain in chains where ![input.name, gate.name].contains(chain.name) {
+            problems.append("chain \(chain.name) is not drawbridge's")
         }
-        let rules = DrawbridgeTable.rules(mode: mode)
-        for chain in [DrawbridgeTable.input, DrawbridgeTable.gate] {
+
+        let sets = try connection.listSets(table: name)
+        for definition in Self.sets {
+            guard let set = sets.first(where: { $0.name == definition.name }) else {
+                problems.append("set \(definition.name) is missing")
+                continue
+            }
+            let expected = SetState(
+                name: definition.name, flags: definition.kernelFlags, keyType: definition.keyTypeID,
+                keyLength: UInt32(definition.keyLength), dataType: nil, objectType: nil, defaultTimeout: nil,
+                fieldLengths: definition.describesFields ? definition.keyTypes.map(\.length) : [],
+                hasExpressions: false)
+            if set != expected {
+                problems.append("set \(definition.name) is not laid out as drawbridge makes it")
+            }
+        }
+        for set in sets where !Self.sets.contains(where: { $0.name == set.name }) {
+            problems.append("set \(set.name) is not drawbridge's")
+        }
+        if try connection.countObjects(table: name, flowtables: false) > 0 {
+            problems.append("the table holds stateful objects drawbridge did not make")
+        }
+        if try connection.countObjects(table: name, flowtables: true) > 0 {
+            problems.append("the table holds flowtables drawbridge did not make")
+        }
+
+        let expected = installation(
+            mode: layout.mode, managedServices: layout.managedServices, alwaysAllowed: layout.alwaysAllowed)
+        var expectedElements: [String: [SetElement]] = [:]
+        for case .addElements(_, let set, let elements) in expected.changes { expectedElements[set.name] = elements }
+        for set in [managed, allow4, allow6] where sets.contains(where: { $0.name == set.name }) {
+            let listed = try connection.listElements(table: name, set: set.name)
+            let actual = Set(listed.map { "\($0.key)\($0.isIntervalEnd)" })
+            let wanted = Set((expectedElements[set.name] ?? []).map { "\($0.key)\($0.isIntervalEnd)" })
+            if actual != wanted { problems.append("set \(set.name) holds elements the policy does not give it") }
+        }
+        let rules = rules(mode: layout.mode)
+        for chain in [input, gate] where chains.contains(where: { $0.name == chain.name }) {
             let wanted = rules.filter { $0.chain == chain.name }.map { RuleBuilder.signature(of: $0.rule) }
-            do {
-                if try connection.listRules(table: table, chain: chain.name) != wanted {
-                    problems.append("the rules of chain \(chain.name) were changed")
-                }
-            } catch  where error.code == .objectMissing {
-                problems.append("chain \(chain.name) is missing")
+            if try connection.listRules(table: name, chain: chain.name) != wanted {
+                problems.append("the rules of chain \(chain.name) were changed")
             }
         }
         return problems

@@ -8,6 +8,11 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <sys/inotify.h>
+#include <sys/file.h>
 
 /// What one NLMSG_ERROR reply says: the errno (0 for an ACK), the sequence number of the request it answers,
 /// and the extended-ACK details when the kernel sent them.
@@ -38,5 +43,21 @@ int drawbridge_unix_address(const char *path, struct sockaddr_un *address, sockl
 
 /// The credentials of the process on the other end of a connected Unix socket (SO_PEERCRED).
 int drawbridge_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// The peer's supplementary groups (SO_PEERGROUPS, Linux 4.13+) into `groups`, which holds `*count` entries.
+/// Returns 0 and sets `*count` to the number written; -1 with errno on failure (ERANGE: `*count` is then the number
+/// needed). Never reports groups it did not read.
+int drawbridge_peer_groups(int fd, gid_t *groups, size_t *count);
+
+/// O_PATH, which glibc only declares under _GNU_SOURCE.
+int drawbridge_open_path_flag(void);
+
+/// fallocate(FALLOC_FL_KEEP_SIZE): reserves blocks past the end of a file without changing its size, so later
+/// appends into them cannot fail for lack of space.
+int drawbridge_reserve_space(int fd, off_t offset, off_t length);
+
+/// Arms a CLOCK_REALTIME timerfd far in the future with TFD_TIMER_CANCEL_ON_SET: reads fail with ECANCELED when the
+/// wall clock is set (stepped), which is how the agent learns of clock steps without polling.
+int drawbridge_arm_clock_step_timer(int fd);
 
 #endif

@@ -1,0 +1,35 @@
+import DrawbridgeCore
+import FoundationEssentials
+import Glibc
+
+/// The machine's clocks.
+public enum SystemClock {
+    /// The monotonic clock (`CLOCK_MONOTONIC`), the one the kernel's element timeouts run on.
+    public static func monotonic() -> MonotonicInstant {
+        var spec = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &spec)
+        return MonotonicInstant(nanoseconds: Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec))
+    }
+
+    /// The wall clock (`CLOCK_REALTIME`).
+    public static func wall() -> Date {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Date(timeIntervalSince1970: Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9)
+    }
+
+    /// Both clocks, read back to back.
+    public static func now() -> Instants {
+        Instants(wall: wall(), monotonic: monotonic())
+    }
+
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): monotonic instants are comparable only within one boot.
+    public static func bootID() -> String {
+        (try? Files.readSmallText("/proc/sys/kernel/random/boot_id")) ?? "unknown-boot"
+    }
+
+    /// The running kernel's release (`uname -r`).
+    public static func kernelRelease() -> String {
+        (try? Files.readSmallText("/proc/sys/kernel/osrelease")) ?? "unknown"
+    }
+}
