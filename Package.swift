@@ -42,22 +42,24 @@ let package = Package(
         .target(
             name: "DrawbridgeAgent",
             dependencies: [
-                "DrawbridgeCore", "Netfilter", "CDrawbridgeLinux",
+                "DrawbridgeCore", "Netfilter", "HostSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]),
 
         .executableTarget(
             name: "drawbridged",
             dependencies: [
-                "DrawbridgeAgent", "Netfilter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "DrawbridgeAgent", "DrawbridgeCore", "HostSystem", "Netfilter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "drawbridge",
             dependencies: [
-                "DrawbridgeCore", "Netfilter", "CDrawbridgeLinux",
+                "DrawbridgeCore", "Netfilter", "HostSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(

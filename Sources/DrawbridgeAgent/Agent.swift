@@ -1,11 +1,10 @@
 import DrawbridgeCore
-import Foundation
+import FoundationEssentials
+import Glibc
+import HostSystem
 import Logging
+import NIOPosix
 import Netfilter
-
-#if canImport(Glibc)
-    import Glibc
-#endif
 
 /// Where the agent reads and writes.
 public struct AgentConfiguration: Sendable {
@@ -16,10 +15,12 @@ public struct AgentConfiguration: Sendable {
     public var stateDirectory: String
     public var auditLogPath: String
     public var version: String
+    /// Force the pre-6.3 delete path (tests prove it on new kernels); nil asks the kernel.
+    public var canDestroyElements: Bool?
 
     public init(
         policyPath: String, socketPath: String, socketGroup: String?, stateDirectory: String, auditLogPath: String,
-        version: String
+        version: String, canDestroyElements: Bool? = nil
     ) {
         self.policyPath = policyPath
         self.socketPath = socketPath
@@ -27,548 +28,934 @@ public struct AgentConfiguration: Sendable {
         self.stateDirectory = stateDirectory
         self.auditLogPath = auditLogPath
         self.version = version
+        self.canDestroyElements = canDestroyElements
     }
 }
 
-/// The agent: the one owner of the grant book and of every kernel change.
-///
-/// Desired state is the union of all grants (local requests, grants files), each checked against the policy; the
-/// kernel is made to follow it one atomic transaction per change. The kernel is read only when it must be: at start,
-/// after another program changed the ruleset, or when a change built from the last known state fails.
-public actor Agent {
-    private let configuration: AgentConfiguration
-    private let logger: Logger
-    private let audit: AuditLog
-    private let store: StateStore
-    private let enforcer: GrantEnforcer
-    private var policy: Policy
-    private var book: GrantBook
-    /// What the kernel's grant sets hold after our last commit (normalized desired state).
-    private var kernelView: [AccessKey: Date] = [:]
-    /// The ruleset generation after our last commit; any other value means another program changed the ruleset.
-    private var knownGeneration: UInt32?
-    private var grantFileStamps: [String: FileStamp] = [:]
+/// An error of the agent's own, with a sentence for the operator.
+public struct AgentError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
 
-    /// Loads the policy and the stored grants and opens the kernel connection; changes nothing yet.
-    public init(configuration: AgentConfiguration, logger: Logger) throws {
+/// The agent: the one owner of the grant book, deciding every change in memory and handing the slow parts — the
+/// flush to disk, the kernel transaction — to their own threads, so no request waits on another's I/O.
+///
+/// A change costs what it changes: a grant is one journal line, the few elements it touches, one transaction. The
+/// kernel is never dumped to decide anything; when the table cannot be trusted (at start, after another program
+/// changed it) it is rebuilt whole from the book in one atomic transaction.
+///
+/// Opening access waits until it is recorded (journal on disk, audit line written); closing it never waits for
+/// anything but the kernel: a revocation reaches the kernel first, and what cannot be stored is kept and retried.
+public actor Agent {
+    let configuration: AgentConfiguration
+    let logger: Logger
+    let store: GrantStore
+    let audit: AuditTrail
+    let kernel: KernelLink
+    let disk: NIOThreadPool
+
+    private(set) var policy: Policy
+    private var book = GrantBook()
+    private var planner = AccessPlanner()
+    private var settings: [String: String] = [:]
+
+    public init(configuration: AgentConfiguration, policy: Policy, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
-        policy = try Policy.load(path: configuration.policyPath)
-        store = try StateStore(directory: configuration.stateDirectory)
-        book = try store.load()
-        audit = try AuditLog(path: configuration.auditLogPath, logger: logger)
-        enforcer = GrantEnforcer(connection: try NetfilterConnection())
+        self.policy = policy
+        store = try GrantStore(directory: configuration.stateDirectory, bootID: SystemClock.bootID())
+        audit = try AuditTrail(path: configuration.auditLogPath, logger: logger)
+        kernel = try KernelLink(canDestroyElements: configuration.canDestroyElements)
+        disk = NIOThreadPool(numberOfThreads: 1)
+        disk.start()
     }
 
-    // MARK: Life cycle
-
-    /// Installs the table (keeping any grant elements already in the kernel), restores the stored grants with their
-    /// remaining time and reads the grants files. Enforcement is complete when this returns.
-    public func start() throws {
-        let expired = book.removeExpired(now: Date())
-        for grant in expired {
-            audit.record(AuditEvent(.expire, grant: grant, detail: "expired while the agent was down"))
-        }
-        // (Not `catch where`: Swift 6.3 crashes compiling it here, for a typed throw inside an untyped one.)
-        var installFailure: NetfilterError?
-        do {
-            try enforcer.install(
-                mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
-        } catch {
-            installFailure = error
-        }
-        if let installFailure {
-            guard installFailure.code == .alreadyExists else { throw installFailure }
-            throw AgentError(
-                "\(installFailure). The kernel holds a table inet \(DrawbridgeTable.name) whose sets are laid out "
-                    + "differently (made by another drawbridge version or by hand): remove it with `drawbridged "
-                    + "--remove-table` (managed ports open until the agent starts again) and start the agent again")
-        }
-        _ = dropGrantsOutsidePolicy(reason: "no longer allowed by the policy")
-        for path in policy.grantFiles { _ = loadGrantFile(path) }
-        try store.save(book)
-        let outcome = try fullReconcile()
-        audit.record(
-            AuditEvent(
-                .start,
-                detail:
-                    "policy \(configuration.policyPath); managed \(managedDescription); \(book.grants.count) grants "
-                    + "restored; kernel: \(outcome.diff.additions.count) added, \(outcome.diff.refreshes.count) "
-                    + "refreshed, \(outcome.diff.deletions.count + outcome.foreignRemoved) removed"))
-    }
-
-    /// Records the stop. Enforcement stays in the kernel: stopping the agent opens nothing and closes nothing.
-    public func stop() {
-        audit.record(AuditEvent(.stop, detail: "kernel enforcement left in place"))
+    var layout: TableLayout {
+        TableLayout(mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
     }
 
     private var managedDescription: String {
         policy.ports.isEmpty ? "nothing" : policy.ports.map { "\($0.name) \($0.service)" }.joined(separator: ", ")
     }
 
-    // MARK: Requests
+    // MARK: Life cycle
 
-    public func handle(_ request: LocalAPI.Request, from caller: Caller) -> LocalAPI.Response {
-        switch request.command {
-        case .grant: return grant(request, caller)
-        case .revoke: return revoke(request, caller)
-        case .list: return list()
-        case .status:
-            return LocalAPI.Response(
-                ok: true,
-                status: LocalAPI.AgentStatus(
-                    version: configuration.version, policyPath: configuration.policyPath,
-                    managedPorts: policy.ports.map { GrantedPort(name: $0.name, service: $0.service) },
-                    onExpiry: policy.onExpiry, activeGrants: book.grants.count,
-                    kernelRelease: (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
-                        .trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"))
+    /// Loads the stored grants and the grants files, and builds the table with all of them in one transaction.
+    /// Enforcement is complete when this returns.
+    public func start() async throws {
+        let now = SystemClock.now()
+        clockOffset = now.wall.timeIntervalSince1970 - Double(now.monotonic.nanoseconds) / 1e9
+        let loaded = try store.load(now: now)
+        book = loaded.book
+        settings = loaded.settings
+        for note in loaded.notes {
+            audit.record(AuditEvent(.warning, detail: note))
+            addWarning(note)
         }
-    }
-
-    private func badRequest(_ message: String, _ request: LocalAPI.Request, _ caller: Caller) -> LocalAPI.Response {
+        if loaded.expired > 0 {
+            audit.record(AuditEvent(.expire, detail: "\(loaded.expired) stored grants expired while the agent was down"))
+        }
+        for path in policy.grantFiles { applyFile(path, readGrantsFile(path, policy: policy, now: now), now: now, initial: true) }
+        let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the policy")
+        planner.reset(book: book, now: now.monotonic)
+        let elements = planner.elements(book: book, now: now.monotonic)
+        let report = try await kernel.rebuild(layout, elements: elements)
+        lastSeenGeneration = try? await kernel.generation()
+        armExpiry()
         audit.record(
             AuditEvent(
-                .refuse, user: caller.user, uid: caller.uid, source: request.source,
-                ports: request.ports, reason: request.reason, origin: "local", detail: message))
-        return .failure(.init(code: .badRequest, message: message))
+                .start,
+                detail:
+                    "policy \(configuration.policyPath); managed \(managedDescription); \(book.count) grants "
+                    + "(\(elements.count) kernel elements in \(report.messages) messages)"
+                    + (dropped > 0 ? "; \(dropped) dropped by the policy" : "")))
     }
 
-    private func grant(_ request: LocalAPI.Request, _ caller: Caller) -> LocalAPI.Response {
-        guard let ports = request.ports, !ports.isEmpty else {
-            return badRequest("a grant needs at least one port", request, caller)
-        }
-        guard let sourceText = request.source else {
-            return badRequest("a grant needs a source (--from)", request, caller)
-        }
-        let parsed = Result { () throws(PrefixError) in try IPPrefix(parsing: sourceText) }
-        guard case .success(let source) = parsed else {
-            if case .failure(let error) = parsed { return badRequest(error.description, request, caller) }
-            return badRequest("bad source", request, caller)
-        }
-        guard let seconds = request.durationSeconds, seconds.isFinite, seconds >= 1 else {
-            return badRequest("a grant needs a duration of at least 1 second (--for)", request, caller)
-        }
-        let reason = request.reason ?? ""
-        guard reason.utf8.count <= 1024, !reason.contains(where: { $0.isNewline }) else {
-            return badRequest("the reason must be one line of at most 1024 bytes", request, caller)
-        }
-        let asked = GrantRequest(ports: ports, source: source, duration: seconds, reason: reason)
-        let authorized: AuthorizedGrant
-        switch policy.authorize(asked, by: caller) {
-        case .failure(let refusal):
-            audit.record(
-                AuditEvent(
-                    .refuse, user: caller.user, uid: caller.uid, source: source.description,
-                    ports: ports, reason: reason, origin: "local", detail: refusal.message))
-            return .failure(.init(code: .refused, reason: refusal.reason.rawValue, message: refusal.message))
-        case .success(let value):
-            authorized = value
-        }
+    /// Records the stop. Enforcement stays in the kernel: stopping the agent opens nothing and closes nothing.
+    public func stop() async {
+        expiryTask?.cancel()
+        flushPendingRecords()
+        try? store.sync()
+        audit.record(AuditEvent(.stop, detail: "kernel enforcement left in place"))
+        try? await disk.shutdownGracefully()
+    }
 
-        let now = Date()
-        // Whole seconds: the state file, the audit trail and the kernel then agree on the instant.
-        let expiresAt = Date(timeIntervalSince1970: (now.timeIntervalSince1970 + authorized.duration).rounded(.down))
-        let grant = Grant(
-            id: Grant.newIdentifier(), source: source,
-            ports: authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) }, createdAt: now,
-            expiresAt: expiresAt, requestedBy: caller.user, uid: caller.uid, reason: reason, origin: .local)
-        var updated = book
-        let recorded = updated.record(grant, now: now)
-        let result: Grant
-        let event: AuditEvent.Kind
-        switch recorded {
-        case .unchanged(let existing):
-            return LocalAPI.Response(ok: true, grants: [status(of: existing)], outcome: "unchanged")
-        case .created(let created):
-            result = created
-            event = .grant
-        case .extended(_, let current):
-            result = current
-            event = .extend
+    // MARK: Requests
+
+    public func handle(_ command: LocalAPI.Command, from caller: Caller) async -> LocalAPI.Response {
+        switch command {
+        case .grant(let request): return await grant(request, caller)
+        case .revoke(let target): return await revoke(target, caller)
+        case .list: return await list()
+        case .status: return status()
         }
-        if let failure = commit(updated, operation: "grant") {
-            audit.record(AuditEvent(.error, grant: result, detail: failure.message))
+    }
+
+    private func refused(_ caller: Caller, _ request: GrantRequest, _ refusal: Refusal) -> LocalAPI.Response {
+        audit.record(
+            AuditEvent(
+                .refuse, user: caller.user, uid: caller.uid, source: request.source.description, ports: request.ports,
+                reason: request.reason, origin: "local", detail: refusal.message))
+        return .failure(.init(code: .refused, reason: refusal.reason.rawValue, message: refusal.message))
+    }
+
+    private func grant(_ request: GrantRequest, _ caller: Caller) async -> LocalAPI.Response {
+        let authorized: AuthorizedGrant
+        switch policy.authorize(request, by: caller) {
+        case .failure(let refusal): return refused(caller, request, refusal)
+        case .success(let value): authorized = value
+        }
+        let now = SystemClock.now()
+        // Sub-second precision end to end: the deadline is exactly the duration asked for from now.
+        var grant = Grant(
+            id: Grant.newIdentifier(), source: authorized.source,
+            ports: authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) }, createdAt: now.wall,
+            expiresAt: now.wall.addingTimeInterval(authorized.duration),
+            deadline: now.monotonic.advanced(by: authorized.duration), requestedBy: caller.user, uid: caller.uid,
+            reason: request.reason, origin: .local)
+        var previous: Grant?
+        if let existing = book.extendable(like: grant, now: now.monotonic) {
+            if existing.deadline >= grant.deadline {
+                let remaining = try? await kernel.remaining(existing.accessKeys)
+                return LocalAPI.Response(
+                    ok: true, grants: [status(of: existing, remaining: remaining ?? [:])], outcome: "unchanged")
+            }
+            previous = existing
+            grant.id = existing.id
+            grant.createdAt = existing.createdAt
+        }
+        let kind: AuditEvent.Kind = previous == nil ? .grant : .extend
+        // Recorded before anything changes: no grant is made that cannot be stored and audited.
+        do {
+            try store.appendOpening([.put(grant)])
+        } catch {
+            audit.record(AuditEvent(.error, grant: grant, detail: "not granted: \(error)"))
+            return .failure(.init(code: .storage, message: "cannot store the grant, nothing changed: \(error)"))
+        }
+        let position = store.position
+        guard audit.record(AuditEvent(kind, grant: grant), required: true) else {
+            try? store.appendClosing([previous.map { .put($0) } ?? .remove(id: grant.id)])
+            return .failure(
+                .init(
+                    code: .storage,
+                    message: "cannot write the audit trail (\(audit.problem ?? "unknown error")), nothing changed"))
+        }
+        let (_, changed) = book.put(grant)
+        let targets = planner.update(changed, book: book, now: now.monotonic)
+        armExpiry()
+        async let durable = waitDurable(position)
+        async let applied = submit(targets)
+        let (durability, outcome) = await (durable, applied)
+        var failure: LocalAPI.Failure?
+        if case .failed(let error) = outcome {
+            failure = .init(code: .kernel, message: "the kernel refused the change, nothing changed: \(error)")
+        } else if case .failure(let error) = durability {
+            failure = .init(code: .storage, message: "the grant could not be stored durably, nothing changed: \(error)")
+        }
+        if let failure {
+            withdraw(grant, restoring: previous, because: failure.message)
             return .failure(failure)
         }
-        audit.record(AuditEvent(event, grant: result))
+        compactIfWanted()
+        let remaining = try? await kernel.remaining(grant.accessKeys)
         return LocalAPI.Response(
-            ok: true, grants: [status(of: result)], outcome: event == .grant ? "created" : "extended")
+            ok: true, grants: [status(of: book[grant.id] ?? grant, remaining: remaining ?? [:])],
+            outcome: previous == nil ? "created" : "extended")
     }
 
-    private func revoke(_ request: LocalAPI.Request, _ caller: Caller) -> LocalAPI.Response {
-        var updated = book
-        let revoked: [Grant]
-        if let id = request.id, request.source == nil {
-            guard let grant = book.grants[id] else {
+    /// Takes back a grant whose change failed (if nothing changed it since).
+    private func withdraw(_ grant: Grant, restoring previous: Grant?, because reason: String) {
+        guard book[grant.id] == grant else { return }
+        let changed: [AccessKey]
+        if let previous {
+            changed = book.put(previous).changed
+        } else {
+            changed = book.remove(id: grant.id).changed
+        }
+        submitLater(planner.update(changed, book: book, now: SystemClock.monotonic()))
+        appendClosing([previous.map { .put($0) } ?? .remove(id: grant.id)])
+        audit.record(AuditEvent(.error, grant: grant, detail: "withdrawn: \(reason)"))
+    }
+
+    private func revoke(_ target: LocalAPI.RevokeTarget, _ caller: Caller) async -> LocalAPI.Response {
+        let now = SystemClock.now()
+        var matching: [Grant]
+        switch target {
+        case .id(let id):
+            guard let grant = book[id] else {
                 return .failure(.init(code: .notFound, message: "no active grant has id \(id); see `drawbridge list`"))
             }
-            guard mayRevoke(grant, caller) else { return forbidden(grant, caller) }
-            revoked = [updated.revoke(id: id)!]
-        } else if let text = request.source, request.id == nil {
-            let prefix: IPPrefix
-            do {
-                prefix = try IPPrefix(parsing: text)
-            } catch {
-                return .failure(.init(code: .badRequest, message: error.description))
-            }
-            let matching = book.grants.values.filter { prefix.contains($0.source) }
+            matching = [grant]
+        case .within(let prefix):
+            matching = book.grants.values.filter { prefix.contains($0.source) }.sorted { $0.id < $1.id }
             guard !matching.isEmpty else {
                 return .failure(.init(code: .notFound, message: "no active grant comes from within \(prefix)"))
             }
-            if let denied = matching.first(where: { !mayRevoke($0, caller) }) { return forbidden(denied, caller) }
-            revoked = updated.revoke(within: prefix)
-        } else {
-            return .failure(.init(code: .badRequest, message: "revoke needs either a grant id or a source prefix"))
         }
-        if let failure = commit(updated, operation: "revoke") { return .failure(failure) }
-        for grant in revoked {
+        if let denied = matching.first(where: { !mayRevoke($0, caller) }) {
             audit.record(
                 AuditEvent(
-                    .revoke, grant: grant, user: caller.user, uid: caller.uid,
-                    detail: "revoked by \(caller.user) (uid \(caller.uid))"))
+                    .refuse, grant: denied, detail: "revoke by \(caller.user) (uid \(caller.uid)) not permitted",
+                    by: caller.user))
+            return .failure(
+                .init(
+                    code: .forbidden,
+                    message:
+                        "\(caller.user) may not revoke \(denied.id) (asked for by \(denied.requestedBy)); only root, "
+                        + "its requester, or a member of a role covering "
+                        + "\(denied.ports.map(\.name).joined(separator: ", ")) may"))
         }
+        // Close first: the kernel change goes out before anything is written.
+        var changed: [AccessKey] = []
+        var records: [StateRecord] = []
+        for grant in matching {
+            changed += book.remove(id: grant.id).changed
+            records.append(.remove(id: grant.id))
+            if case .file = grant.origin {
+                book.tombstone(grant.id)
+                records.append(.tombstone(id: grant.id))
+            }
+        }
+        let targets = planner.update(changed, book: book, now: now.monotonic)
+        let ticket = enqueue(targets)
+        var warnings: [String] = []
+        if let problem = appendClosing(records) { warnings.append(problem) }
+        let by = "\(caller.user) (uid \(caller.uid))"
+        var audited = true
+        for grant in matching {
+            audited = audit.record(AuditEvent(.revoke, grant: grant, detail: "revoked by \(by)", by: caller.user)) && audited
+        }
+        if !audited {
+            warnings.append("the audit trail could not be written (\(audit.problem ?? "")); the record is kept and retried")
+        }
+        if case .failed(let error) = await ticket.value {
+            return LocalAPI.Response(
+                ok: false,
+                error: .init(
+                    code: .kernel,
+                    message: "revoked, but the kernel refused the change (\(error)); drawbridged keeps repairing "
+                        + "the table until it takes it"),
+                grants: matching.map { status(of: $0, remaining: [:]) }, warnings: warnings)
+        }
+        compactIfWanted()
         return LocalAPI.Response(
-            ok: true, grants: revoked.map { LocalAPI.GrantStatus(grant: $0, kernelRemainingSeconds: [:]) })
+            ok: true, grants: matching.map { status(of: $0, remaining: [:]) },
+            warnings: warnings.isEmpty ? nil : warnings)
     }
 
-    /// Root, the user who asked for the grant, or anyone whose roles cover all of its ports.
+    /// Root, the user who asked for the grant, or anyone whose roles cover all of its ports: closing access is
+    /// always safe, so an operator may end a colleague's grant (the audit trail says who did).
     private func mayRevoke(_ grant: Grant, _ caller: Caller) -> Bool {
-        if caller.isRoot || (grant.uid != nil && grant.uid == caller.uid) { return true }
+        if caller.isRoot || (grant.uid != nil && grant.uid == caller.uid && grant.origin == .local) { return true }
         return grant.ports.allSatisfy { port in
             policy.roles.contains { caller.groups.contains($0.group) && $0.ports.contains(port.name) }
         }
     }
 
-    private func forbidden(_ grant: Grant, _ caller: Caller) -> LocalAPI.Response {
-        audit.record(
-            AuditEvent(
-                .refuse, grant: grant, user: caller.user, uid: caller.uid,
-                detail: "revoke of a grant by \(grant.requestedBy) not permitted"))
-        return .failure(
-            .init(
-                code: .forbidden,
-                message:
-                    "\(caller.user) may not revoke \(grant.id) (asked for by \(grant.requestedBy)); only root, its "
-                    + "requester, or a member of a role covering \(grant.ports.map(\.name).joined(separator: ", ")) may"
-            ))
-    }
-
-    /// Every grant with what the kernel holds for it right now.
-    private func list() -> LocalAPI.Response {
-        let kernel: KernelAccessState
+    /// Every grant with what the kernel holds for it right now (point queries, no dump).
+    private func list() async -> LocalAPI.Response {
+        let grants = book.sorted
+        var keys: [AccessKey] = []
+        for grant in grants { keys += grant.accessKeys }
+        let remaining: [AccessKey: Double]
         do {
-            kernel = try enforcer.read()
+            remaining = try await kernel.remaining(keys)
         } catch {
             return .failure(.init(code: .kernel, message: "cannot read the kernel's grant sets: \(error)"))
         }
-        let index = KernelIndex(kernel.elements)
-        return LocalAPI.Response(ok: true, grants: book.sorted.map { status(of: $0, kernel: index, at: kernel.readAt) })
+        return LocalAPI.Response(ok: true, grants: grants.map { status(of: $0, remaining: remaining) })
     }
 
-    private func status(of grant: Grant) -> LocalAPI.GrantStatus {
-        status(of: grant, kernel: KernelIndex(kernelView), at: Date())
-    }
-
-    /// For each port of a grant, the longest time any kernel element covering its source still has.
-    private func status(of grant: Grant, kernel: KernelIndex, at instant: Date) -> LocalAPI.GrantStatus {
-        var remaining: [String: Double?] = [:]
+    /// For each port of a grant, what the kernel gives the element that carries it: its own element for a single
+    /// address; for a prefix, the planner's element covering it, which may have been split (the longest piece left).
+    private func status(of grant: Grant, remaining: [AccessKey: Double]) -> LocalAPI.GrantStatus {
+        var result: [String: Double?] = [:]
         for port in grant.ports {
-            remaining[port.name] = kernel.latestExpiry(overlapping: grant.source, port.service)
-                .map { max(0, $0.timeIntervalSince(instant)) }
+            result[port.name] = remaining[AccessKey(source: grant.source, service: port.service)]
         }
-        return LocalAPI.GrantStatus(grant: grant, kernelRemainingSeconds: remaining)
+        return LocalAPI.GrantStatus(grant: grant, kernelRemainingSeconds: result)
     }
 
-    // MARK: Kernel
-
-    /// Persists `updated` and makes the kernel follow it; on failure puts everything back as it was.
-    private func commit(_ updated: GrantBook, operation: String) -> LocalAPI.Failure? {
-        let previous = book
-        do {
-            try store.save(updated)
-        } catch {
-            return .init(code: .internal, message: "cannot store the grants, nothing changed: \(error)")
+    private func status() -> LocalAPI.Response {
+        var warnings = self.warnings.map(\.text)
+        for (path, problem) in fileProblems.sorted(by: { $0.key < $1.key }) {
+            warnings.append("grants file \(path): \(problem); its last good grants are kept")
         }
-        book = updated
-        do {
-            try enforce()
-            return nil
-        } catch {
-            book = previous
-            try? store.save(previous)
-            try? enforce()
-            return .init(code: .kernel, message: "the kernel refused the change, nothing changed: \(error)")
+        if let problem = store.problem { warnings.append(problem) }
+        if !pendingRecords.isEmpty {
+            warnings.append("\(pendingRecords.count) revocation records wait to be written to the state journal")
         }
+        return LocalAPI.Response(
+            ok: true,
+            status: LocalAPI.AgentStatus(
+                version: configuration.version, policyPath: configuration.policyPath,
+                managedPorts: policy.ports.map { GrantedPort(name: $0.name, service: $0.service) },
+                onExpiry: policy.onExpiry, activeGrants: book.count, kernelRelease: SystemClock.kernelRelease(),
+                table: tableHealth, lastRepair: lastRepair, repairs: repairs,
+                storage: store.problem ?? (pendingRecords.isEmpty ? "ok" : "revocations waiting to be stored"),
+                audit: audit.problem ?? "ok", warnings: warnings))
     }
 
-    /// Applies the difference between the book and the kernel as one transaction, from the last known kernel state
-    /// when the ruleset has not changed since; otherwise (or when that fails) reads the kernel and reconciles.
-    private func enforce() throws {
-        let now = Date()
-        let desired = AccessPlan.normalize(book.desiredAccess(now: now))
-        guard let generation = knownGeneration else {
-            try fullReconcile()
-            return
-        }
-        let diff = ElementDiff(desired: desired, actual: kernelView, now: now)
-        guard !diff.isEmpty else { return }
-        let failure: NetfilterError
-        do {
-            let report = try enforcer.apply(diff, generation: generation)
-            knownGeneration = generation &+ UInt32(report.transactions)
-            kernelView = desired
-            return
-        } catch {
-            failure = error
-        }
-        switch failure.code {
-        case .generationChanged, .elementAbsent, .outcomeUnknown:
-            logger.info("kernel state moved; reading it again", metadata: ["kernel.error": "\(failure)"])
-            try repair(trigger: "a change built from the last known state failed: \(failure)")
-        case .tableMissing, .objectMissing:
-            try repair(trigger: "\(failure)")
-        default:
-            throw failure
+    // MARK: Kernel queue
+
+    enum KernelOutcome: Sendable {
+        case applied
+        case failed(NetfilterError)
+    }
+
+    private struct QueuedChange {
+        var targets: [ElementTarget]
+        var waiter: CheckedContinuation<KernelOutcome, Never>?
+    }
+
+    private var queue: [QueuedChange] = []
+    private var pumping = false
+
+    /// Hands targets to the kernel owner and waits for them to be applied (with everything queued at the time, in
+    /// one transaction).
+    private func submit(_ targets: [ElementTarget]) async -> KernelOutcome {
+        guard !targets.isEmpty else { return .applied }
+        return await withCheckedContinuation { continuation in
+            queue.append(QueuedChange(targets: targets, waiter: continuation))
+            startPump()
         }
     }
 
+    /// Like `submit`, returning at once with a task that finishes when they are applied.
+    private func enqueue(_ targets: [ElementTarget]) -> Task<KernelOutcome, Never> {
+        Task { await self.submit(targets) }
+    }
+
+    /// Queues targets nobody waits for (expiry sweeps, withdrawals).
+    private func submitLater(_ targets: [ElementTarget]) {
+        guard !targets.isEmpty else { return }
+        queue.append(QueuedChange(targets: targets, waiter: nil))
+        startPump()
+    }
+
+    private func startPump() {
+        guard !pumping else { return }
+        pumping = true
+        Task { await pump() }
+    }
+
+    private func pump() async {
+        while !queue.isEmpty {
+            let batch = queue
+            queue = []
+            let outcome = await applyToKernel(batch.flatMap(\.targets))
+            if case .failed = outcome, batch.count > 1 {
+                // One change the kernel refuses must not fail the others queued with it: try them one by one.
+                for change in batch {
+                    let single = await applyToKernel(change.targets)
+                    change.waiter?.resume(returning: single)
+                }
+                continue
+            }
+            for change in batch { change.waiter?.resume(returning: outcome) }
+        }
+        pumping = false
+    }
+
+    private func applyToKernel(_ targets: [ElementTarget]) async -> KernelOutcome {
+        do {
+            _ = try await kernel.apply(targets)
+            return .applied
+        } catch {
+            switch error.code {
+            case .tableMissing, .objectMissing, .outcomeUnknown, .elementAbsent, .generationChanged, .alreadyExists:
+                // The table is not as we left it: rebuild it from the book, which already holds these changes.
+                if await rebuild(trigger: "a change failed: \(error)") { return .applied }
+                return .failed(error)
+            default:
+                return .failed(error)
+            }
+        }
+    }
+
+    // MARK: Durability
+
+    private var durable = JournalPosition(generation: 0, offset: 0)
+    private var syncing = false
+    private var durabilityWaiters: [(JournalPosition, CheckedContinuation<Result<Void, SystemError>, Never>)] = []
+
+    /// Waits until the journal is on disk up to `position`; one fdatasync serves every request waiting at the time.
+    private func waitDurable(_ position: JournalPosition) async -> Result<Void, SystemError> {
+        if position <= durable { return .success(()) }
+        return await withCheckedContinuation { continuation in
+            durabilityWaiters.append((position, continuation))
+            if !syncing {
+                syncing = true
+                Task { await syncLoop() }
+            }
+        }
+    }
+
+    private func syncLoop() async {
+        while !durabilityWaiters.isEmpty {
+            let (file, reaches) = store.syncTarget()
+            let result: Result<JournalPosition, SystemError>
+            do {
+                try await disk.runIfActive { try file?.sync() }
+                result = .success(reaches)
+            } catch let error as SystemError {
+                result = .failure(error)
+            } catch {
+                result = .failure(SystemError("fdatasync", store.directory, errno: .ioError))
+            }
+            let waiters = durabilityWaiters
+            durabilityWaiters = []
+            switch result {
+            case .success(let reached):
+                durable = max(durable, reached)
+                for (position, waiter) in waiters {
+                    if position <= reached {
+                        waiter.resume(returning: .success(()))
+                    } else {
+                        durabilityWaiters.append((position, waiter))
+                    }
+                }
+            case .failure(let error):
+                for (_, waiter) in waiters { waiter.resume(returning: .failure(error)) }
+            }
+        }
+        syncing = false
+    }
+
+    /// Records that close access: written with the reserve, or kept and retried.
+    ///
+    /// - Returns: a warning when they could not be written now.
     @discardableResult
-    private func fullReconcile() throws -> ReconcileOutcome {
-        let desired = book.desiredAccess(now: Date())
-        let outcome = try enforcer.reconcile(desired: desired)
-        kernelView = AccessPlan.normalize(desired)
-        knownGeneration = outcome.generation
-        return outcome
-    }
-
-    /// Puts the table back as the policy wants it and the grant elements as the book wants them, and says so in
-    /// the audit trail when anything had to be restored.
-    private func repair(trigger: String) throws {
-        let problems = try enforcer.verify(
-            mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
-        if !problems.isEmpty {
-            try enforcer.install(
-                mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
+    private func appendClosing(_ records: [StateRecord]) -> String? {
+        guard !records.isEmpty else { return nil }
+        flushPendingRecords()
+        if pendingRecords.isEmpty {
+            do {
+                try store.appendClosing(records)
+                return nil
+            } catch {
+                pendingRecords += records
+                return "could not be stored yet (\(error)); it is kept and written as soon as the disk allows"
+            }
         }
-        let outcome = try fullReconcile()
-        let restored = outcome.diff.additions.count + outcome.diff.refreshes.count
-        let removed = outcome.diff.deletions.count + outcome.foreignRemoved
-        guard !problems.isEmpty || restored > 0 || removed > 0 else { return }
-        var detail = problems
-        if restored > 0 { detail.append("\(restored) grant elements restored") }
-        if removed > 0 { detail.append("\(removed) elements no grant accounts for removed") }
-        audit.record(AuditEvent(.repair, detail: detail.joined(separator: "; ") + " (after: \(trigger))"))
+        pendingRecords += records
+        return "could not be stored yet; it is kept and written as soon as the disk allows"
     }
 
-    // MARK: Periodic duties
+    private var pendingRecords: [StateRecord] = []
 
-    /// Once a second: notice expiries, foreign changes to the ruleset, and edited grants files.
-    public func tick() {
-        let now = Date()
-        let expired = book.removeExpired(now: now)
-        if !expired.isEmpty {
-            for grant in expired { audit.record(AuditEvent(.expire, grant: grant)) }
-            kernelView = kernelView.filter { $0.value > now }
-            persist()
-        }
-        verifyKernel()
-        checkGrantFiles()
+    private func flushPendingRecords() {
+        guard !pendingRecords.isEmpty else { return }
+        if (try? store.appendClosing(pendingRecords)) != nil { pendingRecords = [] }
     }
 
-    /// The grants files the policy names.
-    public var grantFilePaths: [String] { policy.grantFiles }
+    // MARK: Compaction
 
-    /// Reads the grants files that changed and makes the kernel follow. Called when inotify reports a change in
-    /// their directories, and once a second in case it did not.
-    public func checkGrantFiles() {
-        var changed = false
-        for path in policy.grantFiles where loadGrantFile(path) { changed = true }
-        guard changed else { return }
-        persist()
-        do { try enforce() } catch {
-            audit.record(AuditEvent(.error, detail: "applying grants file changes failed: \(error)"))
-        }
-    }
+    private var compacting = false
 
-    /// Repairs the table when any other program committed a ruleset change since our last commit. Called at once
-    /// on every nf_tables notification, and once a second in case notifications were lost.
-    public func verifyKernel() {
+    private func compactIfWanted() {
+        guard !compacting, store.wantsCompaction else { return }
+        compacting = true
         do {
-            let generation = try enforcer.connection.generation()
-            if generation != knownGeneration {
-                try repair(
-                    trigger: "the ruleset generation moved from \(knownGeneration.map(String.init) ?? "none") "
-                        + "to \(generation) without drawbridge")
+            let (work, synced) = try store.beginCompaction(book: book, settings: settings, now: SystemClock.now())
+            durable = max(durable, synced)
+            let disk = self.disk
+            Task {
+                do {
+                    try await disk.runIfActive { try work() }
+                } catch {
+                    self.logger.error("writing a state snapshot failed", metadata: ["error": "\(error)"])
+                }
+                self.compactionEnded()
             }
         } catch {
-            logger.error("kernel check failed", metadata: ["kernel.error": "\(error)"])
+            compacting = false
+            logger.error("starting a state snapshot failed", metadata: ["error": "\(error)"])
         }
     }
 
-    private func persist() {
-        do { try store.save(book) } catch {
-            logger.error("cannot store the grants", metadata: ["state.error": "\(error)"])
+    private func compactionEnded() { compacting = false }
+
+    // MARK: Expiry
+
+    private var expiryTask: Task<Void, Never>?
+    private var armedDeadline: MonotonicInstant?
+
+    /// Makes sure a timer wakes the agent at the next deadline (and only then: no periodic ticks).
+    private func armExpiry() {
+        guard let next = book.nextDeadline() else {
+            expiryTask?.cancel()
+            expiryTask = nil
+            armedDeadline = nil
+            return
+        }
+        if let armedDeadline, armedDeadline <= next, expiryTask != nil { return }
+        expiryTask?.cancel()
+        armedDeadline = next
+        expiryTask = Task {
+            let wait = next.seconds(since: SystemClock.monotonic())
+            if wait > 0 {
+                do {
+                    try await Task.sleep(for: .nanoseconds(Int64(min(wait, 86_400 * 30) * 1e9) + 1_000_000))
+                } catch {
+                    return
+                }
+            }
+            await self.sweepExpired()
         }
     }
 
-    /// SIGHUP: reads the policy again. A policy that does not load leaves everything as it was. Nothing is
-    /// flushed: the rules and fixed sets are replaced in one transaction, grants stay unless the new policy no
-    /// longer allows them.
-    public func reload() {
-        let updated: Policy
+    /// Forgets the grants whose deadline passed (the kernel dropped their elements itself) and audits them.
+    private func sweepExpired() {
+        expiryTask = nil
+        armedDeadline = nil
+        let now = SystemClock.monotonic()
+        let expired = book.removeExpired(now: now)
+        if !expired.isEmpty {
+            audit.record(batch: expired.map { AuditEvent(.expire, grant: $0.grant) })
+            submitLater(planner.update(expired.flatMap(\.changed), book: book, now: now))
+        }
+        armExpiry()
+    }
+
+    // MARK: Repair
+
+    private var tableHealth = "enforcing"
+    private var repairs = 0
+    private var lastRepair: String?
+    private var lastSeenGeneration: UInt32?
+    private var repairWanted: String?
+    private var repairing = false
+
+    /// Rebuilds the table from the book in one transaction.
+    ///
+    /// - Returns: whether it worked.
+    @discardableResult
+    private func rebuild(trigger: String, problems: [String] = []) async -> Bool {
+        let now = SystemClock.monotonic()
         do {
-            updated = try Policy.load(path: configuration.policyPath)
+            _ = try await kernel.rebuild(layout, elements: planner.elements(book: book, now: now))
+            repairs += 1
+            let detail = (problems + ["the table was rebuilt with \(book.count) grants"]).joined(separator: "; ")
+            lastRepair = "\(Timestamp.format(SystemClock.wall())): \(detail) (after: \(trigger))"
+            tableHealth = "enforcing"
+            audit.record(AuditEvent(.repair, detail: "\(detail) (after: \(trigger))"))
+            return true
         } catch {
+            tableHealth = "cannot rebuild the table: \(error)"
+            audit.record(AuditEvent(.error, detail: "rebuilding the table failed (after: \(trigger)): \(error)"))
+            scheduleRepair("the previous rebuild failed: \(error)", after: .seconds(1))
+            return false
+        }
+    }
+
+    /// What the ruleset monitor saw.
+    public func rulesetChanged(_ event: RulesetEvent) {
+        switch event {
+        case .lost:
+            scheduleRepair("nf_tables notifications were lost")
+        case .change(let change):
+            if let generation = change.generation { lastSeenGeneration = generation }
+            guard change.portID != kernel.portID else { return }
+            if change.touches(inetTable: DrawbridgeTable.name) {
+                let who = "\(change.processName ?? "a process") (pid \(change.processID.map(String.init) ?? "?"))"
+                scheduleRepair("the table was changed by \(who)")
+            }
+        }
+    }
+
+    private func scheduleRepair(_ trigger: String, after delay: Duration = .zero) {
+        repairWanted = repairWanted ?? trigger
+        guard !repairing else { return }
+        repairing = true
+        Task {
+            // A short pause lets a burst of changes (an `nft -f` of several transactions) end first.
+            try? await Task.sleep(for: max(delay, .milliseconds(5)))
+            await self.runRepairs()
+        }
+    }
+
+    private func runRepairs() async {
+        while let trigger = repairWanted {
+            repairWanted = nil
+            let problems = (try? await kernel.verify(layout)) ?? ["the table could not be read"]
+            await rebuild(trigger: trigger, problems: problems)
+        }
+        repairing = false
+    }
+
+    /// The documented safety check (once a minute): the table's structure is verified, and a ruleset generation
+    /// that moved without a notification is treated like a lost notification.
+    public func safetyCheck() async {
+        flushPendingRecords()
+        audit.record(batch: [])
+        do {
+            let problems = try await kernel.verify(layout)
+            if !problems.isEmpty {
+                scheduleRepair("the safety check found: \(problems.joined(separator: "; "))")
+                return
+            }
+            let generation = try await kernel.generation()
+            if let lastSeenGeneration, generation != lastSeenGeneration {
+                if generationMismatch == generation {
+                    scheduleRepair("the ruleset changed (generation \(generation)) without a notification")
+                }
+                generationMismatch = generation
+            } else {
+                generationMismatch = nil
+            }
+        } catch {
+            tableHealth = "cannot check the table: \(error)"
+            scheduleRepair("the safety check could not read the table: \(error)")
+        }
+    }
+
+    private var generationMismatch: UInt32?
+
+    // MARK: Warnings
+
+    private struct Warning {
+        var time: Date
+        var text: String
+    }
+
+    private var warnings: [Warning] = []
+
+    private func addWarning(_ text: String) {
+        warnings.append(Warning(time: SystemClock.wall(), text: "\(Timestamp.format(SystemClock.wall())): \(text)"))
+        if warnings.count > 20 { warnings.removeFirst(warnings.count - 20) }
+    }
+
+    // MARK: Clock steps
+
+    private var clockOffset: Double = 0
+
+    /// The wall clock was set. Deadlines are monotonic, so local grants keep exactly the time they were given (and
+    /// their kernel elements, on the same clock, agree); their wall-clock expiry is recomputed for display. Grants
+    /// from files and controllers name an absolute expiry, which now lies at another distance: they follow it.
+    public func clockStepped() {
+        let now = SystemClock.now()
+        let offset = now.wall.timeIntervalSince1970 - Double(now.monotonic.nanoseconds) / 1e9
+        let step = offset - clockOffset
+        clockOffset = offset
+        var changed: [AccessKey] = []
+        var dropped: [Grant] = []
+        for var grant in book.grants.values {
+            if grant.origin.hasAbsoluteExpiry {
+                let deadline = now.deadline(forWall: grant.expiresAt)
+                let longest = grant.ports.compactMap { policy.port(for: $0.service)?.maxDuration }.min() ?? 0
+                if deadline <= now.monotonic || deadline.seconds(since: now.monotonic) > longest + 1 {
+                    dropped.append(grant)
+                    changed += book.remove(id: grant.id).changed
+                    continue
+                }
+                grant.deadline = deadline
+            } else {
+                grant.expiresAt = now.wall(forDeadline: grant.deadline)
+            }
+            changed += book.put(grant).changed
+        }
+        submitLater(planner.update(Set(changed), book: book, now: now.monotonic))
+        armExpiry()
+        let text =
+            "the wall clock was stepped by \(step >= 0 ? "+" : "")\(Int(step.rounded())) s; local grants keep the "
+            + "time they were given, grants from files follow their absolute expiry"
+            + (dropped.isEmpty ? "" : "; \(dropped.count) of those are now expired or beyond the policy and were dropped")
+        audit.record(AuditEvent(.warning, detail: text))
+        addWarning(text)
+        logger.warning("wall clock stepped", metadata: ["clock.step_seconds": "\(step)"])
+        // The snapshot then holds the re-based wall-clock expiries, for after a reboot.
+        if !compacting, let (work, synced) = try? store.beginCompaction(book: book, settings: settings, now: now) {
+            durable = max(durable, synced)
+            compacting = true
+            let disk = self.disk
+            Task {
+                try? await disk.runIfActive { try work() }
+                self.compactionEnded()
+            }
+        }
+    }
+
+    // MARK: Policy reload
+
+    /// SIGHUP: reads the policy again (parsed off the agent's executor). A policy that does not load leaves
+    /// everything as it was. Nothing is flushed: rules and fixed sets are replaced in one transaction, grants stay
+    /// unless the new policy no longer allows them.
+    public func reload() async {
+        audit.reopen()
+        let path = configuration.policyPath
+        let loaded = await Task.detached { Result { () throws(PolicyError) in try PolicyFile.load(path) } }.value
+        let updated: Policy
+        switch loaded {
+        case .failure(let error):
             audit.record(AuditEvent(.refuse, detail: "reload refused, the previous policy stays in force: \(error)"))
             return
+        case .success(let value):
+            updated = value
         }
         let previous = policy
         policy = updated
         do {
-            try enforcer.install(
-                mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
-            let dropped = dropGrantsOutsidePolicy(reason: "no longer allowed by the reloaded policy")
-            grantFileStamps = grantFileStamps.filter { policy.grantFiles.contains($0.key) }
-            for origin in Set(book.grants.values.map(\.origin)) {
-                if case .file(let path) = origin, !policy.grantFiles.contains(path) {
-                    for grant in book.replaceGrants(from: origin, with: []).removed {
-                        audit.record(AuditEvent(.revoke, grant: grant, detail: "grants file no longer in the policy"))
-                    }
-                }
-            }
-            for path in policy.grantFiles {
-                grantFileStamps[path] = nil
-                _ = loadGrantFile(path)
-            }
-            persist()
-            try fullReconcile()
-            audit.record(
-                AuditEvent(
-                    .reload,
-                    detail: "managed \(managedDescription); on_expiry \(policy.onExpiry.rawValue); "
-                        + "\(dropped) grants dropped"))
+            try await kernel.install(layout)
         } catch {
             policy = previous
             audit.record(AuditEvent(.error, detail: "reload failed, the previous policy stays in force: \(error)"))
-            _ = try? enforcer.install(
-                mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
+            return
         }
+        let now = SystemClock.now()
+        for origin in book.origins {
+            if case .file(let filePath) = origin, !policy.grantFiles.contains(filePath) {
+                removeFileGrants(filePath, reason: "grants file no longer in the policy", now: now)
+                fileStamps[filePath] = nil
+                fileProblems[filePath] = nil
+            }
+        }
+        let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the reloaded policy")
+        fileStamps = [:]
+        await refreshGrantFiles()
+        audit.record(
+            AuditEvent(
+                .reload,
+                detail: "managed \(managedDescription); on_expiry \(policy.onExpiry.rawValue); \(dropped) grants dropped"))
     }
 
     /// Removes grants the current policy would refuse now (port no longer managed, source no longer allowed, time
     /// left beyond the port's longest duration).
-    private func dropGrantsOutsidePolicy(reason: String) -> Int {
-        let now = Date()
-        let dropped = book.removeAll { grant in
-            grant.ports.contains { port in
+    private func dropGrantsOutsidePolicy(now: Instants, reason: String) -> Int {
+        var dropped: [Grant] = []
+        var changed: [AccessKey] = []
+        for grant in book.grants.values {
+            let outside = grant.ports.contains { port in
                 guard let managed = policy.port(for: port.service) else { return true }
-                let remaining = grant.expiresAt.timeIntervalSince(now)
                 return !managed.allowedSources.contains { $0.contains(grant.source) }
-                    || remaining > managed.maxDuration + 1
+                    || grant.deadline.seconds(since: now.monotonic) > managed.maxDuration + 1
             }
+            guard outside else { continue }
+            dropped.append(grant)
+            changed += book.remove(id: grant.id).changed
         }
-        for grant in dropped { audit.record(AuditEvent(.revoke, grant: grant, detail: reason)) }
+        guard !dropped.isEmpty else { return 0 }
+        appendClosing(dropped.filter(GrantStore.isStored).map { .remove(id: $0.id) })
+        audit.record(batch: dropped.map { AuditEvent(.revoke, grant: $0, detail: reason) })
+        submitLater(planner.update(Set(changed), book: book, now: now.monotonic))
         return dropped.count
     }
 
     // MARK: Grants files
 
-    private func keepLastGood(_ origin: GrantOrigin, _ why: String) -> Bool {
-        audit.record(
-            AuditEvent(
-                .error, origin: origin.description, detail: "\(why); keeping the last good grants from this file"))
-        return false
-    }
+    private var fileStamps: [String: FileStamp] = [:]
+    private var fileProblems: [String: String] = [:]
+    private var refreshingFiles = false
+    private var refreshAgain = false
 
-    struct FileStamp: Equatable {
-        var device: UInt64
-        var inode: UInt64
-        var size: Int64
-        var modified: Int
-        var modifiedNanoseconds: Int
-        var changed: Int
-    }
+    /// The grants files the policy names.
+    public var grantFilePaths: [String] { policy.grantFiles }
 
-    /// Reads a grants file if it changed since the last look. A file that cannot be read or parsed, or that anyone
-    /// but root (or this agent's user) could have written, keeps the last good grants from it.
-    ///
-    /// - Returns: whether the book changed.
-    private func loadGrantFile(_ path: String) -> Bool {
-        let origin = GrantOrigin.file(path)
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            guard
-                grantFileStamps[path]
-                    != FileStamp(device: 0, inode: 0, size: -1, modified: 0, modifiedNanoseconds: 0, changed: 0)
-            else { return false }
-            grantFileStamps[path] = FileStamp(
-                device: 0, inode: 0, size: -1, modified: 0, modifiedNanoseconds: 0, changed: 0)
-            let removed = book.replaceGrants(from: origin, with: []).removed
-            for grant in removed {
-                audit.record(AuditEvent(.revoke, grant: grant, detail: "grants file \(path) is gone"))
+    /// Reads the grants files that changed (parsing off the agent's executor) and makes the kernel follow.
+    public func refreshGrantFiles() async {
+        if refreshingFiles {
+            refreshAgain = true
+            return
+        }
+        refreshingFiles = true
+        repeat {
+            refreshAgain = false
+            for path in policy.grantFiles {
+                let stamp = FileStamp(path)
+                if let stamp, fileStamps[path] == stamp { continue }
+                if stamp == nil, fileStamps[path] == .missing { continue }
+                let policy = self.policy
+                let now = SystemClock.now()
+                let result = await Task.detached { readGrantsFile(path, policy: policy, now: now) }.value
+                let targets = applyFile(path, result, now: now, initial: false)
+                fileStamps[path] = stamp ?? .missing
+                _ = await submit(targets)
             }
-            return !removed.isEmpty
-        }
-        let stamp = FileStamp(
-            device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
-            modified: info.st_mtim.tv_sec, modifiedNanoseconds: info.st_mtim.tv_nsec, changed: info.st_ctim.tv_sec)
-        guard grantFileStamps[path] != stamp else { return false }
-        grantFileStamps[path] = stamp
+        } while refreshAgain
+        refreshingFiles = false
+    }
 
-        guard info.st_uid == 0 || info.st_uid == geteuid() else {
-            return keepLastGood(origin, "\(path) is owned by uid \(info.st_uid), not root")
-        }
-        guard info.st_mode & 0o022 == 0 else {
-            return keepLastGood(
-                origin, "\(path) is writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
-        }
+    /// Puts a file's grants in the book: new and changed entries in, entries it no longer lists out.
+    @discardableResult
+    private func applyFile(
+        _ path: String, _ result: Result<GrantsFile.Contents, FileFailure>, now: Instants, initial: Bool
+    ) -> [ElementTarget] {
+        let origin = GrantOrigin.file(path)
         let contents: GrantsFile.Contents
-        do {
-            let data = try Data(contentsOf: URL(fileURLWithPath: path))
-            contents = try GrantsFile.parse(data, path: path, policy: policy, now: Date())
-        } catch let error as GrantsFile.FormatError {
-            return keepLastGood(origin, error.description)
-        } catch {
-            return keepLastGood(origin, "cannot read \(path): \(error.localizedDescription)")
+        switch result {
+        case .failure(.missing):
+            fileProblems[path] = nil
+            return removeFileGrants(path, reason: "grants file \(path) is gone", now: now)
+        case .failure(.unusable(let message)):
+            if fileProblems[path] != message {
+                audit.record(
+                    AuditEvent(.error, origin: origin.description, detail: "\(message); keeping the last good grants"))
+            }
+            fileProblems[path] = message
+            return []
+        case .success(let value):
+            contents = value
+            fileProblems[path] = nil
         }
-        for (entry, refusal) in contents.refusals {
-            audit.record(
-                AuditEvent(.refuse, user: path, origin: origin.description, detail: "\(entry): \(refusal.message)"))
+        var events: [AuditEvent] = []
+        let refusals = contents.refusals.prefix(100).map {
+            AuditEvent(.refuse, user: path, origin: origin.description, detail: "\($0.entry): \($0.refusal.message)")
         }
-        let (added, removed) = book.replaceGrants(from: origin, with: contents.grants)
-        for grant in added { audit.record(AuditEvent(.grant, grant: grant)) }
-        for grant in removed { audit.record(AuditEvent(.revoke, grant: grant, detail: "no longer in \(path)")) }
-        return !added.isEmpty || !removed.isEmpty
+        events += refusals
+        if contents.refusals.count > 100 {
+            events.append(
+                AuditEvent(
+                    .refuse, user: path, origin: origin.description,
+                    detail: "\(contents.refusals.count - 100) more entries refused"))
+        }
+        let current = book.ids(from: origin)
+        var incoming = Set<String>()
+        var changed: [AccessKey] = []
+        var added: [Grant] = []
+        for var grant in contents.grants {
+            incoming.insert(grant.id)
+            if book.revokedFileGrants.contains(grant.id) { continue }
+            if let existing = book[grant.id] {
+                grant.createdAt = existing.createdAt
+                if existing.source == grant.source, existing.ports == grant.ports, existing.expiresAt == grant.expiresAt,
+                    existing.reason == grant.reason
+                {
+                    continue
+                }
+            }
+            changed += book.put(grant).changed
+            added.append(grant)
+        }
+        var removed: [Grant] = []
+        for id in current where !incoming.contains(id) {
+            let (grant, keys) = book.remove(id: id)
+            if let grant { removed.append(grant) }
+            changed += keys
+        }
+        // Revocations of entries the file no longer lists are forgotten: a new entry with that id is a new grant.
+        let prefix = GrantBook.fileIdentifierPrefix(for: path)
+        let forgotten = book.revokedFileGrants.filter { $0.hasPrefix(prefix) && !incoming.contains($0) }
+        for id in forgotten { book.forgetTombstone(id) }
+        appendClosing(forgotten.map { .forgetTombstone(id: $0) })
+        if added.count + removed.count <= 1000 {
+            events += added.map { AuditEvent(.grant, grant: $0) }
+            events += removed.map { AuditEvent(.revoke, grant: $0, detail: "no longer in \(path)") }
+        } else {
+            events.append(
+                AuditEvent(
+                    .grant, user: path, origin: origin.description,
+                    detail: "grants file read: \(added.count) grants added or changed, \(removed.count) removed, "
+                        + "\(contents.refusals.count) refused"))
+        }
+        audit.record(batch: events)
+        armExpiry()
+        return initial ? [] : planner.update(Set(changed), book: book, now: now.monotonic)
+    }
+
+    @discardableResult
+    private func removeFileGrants(_ path: String, reason: String, now: Instants) -> [ElementTarget] {
+        var changed: [AccessKey] = []
+        var removed: [Grant] = []
+        for id in book.ids(from: .file(path)) {
+            let (grant, keys) = book.remove(id: id)
+            if let grant { removed.append(grant) }
+            changed += keys
+        }
+        audit.record(batch: removed.prefix(1000).map { AuditEvent(.revoke, grant: $0, detail: reason) })
+        let targets = planner.update(Set(changed), book: book, now: now.monotonic)
+        submitLater(targets)
+        return []
     }
 }
 
-/// Kernel elements arranged for `list`: an exact lookup per single address, a scan only over the elements that
-/// could overlap, so listing many grants does not compare every grant with every element.
-private struct KernelIndex {
-    let exact: [AccessKey: Date]
-    /// By service: every element (for prefix grants) and the prefix elements only (for single-address grants).
-    let byService: [Service: [(IPPrefix, Date)]]
-    let prefixesByService: [Service: [(IPPrefix, Date)]]
+/// Why a grants file gave nothing this time.
+enum FileFailure: Error, Sendable {
+    /// It does not exist: its grants end.
+    case missing
+    /// It exists but cannot be used: its last good grants stay.
+    case unusable(String)
+}
 
-    init(_ elements: [AccessKey: Date]) {
-        exact = elements
-        var byService: [Service: [(IPPrefix, Date)]] = [:]
-        var prefixes: [Service: [(IPPrefix, Date)]] = [:]
-        for (key, expiry) in elements {
-            byService[key.service, default: []].append((key.source, expiry))
-            if !key.source.isSingleAddress { prefixes[key.service, default: []].append((key.source, expiry)) }
-        }
-        self.byService = byService
-        prefixesByService = prefixes
+/// Reads and parses a grants file (off the agent's executor).
+func readGrantsFile(_ path: String, policy: Policy, now: Instants) -> Result<GrantsFile.Contents, FileFailure> {
+    do {
+        let bytes = try Files.readTrusted(path, maximumBytes: GrantsFile.maximumBytes)
+        return .success(try GrantsFile.parse(bytes, path: path, policy: policy, now: now))
+    } catch let problem as FileProblem {
+        return .failure(problem.isMissing ? .missing : .unusable(problem.description))
+    } catch let error as GrantsFile.FormatError {
+        return .failure(.unusable(error.description))
+    } catch {
+        return .failure(.unusable("\(error)"))
+    }
+}
+
+/// What identifies a version of a file without reading it.
+struct FileStamp: Equatable, Sendable {
+    var device: UInt64
+    var inode: UInt64
+    var size: Int64
+    var modified: Int64
+    var changed: Int64
+
+    static let missing = FileStamp(device: 0, inode: 0, size: -1, modified: 0, changed: 0)
+
+    init(device: UInt64, inode: UInt64, size: Int64, modified: Int64, changed: Int64) {
+        self.device = device
+        self.inode = inode
+        self.size = size
+        self.modified = modified
+        self.changed = changed
     }
 
-    /// The latest expiry of the elements for `service` whose source contains `source` or lies inside it.
-    func latestExpiry(overlapping source: IPPrefix, _ service: Service) -> Date? {
-        let candidates = source.isSingleAddress ? prefixesByService[service] ?? [] : byService[service] ?? []
-        var latest = source.isSingleAddress ? exact[AccessKey(source: source, service: service)] : nil
-        for (prefix, expiry) in candidates where prefix.contains(source) || source.contains(prefix) {
-            latest = max(latest ?? expiry, expiry)
-        }
-        return latest
+    /// The stamp of what is at `path` now, or nil when nothing is.
+    init?(_ path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        self.init(
+            device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
+            modified: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec),
+            changed: Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec))
     }
 }

@@ -1,232 +1,254 @@
-import CDrawbridgeLinux
 import DrawbridgeCore
-import Foundation
+import FoundationEssentials
+import Glibc
+import HostSystem
 import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
-/// The local API socket: a Unix stream socket, mode 0660 and group `drawbridge`, one request per connection.
+/// The local API: a Unix stream socket, one JSON request line and one answer per connection, served by SwiftNIO.
 ///
-/// Each connection is served on a thread of its own with a read deadline and a size limit, so a slow, silent or
-/// hostile client cannot hold the agent; the caller is identified by the socket's peer credentials only.
-public final class LocalAPIServer: @unchecked Sendable {
-    public typealias Handler = @Sendable (LocalAPI.Request, Caller) async -> LocalAPI.Response
+/// A slow, silent or hostile client cannot hold the agent or lock others out:
+/// - the whole request must arrive within ``requestDeadline`` (not per read: a byte every second does not keep a
+///   connection), and be at most 64 KiB;
+/// - a connection lives at most ``connectionDeadline``, answer included, so a client that never reads its answer
+///   is dropped;
+/// - each non-root user may hold ``perUserLimit`` connections at once, all non-root users together
+///   ``sharedLimit``, and root has ``rootReserve`` more that nobody else can take;
+/// - the caller is who the kernel says is on the other end (SO_PEERCRED, SO_PEERGROUPS), never what a request
+///   claims; if that cannot be read completely the connection is refused.
+public final class LocalAPIServer: Sendable {
+    public static let requestDeadline = TimeAmount.seconds(2)
+    public static let connectionDeadline = TimeAmount.seconds(60)
+    public static let perUserLimit = 8
+    public static let sharedLimit = 96
+    public static let rootReserve = 32
 
-    private let path: String
-    private let group: String?
-    private let handler: Handler
-    private let logger: Logger
-    private var descriptor: Int32 = -1
-    /// Connections served at once; each holds a thread for at most the 5-second deadline.
-    private let connections = DispatchSemaphore(value: 64)
-    private var acceptThread: Thread?
+    let path: String
+    let listening: Int32
+    let agent: Agent
+    let logger: Logger
+    let admission = Admission()
+    let group: MultiThreadedEventLoopGroup
 
-    public init(path: String, group: String?, logger: Logger, handler: @escaping Handler) {
+    /// Binds the socket (mode 0660, group `group`) without serving it yet: connections wait in the backlog until
+    /// `run`.
+    public init(path: String, group groupName: String?, agent: Agent, logger: Logger) throws {
         self.path = path
-        self.group = group
+        self.agent = agent
         self.logger = logger
-        self.handler = handler
-    }
-
-    /// Creates, binds and starts serving the socket.
-    public func start() throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try removeStaleSocket()
-
-        descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else {
-            throw AgentError("cannot create the API socket: \(String(cString: strerror(errno)))")
-        }
-        var (address, length) = try Self.address(path)
-        // Created 0600 (umask), then opened to the group only once its owner is right: never world-accessible.
-        let previous = umask(0o177)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
-        }
-        umask(previous)
-        guard bound == 0 else {
-            throw AgentError("cannot bind the API socket \(path): \(String(cString: strerror(errno)))")
-        }
-        if let group {
-            if let gid = UnixIdentity.groupID(named: group) {
-                guard chown(path, 0, gid) == 0 || geteuid() != 0 else {
-                    throw AgentError("cannot give \(path) to group \(group): \(String(cString: strerror(errno)))")
-                }
-                chmod(path, 0o660)
-            } else {
+        var gid: gid_t?
+        if let groupName {
+            gid = Accounts.groupID(named: groupName)
+            if gid == nil {
                 logger.warning(
                     "socket group does not exist; only root can use the socket",
-                    metadata: ["api.socket": "\(path)", "api.group": "\(group)"])
+                    metadata: ["api.socket": "\(path)", "api.group": "\(groupName)"])
             }
         }
-        guard listen(descriptor, 64) == 0 else {
-            throw AgentError("cannot listen on \(path): \(String(cString: strerror(errno)))")
-        }
-
-        let listening = descriptor
-        let thread = Thread { [self] in acceptLoop(listening) }
-        thread.name = "drawbridge-api"
-        thread.start()
-        acceptThread = thread
-        logger.info("local API listening", metadata: ["api.socket": "\(path)"])
+        try Self.removeStaleSocket(path)
+        listening = try UnixSocket.listen(path: path, group: gid)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
 
-    /// Stops accepting; requests in progress finish on their own threads.
-    public func stop() {
-        guard descriptor >= 0 else { return }
-        shutdown(descriptor, Int32(SHUT_RDWR))
-        close(descriptor)
-        descriptor = -1
-        unlink(path)
-    }
-
-    private func removeStaleSocket() throws {
-        var status = stat()
-        guard lstat(path, &status) == 0 else { return }
-        guard status.st_mode & S_IFMT == S_IFSOCK else {
+    /// A socket file left by an agent that is gone is removed; one that answers belongs to a running agent.
+    static func removeStaleSocket(_ path: String) throws {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        guard info.st_mode & S_IFMT == S_IFSOCK else {
             throw AgentError("\(path) exists and is not a socket; refusing to replace it")
         }
-        // A socket someone still answers on belongs to a running agent.
-        let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        defer { close(probe) }
-        var (address, length) = try Self.address(path)
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, length) }
+        if let probe = try? UnixSocket.connect(path) {
+            close(probe)
+            throw AgentError("another drawbridged is already serving \(path)")
         }
-        if connected == 0 { throw AgentError("another drawbridged is already serving \(path)") }
         unlink(path)
     }
 
-    /// The socket address of `path`, and its length. The corresponding C function is `drawbridge_unix_address`.
-    static func address(_ path: String) throws -> (sockaddr_un, socklen_t) {
-        var address = sockaddr_un()
-        var length: socklen_t = 0
-        guard drawbridge_unix_address(path, &address, &length) == 0 else {
-            throw AgentError("socket path too long (at most 107 bytes): \(path)")
-        }
-        return (address, length)
+    struct Connection: Sendable {
+        var channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        var peer: Result<PeerCredentials, SystemError>
     }
 
-    private func acceptLoop(_ listening: Int32) {
-        while true {
-            let connection = accept(listening, nil, nil)
-            if connection < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return  // closed by stop()
+    /// Serves until graceful shutdown; then stops accepting, lets requests in progress finish, and removes the
+    /// socket file.
+    public func run() async throws {
+        let server = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .bind(NIOBSDSocket.Handle(listening)) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let peer = Result { () throws(SystemError) -> PeerCredentials in
+                        let read = try? channel.pipeline.syncOperations.withUnsafeTransportIfAvailable(
+                            of: NIOBSDSocket.Handle.self
+                        ) { descriptor in Result { () throws(SystemError) in try UnixSocket.peer(of: descriptor) } }
+                        guard let read else { throw SystemError("getsockopt(SO_PEERCRED)", errno: .notSupported) }
+                        return try read.get()
+                    }
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(LineDecoder(limit: LocalAPI.maximumRequestBytes)))
+                    // Whatever happens, the connection ends by this deadline.
+                    channel.eventLoop.scheduleTask(in: Self.connectionDeadline) { channel.close(promise: nil) }
+                    return Connection(
+                        channel: try NIOAsyncChannel(wrappingChannelSynchronously: channel), peer: peer)
+                }
             }
-            _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
-            guard connections.wait(timeout: .now()) == .success else {
-                respond(connection, .failure(.init(code: .internal, message: "the agent is busy; try again")))
-                close(connection)
-                continue
+        logger.info("local API listening", metadata: ["api.socket": "\(path)"])
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { tasks in
+                try await server.executeThenClose { connections in
+                    for try await connection in connections {
+                        tasks.addTask { await self.serve(connection) }
+                    }
+                }
             }
-            let thread = Thread { [self] in
-                serve(connection)
-                Self.finish(connection)
-                connections.signal()
-            }
-            thread.start()
+        } onGracefulShutdown: {
+            server.channel.close(promise: nil)
         }
+        unlink(path)
+        try? await group.shutdownGracefully()
     }
 
-    /// Closes after the answer: stops writing, then discards what the client is still sending (bounded by the read
-    /// deadline and 1 MiB) so that a client whose request was refused unread still receives the answer.
-    private static func finish(_ connection: Int32) {
-        shutdown(connection, Int32(SHUT_WR))
-        var discard = [UInt8](repeating: 0, count: 16384)
-        var total = 0
-        while total < 1 << 20 {
-            let count = read(connection, &discard, discard.count)
-            if count < 0 && errno == EINTR { continue }
-            if count <= 0 { break }
-            total += count
-        }
-        close(connection)
-    }
-
-    private func serve(_ connection: Int32) {
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let caller: Caller
-        do {
-            caller = try UnixIdentity.caller(of: connection)
-        } catch {
-            respond(connection, .failure(.init(code: .internal, message: "\(error)")))
-            return
-        }
-        let request: LocalAPI.Request
-        switch readRequest(connection) {
-        case .failure(let failure):
-            logger.warning(
-                "bad API request", metadata: ["api.peer.uid": "\(caller.uid)", "api.error": "\(failure.message)"])
-            respond(connection, .failure(failure))
+    private func serve(_ connection: Connection) async {
+        let channel = connection.channel.channel
+        let peer: PeerCredentials
+        switch connection.peer {
+        case .failure(let error):
+            logger.warning("refused a connection whose caller could not be identified", metadata: ["error": "\(error)"])
+            await respond(connection, .failure(.init(code: .internal, message: "cannot identify the caller: \(error)")))
             return
         case .success(let value):
-            request = value
+            peer = value
         }
-        let handler = self.handler
-        respond(connection, blockingCall { await handler(request, caller) })
-    }
-
-    /// Reads one line of at most 64 KiB within the deadline and decodes it.
-    private func readRequest(_ connection: Int32) -> Result<LocalAPI.Request, LocalAPI.Failure> {
-        var data = Data()
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while !data.contains(0x0a) {
-            let count = read(connection, &chunk, chunk.count)
-            if count == 0 { break }
-            if count < 0 {
-                if errno == EINTR { continue }
-                let reason = errno == EAGAIN ? "no complete request within 5 seconds" : String(cString: strerror(errno))
-                return .failure(.init(code: .badRequest, message: reason))
-            }
-            data.append(contentsOf: chunk[0..<count])
-            if data.count > LocalAPI.maximumRequestBytes {
-                return .failure(
-                    .init(code: .badRequest, message: "request larger than \(LocalAPI.maximumRequestBytes) bytes"))
-            }
+        guard admission.enter(peer.uid) else {
+            logger.warning("connection refused: limit reached", metadata: ["api.peer.uid": "\(peer.uid)"])
+            await respond(
+                connection,
+                .failure(
+                    .init(
+                        code: .busy,
+                        message: "too many connections from uid \(peer.uid) (or from all users) at once; try again")))
+            return
         }
-        if let newline = data.firstIndex(of: 0x0a) { data = data[..<newline] }
-        guard !data.isEmpty else { return .failure(.init(code: .badRequest, message: "empty request")) }
+        defer { admission.leave(peer.uid) }
+        // The whole request must arrive within the deadline, however it trickles in.
+        let deadline = channel.eventLoop.scheduleTask(in: Self.requestDeadline) { channel.close(promise: nil) }
         do {
-            return .success(try LocalAPI.decoder().decode(LocalAPI.Request.self, from: data))
-        } catch {
-            return .failure(
-                .init(
-                    code: .badRequest, message: "request is not a valid drawbridge API message: \(Self.describe(error))"
-                ))
-        }
-    }
-
-    static func describe(_ error: any Error) -> String {
-        switch error {
-        case DecodingError.keyNotFound(let key, _): return "missing \"\(key.stringValue)\""
-        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
-            return "wrong type at \(context.codingPath.map(\.stringValue).joined(separator: "."))"
-        case DecodingError.dataCorrupted(let context):
-            let place = context.codingPath.map(\.stringValue).joined(separator: ".")
-            return place.isEmpty ? "not JSON" : "bad value at \(place)"
-        default: return "\(error)"
-        }
-    }
-
-    private func respond(_ connection: Int32, _ response: LocalAPI.Response) {
-        guard var data = try? LocalAPI.encoder().encode(response) else { return }
-        data.append(0x0a)
-        data.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let written = write(connection, raw.baseAddress! + offset, raw.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
+            try await connection.channel.executeThenClose { inbound, outbound in
+                var lines = inbound.makeAsyncIterator()
+                let line: ByteBuffer?
+                do {
+                    line = try await lines.next()
+                } catch let error as LineDecoder.TooLong {
+                    deadline.cancel()
+                    try await outbound.write(Self.encode(.failure(.init(code: .badRequest, message: "\(error)"))))
                     return
                 }
-                offset += written
+                deadline.cancel()
+                guard let line else { return }
+                let response: LocalAPI.Response
+                switch LocalAPI.decode(Array(buffer: line)) {
+                case .failure(let failure):
+                    logger.warning(
+                        "bad API request", metadata: ["api.peer.uid": "\(peer.uid)", "api.error": "\(failure.message)"])
+                    response = .failure(failure)
+                case .success(let command):
+                    response = await agent.handle(command, from: Self.caller(peer))
+                }
+                try await outbound.write(Self.encode(response))
+            }
+        } catch {
+            // The client went away or the deadline closed the connection: nothing to answer.
+            logger.debug("API connection ended early", metadata: ["api.peer.uid": "\(peer.uid)", "error": "\(error)"])
+        }
+    }
+
+    private func respond(_ connection: Connection, _ response: LocalAPI.Response) async {
+        try? await connection.channel.executeThenClose { _, outbound in
+            try await outbound.write(Self.encode(response))
+        }
+    }
+
+    static func encode(_ response: LocalAPI.Response) -> ByteBuffer {
+        var bytes = (try? LocalAPI.encoder().encode(response)) ?? Data(#"{"ok":false}"#.utf8)
+        bytes.append(0x0a)
+        return ByteBuffer(bytes: bytes)
+    }
+
+    /// Names for the credentials: user and groups as the system's databases know them.
+    static func caller(_ peer: PeerCredentials) -> Caller {
+        var seen = Set<gid_t>()
+        let groups = ([peer.gid] + peer.groups).filter { seen.insert($0).inserted }.map(Accounts.groupName)
+        return Caller(uid: peer.uid, user: Accounts.userName(peer.uid), groups: groups)
+    }
+}
+
+/// Counts connections per user, so no one user (nor all of them together) can take every slot, and root always
+/// finds one.
+final class Admission: Sendable {
+    private let state = Mutex<(total: Int, shared: Int, perUser: [uid_t: Int])>((0, 0, [:]))
+
+    func enter(_ uid: uid_t) -> Bool {
+        state.withLock { state in
+            let total = LocalAPIServer.sharedLimit + LocalAPIServer.rootReserve
+            if uid == 0 {
+                guard state.total < total else { return false }
+            } else {
+                guard state.total < total, state.shared < LocalAPIServer.sharedLimit,
+                    state.perUser[uid, default: 0] < LocalAPIServer.perUserLimit
+                else { return false }
+                state.shared += 1
+                state.perUser[uid, default: 0] += 1
+            }
+            state.total += 1
+            return true
+        }
+    }
+
+    func leave(_ uid: uid_t) {
+        state.withLock { state in
+            state.total -= 1
+            if uid != 0 {
+                state.shared -= 1
+                state.perUser[uid, default: 1] -= 1
+                if state.perUser[uid] == 0 { state.perUser[uid] = nil }
             }
         }
+    }
+}
+
+/// Splits the inbound bytes into lines (without the newline), refusing a line longer than the limit.
+struct LineDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ByteBuffer
+    let limit: Int
+
+    struct TooLong: Error, CustomStringConvertible {
+        var limit: Int
+        var description: String { "request larger than \(limit) bytes" }
+    }
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        if let newline = buffer.readableBytesView.firstIndex(of: 0x0a) {
+            let length = newline - buffer.readerIndex
+            guard length <= limit else { throw TooLong(limit: limit) }
+            let line = buffer.readSlice(length: length)!
+            buffer.moveReaderIndex(forwardBy: 1)
+            context.fireChannelRead(wrapInboundOut(line))
+            return .continue
+        }
+        guard buffer.readableBytes <= limit else { throw TooLong(limit: limit) }
+        return .needMoreData
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws
+        -> DecodingState
+    {
+        // A request without its newline at the end of input is still a request.
+        if try decode(context: context, buffer: &buffer) == .continue { return .continue }
+        if buffer.readableBytes > 0, let line = buffer.readSlice(length: buffer.readableBytes) {
+            context.fireChannelRead(wrapInboundOut(line))
+        }
+        return .needMoreData
     }
 }

@@ -38,6 +38,9 @@ public final class NetfilterConnection {
         sequence = UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970))
     }
 
+    /// The netlink port of this connection's socket: notifications of its commits carry it.
+    public var portID: UInt32 { socket.portID }
+
     private func nextSequence(reserving count: Int = 1) -> UInt32 {
         defer { sequence &+= UInt32(count) }
         return sequence

@@ -12,6 +12,8 @@ struct NetfilterMessage {
     let family: UInt8
     /// The low 16 bits of the ruleset generation from `nfgenmsg` (res_id).
     let resourceID: UInt16
+    /// `nlmsg_pid`: in a notification, the netlink port of the socket whose request caused it.
+    let portID: UInt32
     private let attributes: [UInt16: ArraySlice<UInt8>]
 
     /// Parses a message from its bytes (header included); nil when it is too short to be one.
@@ -22,6 +24,7 @@ struct NetfilterMessage {
         let rawType = bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self)
         type = rawType & 0xff
         subsystem = rawType >> 8
+        portID = bytes.loadUnaligned(fromByteOffset: 12, as: UInt32.self)
         family = bytes[16]
         resourceID = UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: 18, as: UInt16.self))
         var attributes: [UInt16: ArraySlice<UInt8>] = [:]

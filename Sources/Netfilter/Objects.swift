@@ -64,7 +64,7 @@ public struct SetDefinition: Sendable, Hashable {
     /// NFTA_SET_FLAGS as drawbridge sends them (and the kernel reports them back).
     var kernelFlags: UInt32 {
         var flags: UInt32 = 0
-        if interval { flags |= 0x1 }  // NFT_SET_INTERVAL
+        if interval { flags |= 0x4 }  // NFT_SET_INTERVAL
         if timeout { flags |= 0x10 }  // NFT_SET_TIMEOUT
         if describesFields { flags |= 0x80 }  // NFT_SET_CONCAT
         return flags

@@ -7,7 +7,10 @@ import HostSystem
 public struct RulesetChange: Sendable, Equatable {
     /// The ruleset generation after it.
     public var generation: UInt32?
-    /// The process that committed it (NFTA_GEN_PROC_PID), so the agent can tell its own commits from others'.
+    /// The netlink port of the socket that committed it: how the agent tells its own commits from others' (the
+    /// process id in the notification is the committing thread's, in the initial pid namespace).
+    public var portID: UInt32?
+    /// The thread that committed it (NFTA_GEN_PROC_PID) and its name, for the audit trail.
     public var processID: UInt32?
     public var processName: String?
     /// `family:name` of every table a message of the transaction was about (family 1 is inet).
@@ -77,6 +80,7 @@ public final class RulesetMonitor: @unchecked Sendable {
                     else { return }
                     if message.type == UInt16(NFT_MSG_NEWGEN.rawValue) {
                         pending.generation = message.bigEndianUInt32(1)
+                        pending.portID = message.portID
                         pending.processID = message.bigEndianUInt32(2)
                         pending.processName = message.string(3)
                         continuation.yield(.change(pending))

@@ -1,14 +1,9 @@
 import ArgumentParser
-import CDrawbridgeLinux
 import DrawbridgeCore
-import Foundation
+import FoundationEssentials
+import Glibc
+import HostSystem
 import Netfilter
-
-#if canImport(Glibc)
-    import Glibc
-#endif
-
-let drawbridgeVersion = "0.1.0"
 
 /// Exit statuses scripts can rely on (sysexits.h values where one fits).
 enum ExitStatus {
@@ -16,10 +11,18 @@ enum ExitStatus {
     static let unavailable = ExitCode(69)  // EX_UNAVAILABLE: the agent is not running or not reachable
     static let invalidData = ExitCode(65)  // EX_DATAERR: the policy file is invalid
     static let notFound = ExitCode(2)  // no such grant
+    static let busy = ExitCode(75)  // EX_TEMPFAIL: the agent is at its connection limit; try again
 }
 
 @main
 struct Drawbridge: ParsableCommand {
+    /// A reader that goes away (`drawbridge list | head`) or an agent that hangs up must give an error, not kill
+    /// the command with SIGPIPE.
+    static func main() {
+        signal(SIGPIPE, SIG_IGN)
+        main(nil)
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "drawbridge",
         abstract: "Open a managed port to one source for a bounded time; the kernel closes it again at expiry.",
@@ -34,9 +37,9 @@ struct Drawbridge: ParsableCommand {
               drawbridge revoke g-k3v9q2x7mz
               drawbridge check /etc/drawbridge/policy.yaml
 
-            Exit status: 0 done; 1 failed (kernel or agent error); 2 no such grant; 64 bad arguments; \
-            65 invalid policy file; 69 the agent is not running or the socket is not reachable; \
-            77 refused by the policy or your role.
+            Exit status: 0 done; 1 failed (kernel, storage or agent error); 2 no such grant; 64 bad arguments; \
+            65 invalid policy file; 69 the agent is not running or the socket is not reachable; 75 the agent is \
+            busy (try again); 77 refused by the policy or your role.
             """,
         version: drawbridgeVersion,
         subcommands: [Grant.self, Revoke.self, List.self, Check.self, Rules.self, Status.self])
@@ -76,7 +79,7 @@ extension Drawbridge {
         @Option(name: .customLong("for"), help: ArgumentHelp("How long: 90s, 30m, 2h, 1h30m.", valueName: "duration"))
         var duration: String
 
-        @Option(help: "Why: kept in the audit trail.")
+        @Option(help: "Why: kept in the audit trail (one line, at most 1024 bytes, no control characters).")
         var reason: String = ""
 
         @OptionGroup var connection: ConnectionOptions
@@ -85,7 +88,7 @@ extension Drawbridge {
             guard !ports.isEmpty else { throw ValidationError("name at least one port, like ssh or 22/tcp") }
             guard let source else {
                 var hint = ""
-                if let client = ProcessInfo.processInfo.environment["SSH_CONNECTION"]?.split(separator: " ").first {
+                if let client = getenv("SSH_CONNECTION").map({ String(cString: $0) })?.split(separator: " ").first {
                     hint = "; your SSH session comes from \(client): --from \(client)"
                 }
                 throw ValidationError("--from is required: the address or prefix to open the ports to\(hint)")
@@ -96,10 +99,13 @@ extension Drawbridge {
                 throw ValidationError("--from: \(error.description)")
             }
             guard GrantDuration.parse(duration) != nil else {
-                throw ValidationError("--for '\(duration)' is not a duration; write it like 90s, 30m, 2h or 1h30m")
+                throw ValidationError(
+                    "--for '\(TextCheck.escaped(duration))' is not a duration; write it like 90s, 30m, 2h or 1h30m")
             }
-            guard !reason.contains(where: \.isNewline), reason.utf8.count <= 1024 else {
-                throw ValidationError("--reason must be one line of at most 1024 bytes")
+            if let problem = TextCheck.problem(
+                with: reason, field: "--reason", maximumBytes: TextCheck.maximumReasonBytes)
+            {
+                throw ValidationError(problem)
             }
         }
 
@@ -114,7 +120,8 @@ extension Drawbridge {
                 ["created": "granted", "extended": "extended", "unchanged": "already granted, unchanged"][
                     response.outcome ?? ""] ?? "granted"
             print("\(verb) \(status.grant.id): \(status.grant.source) may reach \(status.grant.portsDescription)")
-            print("until \(Format.timestamp(status.grant.expiresAt)) (\(Format.remaining(status.grant.expiresAt)))")
+            print("until \(Timestamp.format(status.grant.expiresAt)) (\(Format.remaining(status.grant.expiresAt)))")
+            Output.warnings(response)
         }
     }
 }
@@ -153,6 +160,7 @@ extension Drawbridge {
             for status in response.grants ?? [] {
                 print("revoked \(status.grant.id): \(status.grant.source) \(status.grant.portsDescription)")
             }
+            Output.warnings(response)
         }
     }
 }
@@ -181,10 +189,12 @@ extension Drawbridge {
                     guard let remaining = status.kernelRemainingSeconds[port.name] ?? nil else { return "absent" }
                     return GrantDuration.format(remaining)
                 }
+                // Text from outside is shown escaped: no control character reaches the terminal.
                 rows.append([
-                    grant.id, grant.source.description, grant.ports.map { "\($0.name)" }.joined(separator: ","),
-                    Format.timestamp(grant.expiresAt), Array(Set(kernel)).sorted().joined(separator: ","),
-                    grant.requestedBy, grant.origin.description, grant.reason,
+                    TextCheck.escaped(grant.id), grant.source.description,
+                    grant.ports.map { "\($0.name)" }.joined(separator: ","), Timestamp.format(grant.expiresAt),
+                    Array(Set(kernel)).sorted().joined(separator: ","), TextCheck.escaped(grant.requestedBy),
+                    TextCheck.escaped(grant.origin.description), TextCheck.escaped(grant.reason),
                 ])
             }
             print(Format.table(rows), terminator: "")
@@ -208,6 +218,11 @@ extension Drawbridge {
             print("managed: \(status.managedPorts.map { "\($0.name) \($0.service)" }.joined(separator: ", "))")
             print("on expiry: \(status.onExpiry.rawValue)")
             print("active grants: \(status.activeGrants)")
+            print("table: \(status.table)")
+            print("repairs since start: \(status.repairs)" + (status.lastRepair.map { ", last \($0)" } ?? ""))
+            print("storage: \(status.storage)")
+            print("audit trail: \(status.audit)")
+            for warning in status.warnings { print("warning: \(TextCheck.escaped(warning))") }
         }
     }
 }
@@ -226,13 +241,53 @@ extension Drawbridge {
         @Flag(help: "Print the result as JSON.")
         var json = false
 
+        struct Report: Encodable {
+            struct Port: Encodable {
+                var name: String
+                var port: Int
+                var `protocol`: String
+                var maxDuration: String
+                var allowedSources: [String]
+                enum CodingKeys: String, CodingKey {
+                    case name, port, `protocol`
+                    case maxDuration = "max_duration"
+                    case allowedSources = "allowed_sources"
+                }
+            }
+            struct Role: Encodable {
+                var group: String
+                var ports: [String]
+                var maxDuration: String
+                enum CodingKeys: String, CodingKey {
+                    case group, ports
+                    case maxDuration = "max_duration"
+                }
+            }
+            var valid: Bool
+            var error: String?
+            var managed: [Port]?
+            var alwaysAllow: [String]?
+            var onExpiry: String?
+            var roles: [Role]?
+            var grantFiles: [String]?
+            var warnings: [String]?
+            enum CodingKeys: String, CodingKey {
+                case valid, error, managed
+                case alwaysAllow = "always_allow"
+                case onExpiry = "on_expiry"
+                case roles
+                case grantFiles = "grant_files"
+                case warnings
+            }
+        }
+
         func run() throws {
             let policy: Policy
             do {
-                policy = try Policy.load(path: file)
+                policy = try PolicyFile.load(file)
             } catch {
                 if json {
-                    Output.json(["valid": false, "error": error.description] as [String: Any])
+                    Output.json(Report(valid: false, error: error.description))
                 } else {
                     Output.error("\(error)")
                 }
@@ -241,27 +296,20 @@ extension Drawbridge {
             let warnings = PolicyReview.warnings(for: policy)
             if json {
                 Output.json(
-                    [
-                        "valid": true,
-                        "managed": policy.ports.map {
-                            [
-                                "name": $0.name, "port": Int($0.service.port),
-                                "protocol": $0.service.transport.rawValue,
-                                "max_duration": GrantDuration.format($0.maxDuration),
-                                "allowed_sources": $0.allowedSources.map(\.description),
-                            ] as [String: Any]
+                    Report(
+                        valid: true, error: nil,
+                        managed: policy.ports.map {
+                            Report.Port(
+                                name: $0.name, port: Int($0.service.port), protocol: $0.service.transport.rawValue,
+                                maxDuration: GrantDuration.format($0.maxDuration),
+                                allowedSources: $0.allowedSources.map(\.description))
                         },
-                        "always_allow": policy.alwaysAllow.map(\.description),
-                        "on_expiry": policy.onExpiry.rawValue,
-                        "roles": policy.roles.map {
-                            [
-                                "group": $0.group, "ports": $0.ports,
-                                "max_duration": GrantDuration.format($0.maxDuration),
-                            ] as [String: Any]
+                        alwaysAllow: policy.alwaysAllow.map(\.description), onExpiry: policy.onExpiry.rawValue,
+                        roles: policy.roles.map {
+                            Report.Role(
+                                group: $0.group, ports: $0.ports, maxDuration: GrantDuration.format($0.maxDuration))
                         },
-                        "grant_files": policy.grantFiles,
-                        "warnings": warnings,
-                    ] as [String: Any])
+                        grantFiles: policy.grantFiles, warnings: warnings))
                 return
             }
             print("\(file): valid")
@@ -302,7 +350,7 @@ extension Drawbridge {
         func run() throws {
             let policy: Policy
             do {
-                policy = try Policy.load(path: config)
+                policy = try PolicyFile.load(config)
             } catch {
                 Output.error("\(error)")
                 throw ExitStatus.invalidData
@@ -326,7 +374,7 @@ enum PolicyReview {
                 "SSH (22/tcp) is managed and always_allow is empty: if drawbridged cannot be reached, nobody can "
                     + "log in over the network; add your management network to always_allow")
         }
-        for role in policy.roles where getgrnam(role.group) == nil {
+        for role in policy.roles where Accounts.groupID(named: role.group) == nil {
             warnings.append("group \(role.group) does not exist on this host; its role grants nothing until it does")
         }
         for port in policy.ports where port.allowedSources.contains(where: { $0.length == 0 }) {
@@ -345,7 +393,7 @@ struct Client {
 
     /// Sends one request and returns the answer; prints errors in words and exits with the matching status.
     func send(_ request: LocalAPI.Request) throws -> LocalAPI.Response {
-        let raw: Data
+        let raw: [UInt8]
         do {
             raw = try exchange(request)
         } catch let error as ClientError {
@@ -353,7 +401,7 @@ struct Client {
             throw error.exit
         }
         if options.json { print(String(decoding: raw, as: UTF8.self)) }
-        guard let response = try? LocalAPI.decoder().decode(LocalAPI.Response.self, from: raw) else {
+        guard let response = try? LocalAPI.decoder().decode(LocalAPI.Response.self, from: Data(raw)) else {
             Output.error("the agent's answer was not understood; is \(options.socket) a drawbridged socket?")
             throw ExitCode.failure
         }
@@ -363,7 +411,8 @@ struct Client {
             case .refused, .forbidden: throw ExitStatus.refused
             case .notFound: throw ExitStatus.notFound
             case .badRequest: throw ExitCode.validationFailure
-            case .kernel, .internal: throw ExitCode.failure
+            case .busy: throw ExitStatus.busy
+            case .kernel, .internal, .storage: throw ExitCode.failure
             }
         }
         return response
@@ -374,105 +423,98 @@ struct Client {
         var exit: ExitCode
     }
 
-    private func exchange(_ request: LocalAPI.Request) throws -> Data {
+    private func exchange(_ request: LocalAPI.Request) throws -> [UInt8] {
         let path = options.socket
-        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw ClientError(message: "cannot create a socket", exit: .failure) }
-        defer { close(descriptor) }
-        var address = sockaddr_un()
-        var length: socklen_t = 0
-        guard drawbridge_unix_address(path, &address, &length) == 0 else {
-            throw ClientError(message: "socket path too long (at most 107 bytes): \(path)", exit: .validationFailure)
-        }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, length) }
-        }
-        if connected != 0 {
-            let error = errno
-            switch error {
-            case ENOENT:
+        let descriptor: Int32
+        do {
+            descriptor = try UnixSocket.connect(path)
+        } catch {
+            switch error.errno {
+            case .noSuchFileOrDirectory:
                 throw ClientError(
                     message: "the agent is not running: no socket at \(path) (start it: systemctl start drawbridge)",
                     exit: ExitStatus.unavailable)
-            case ECONNREFUSED:
+            case .connectionRefused:
                 throw ClientError(
                     message: "the agent is not running: nothing answers at \(path) (systemctl status drawbridge)",
                     exit: ExitStatus.unavailable)
-            case EACCES, EPERM:
+            case .permissionDenied, .notPermitted:
                 throw ClientError(
-                    message: "permission denied on \(path): members of group drawbridge may use it "
-                        + "(sudo adduser \(UserName.current) drawbridge, then log in again)",
-                    exit: ExitStatus.unavailable)
+                    message: "permission denied on \(path): \(Self.permissionHint(path))", exit: ExitStatus.unavailable)
+            case .fileNameTooLong:
+                throw ClientError(message: "socket path too long (at most 107 bytes): \(path)", exit: .validationFailure)
             default:
-                throw ClientError(
-                    message: "cannot reach the agent at \(path): \(String(cString: strerror(error)))",
-                    exit: ExitStatus.unavailable)
+                throw ClientError(message: "cannot reach the agent at \(path): \(error)", exit: ExitStatus.unavailable)
             }
         }
+        defer { close(descriptor) }
         var timeout = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var data = try LocalAPI.encoder().encode(request)
         data.append(0x0a)
-        let sent = data.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-        guard sent == data.count else {
-            throw ClientError(
-                message: "cannot send to the agent: \(String(cString: strerror(errno)))", exit: ExitStatus.unavailable)
+        do {
+            try Files.writeAll(descriptor, Array(data), path: path)
+        } catch {
+            // The agent answers before it reads everything when it refuses a connection (busy): read that answer.
+            if error.errno != .brokenPipe && error.errno != .connectionReset {
+                throw ClientError(message: "cannot send to the agent: \(error)", exit: ExitStatus.unavailable)
+            }
         }
-        var answer = Data()
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = read(descriptor, &chunk, chunk.count)
-            if count < 0 && errno == EINTR { continue }
-            if count <= 0 { break }
-            answer.append(contentsOf: chunk[0..<count])
+        let answer: [UInt8]
+        do {
+            answer = try Files.readAll(descriptor, path: path, maximumBytes: 1 << 30)
+        } catch {
+            let reason = error.errno == .resourceTemporarilyUnavailable ? "no answer within 30 seconds" : "\(error)"
+            throw ClientError(message: "the agent did not answer: \(reason)", exit: .failure)
         }
-        if let newline = answer.firstIndex(of: 0x0a) { answer = answer[..<newline] }
-        guard !answer.isEmpty else {
+        var line = answer[...]
+        if let newline = line.firstIndex(of: 0x0a) { line = line[..<newline] }
+        guard !line.isEmpty else {
             throw ClientError(message: "the agent closed the connection without an answer", exit: .failure)
         }
-        return answer
+        return Array(line)
     }
-}
 
-enum UserName {
-    static var current: String {
-        guard let entry = getpwuid(geteuid()), let name = entry.pointee.pw_name else { return "$USER" }
-        return String(cString: name)
+    /// Who may use the socket, from the socket file itself (its group, whatever it is named).
+    static func permissionHint(_ path: String) -> String {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return "ask an administrator for access to it" }
+        let group = Accounts.groupName(info.st_gid)
+        return "members of group \(group) may use it (sudo adduser \(Accounts.currentUser) \(group), then log in again)"
     }
 }
 
 enum Output {
     static func error(_ message: String) {
-        FileHandle.standardError.write(Data("drawbridge: \(message)\n".utf8))
+        StandardError.write("drawbridge: \(TextCheck.escaped(message))\n")
     }
 
-    static func json(_ value: Any) {
-        if let data = try? JSONSerialization.data(
-            withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])
-        {
-            print(String(decoding: data, as: UTF8.self))
-        }
+    static func warnings(_ response: LocalAPI.Response) {
+        for warning in response.warnings ?? [] { error("warning: \(warning)") }
+    }
+
+    static func json(_ value: some Encodable) {
+        if let data = try? LocalAPI.encoder().encode(value) { print(String(decoding: data, as: UTF8.self)) }
     }
 }
 
 enum Format {
-    static func timestamp(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.string(from: date)
-    }
-
     static func remaining(_ date: Date) -> String {
-        let seconds = date.timeIntervalSinceNow
+        let seconds = date.timeIntervalSince(SystemClock.wall())
         return seconds > 0 ? "in \(GrantDuration.format(seconds))" : "expired"
     }
 
     static func table(_ rows: [[String]]) -> String {
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
-            row.enumerated().map { index, cell in
-                index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
-            }.joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+            var line = ""
+            for (index, cell) in row.enumerated() {
+                line += cell
+                if index < row.count - 1 { line += String(repeating: " ", count: widths[index] - cell.count + 2) }
+            }
+            while line.hasSuffix(" ") { line.removeLast() }
+            return line
         }.joined(separator: "\n") + "\n"
     }
 }

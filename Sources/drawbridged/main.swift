@@ -1,17 +1,11 @@
 import ArgumentParser
 import DrawbridgeAgent
 import DrawbridgeCore
-import Foundation
+import Glibc
+import HostSystem
 import Logging
 import Netfilter
 import ServiceLifecycle
-
-#if canImport(Glibc)
-    import Glibc
-#endif
-
-/// The version both binaries report; the Debian package build checks it against its changelog.
-let drawbridgeVersion = "0.1.0"
 
 @main
 struct Drawbridged: AsyncParsableCommand {
@@ -25,26 +19,31 @@ struct Drawbridged: AsyncParsableCommand {
 
             Grants arrive over a local Unix socket (`drawbridge grant`), identified by the caller's Unix \
             credentials and checked against the policy's roles, and from the grants files the policy lists. \
-            They are stored in the state directory and come back with their remaining time after a restart.
+            They are kept in the state directory (a journal and snapshots) and come back with their remaining \
+            time after a restart.
+
+            Only one drawbridged runs per network namespace: a second one stops before it touches the kernel. \
+            When another program changes the table (`nft flush ruleset`, a hand-edited rule or element), the \
+            table is rebuilt in one transaction within milliseconds.
 
             Signals: SIGHUP re-reads the policy (nothing is flushed; a bad policy is refused and the old one \
-            stays); SIGTERM stops the agent and leaves enforcement in the kernel.
+            stays) and reopens the audit trail; SIGTERM stops the agent and leaves enforcement in the kernel.
 
             Every grant, extension, revocation, expiry, refusal, reload and repair is written as one JSON line to \
-            the audit log and to the journal.
+            the audit trail and to the journal. A grant that cannot be stored or audited is refused.
             """,
         version: drawbridgeVersion)
 
     @Option(name: [.customLong("config"), .short], help: "The policy file (YAML).")
     var config = "/etc/drawbridge/policy.yaml"
 
-    @Option(help: "The local API socket.")
+    @Option(help: "The local API socket (an absolute path; its directory must belong to root).")
     var socket = LocalAPI.defaultSocketPath
 
     @Option(help: ArgumentHelp("The group allowed to use the socket (mode 0660).", valueName: "group"))
     var socketGroup = "drawbridge"
 
-    @Option(help: "Where grants are stored across restarts.")
+    @Option(help: "Where grants are kept across restarts.")
     var stateDir = "/var/lib/drawbridge"
 
     @Option(help: "The audit trail, one JSON object per line.")
@@ -56,29 +55,34 @@ struct Drawbridged: AsyncParsableCommand {
     @Flag(help: "Check the policy file and exit: 0 when it is valid, 1 with the error otherwise.")
     var checkConfig = false
 
-    @Flag(
-        help: ArgumentHelp(
-            "Delete the drawbridge table from the kernel and exit: every managed port opens again. For package removal.",
-            visibility: .default))
+    @Flag(help: "Delete the drawbridge table from the kernel and exit: every managed port opens again. For package removal.")
     var removeTable = false
+
+    @Flag(help: .hidden)
+    var forceStrictDeletes = false
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
+        guard socket.hasPrefix("/") else {
+            throw ValidationError(
+                "--socket must be an absolute path (an abstract socket cannot carry the group and mode that decide "
+                    + "who may use it): \(TextCheck.escaped(socket))")
+        }
+        guard socket.utf8.count < 108 else { throw ValidationError("--socket is longer than 107 bytes") }
     }
 
     func run() async throws {
+        // A client that hangs up must never end the agent: writes to it fail with EPIPE instead.
+        signal(SIGPIPE, SIG_IGN)
         if checkConfig {
             do {
-                let policy = try Policy.load(path: config)
-                print(
-                    "\(config): valid; manages \(policy.ports.map { "\($0.name) \($0.service)" }.joined(separator: ", "))"
-                )
+                let policy = try PolicyFile.load(config)
+                print("\(config): valid; manages \(policy.ports.map { "\($0.name) \($0.service)" }.joined(separator: ", "))")
                 return
             } catch {
-                FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
-                throw ExitCode.failure
+                fail("\(error)")
             }
         }
         if removeTable {
@@ -92,8 +96,7 @@ struct Drawbridged: AsyncParsableCommand {
                 print("removed table inet \(DrawbridgeTable.name): managed ports are no longer filtered by drawbridge")
                 return
             } catch {
-                FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
-                throw ExitCode.failure
+                fail("\(error)")
             }
         }
         let level = Logger.Level(rawValue: logLevel)!
@@ -105,46 +108,87 @@ struct Drawbridged: AsyncParsableCommand {
         let logger = Logger(label: "drawbridged")
         let configuration = AgentConfiguration(
             policyPath: config, socketPath: socket, socketGroup: socketGroup.isEmpty ? nil : socketGroup,
-            stateDirectory: stateDir, auditLogPath: auditLog, version: drawbridgeVersion)
-        let agent: Agent
+            stateDirectory: stateDir, auditLogPath: auditLog, version: drawbridgeVersion,
+            canDestroyElements: forceStrictDeletes ? false : nil)
+
+        // Before anything touches the kernel: one agent per network namespace, one per state directory.
+        let namespaceLock: NamespaceLock
+        let stateLock: FileLock
         do {
-            agent = try Agent(configuration: configuration, logger: logger)
+            guard let lock = try NamespaceLock(name: "drawbridged/table/\(DrawbridgeTable.name)") else {
+                fail(
+                    "another drawbridged already runs in this network namespace and owns table inet "
+                        + "\(DrawbridgeTable.name); this one stops without touching the kernel")
+            }
+            namespaceLock = lock
+            try Files.createDirectory(stateDir, mode: 0o750)
+            guard let lock = try FileLock(path: stateDir + "/lock") else {
+                fail("another drawbridged uses the state directory \(stateDir); this one stops without touching the kernel")
+            }
+            stateLock = lock
+        } catch {
+            fail("cannot take the agent's lock: \(error)")
+        }
+
+        let policy: Policy
+        do {
+            policy = try PolicyFile.load(config)
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            fail("\(error)")
+        }
+        let agent: Agent
+        let server: LocalAPIServer
+        do {
+            agent = try Agent(configuration: configuration, policy: policy, logger: logger)
+            // Bound before the table is touched, so a second agent on the same socket stops first; served only
+            // once enforcement is complete.
+            server = try LocalAPIServer(path: socket, group: configuration.socketGroup, agent: agent, logger: logger)
             try await agent.start()
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
-            FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
-            throw ExitCode.failure
+            fail("\(error)")
         }
-        let watch: RulesetWatchService
+
+        var services: [any ServiceLifecycle.Service] = [LocalAPIService(server: server), SafetyCheckService(agent: agent)]
+        var fileWatch: DirectoryWatch?
         do {
-            watch = try RulesetWatchService(agent: agent)
+            let events = try EventWatch()
+            let monitor = try RulesetMonitor(on: events)
+            services.append(RulesetWatchService(agent: agent, monitor: monitor))
+            do {
+                fileWatch = try DirectoryWatch(on: events)
+            } catch {
+                logger.warning("inotify is not available", metadata: ["error": "\(error)"])
+            }
+            do {
+                services.append(ClockStepService(agent: agent, watch: try ClockStepWatch(on: events)))
+            } catch {
+                logger.warning(
+                    "wall-clock steps cannot be watched; deadlines stay monotonic, but displayed expiries and file grants follow a step only after a restart",
+                    metadata: ["error": "\(error)"])
+            }
         } catch {
-            logger.critical("cannot subscribe to nf_tables notifications", metadata: ["error": "\(error)"])
-            FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
-            throw ExitCode.failure
+            // Without notifications the once-a-minute safety check still repairs the table.
+            logger.error(
+                "cannot subscribe to nf_tables notifications; repairs wait for the safety check",
+                metadata: ["error": "\(error)"])
         }
-        // The socket is bound before readiness is announced: when systemd (or a script) sees READY=1, the table is
-        // installed, grants are restored and `drawbridge` can connect.
-        let api = LocalAPIService(agent: agent, configuration: configuration, logger: logger)
-        do {
-            try api.start()
-        } catch {
-            logger.critical("cannot serve the local API", metadata: ["error": "\(error)"])
-            FileHandle.standardError.write(Data("drawbridged: \(error)\n".utf8))
-            throw ExitCode.failure
-        }
+        services.append(GrantFileWatchService(agent: agent, watch: fileWatch, logger: logger))
         let notifier = SystemdNotifier()
+        services.append(ReloadService(agent: agent, notifier: notifier, fileWatch: fileWatch, logger: logger))
         notifier.notify("READY=1")
         logger.notice("ready", metadata: ["api.socket": "\(socket)"])
-        let group = ServiceGroup(
-            services: [
-                api, watch, GrantFileWatchService(agent: agent), MaintenanceService(agent: agent),
-                ReloadService(agent: agent, notifier: notifier),
-            ],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger)
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         notifier.notify("STOPPING=1")
         await agent.stop()
+        withExtendedLifetime((namespaceLock, stateLock)) {}
+    }
+
+    func fail(_ message: String) -> Never {
+        StandardError.write("drawbridged: \(message)\n")
+        Drawbridged.exit(withError: ExitCode.failure)
     }
 }
+

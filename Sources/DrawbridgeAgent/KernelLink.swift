@@ -1,0 +1,69 @@
+import DrawbridgeCore
+import HostSystem
+import NIOCore
+import NIOPosix
+import Netfilter
+
+/// The one owner of the netlink connection, on a thread of its own: kernel calls block for microseconds to
+/// milliseconds, and nothing else — requests, the API, disk — waits on that thread.
+public actor KernelLink {
+    private let driver: TableDriver
+    private let loop: any EventLoop
+    private let group: MultiThreadedEventLoopGroup
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
+
+    /// Opens the connection (in the calling thread's network namespace).
+    public init(canDestroyElements: Bool? = nil) throws(NetfilterError) {
+        let connection = try NetfilterConnection()
+        portID = connection.portID
+        driver = TableDriver(connection: connection, canDestroyElements: canDestroyElements)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        loop = group.next()
+    }
+
+    deinit {
+        group.shutdownGracefully { _ in }
+    }
+
+    /// Replaces the table with the layout and exactly these elements, in one transaction.
+    public func rebuild(_ layout: TableLayout, elements: [AccessKey: MonotonicInstant]) throws(NetfilterError)
+        -> CommitReport
+    {
+        try driver.rebuild(layout, elements: elements)
+    }
+
+    /// Rewrites rules and fixed sets, keeping the grant elements.
+    public func install(_ layout: TableLayout) throws(NetfilterError) {
+        try driver.install(layout)
+    }
+
+    /// Applies element targets in one transaction (two before Linux 6.3 for elements near expiry).
+    public func apply(_ targets: [ElementTarget]) throws(NetfilterError) -> TableDriver.ApplyReport {
+        try driver.apply(targets)
+    }
+
+    /// The differences between the table and the layout; empty when intact.
+    public func verify(_ layout: TableLayout) throws(NetfilterError) -> [String] {
+        try driver.verify(layout)
+    }
+
+    /// Seconds the kernel still gives each element (point queries).
+    public func remaining(_ keys: [AccessKey]) throws(NetfilterError) -> [AccessKey: Double] {
+        try driver.remaining(keys)
+    }
+
+    /// The ruleset generation.
+    public func generation() throws(NetfilterError) -> UInt32 {
+        try driver.connection.generation()
+    }
+
+    /// Whether the kernel destroys elements idempotently (6.3+).
+    public var canDestroyElements: Bool { driver.canDestroyElements }
+
+    /// The netlink port of the connection: notifications of our own commits carry it.
+    public nonisolated let portID: UInt32
+
+    /// How many grant elements the driver believes the kernel holds.
+    public var elementCount: Int { driver.view.count }
+}
