@@ -12,17 +12,22 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
-        // C libraries and the small shim for what Swift cannot import. Only Netfilter imports CNftnl and CMnl.
+        // C libraries and the small shim for what Swift cannot import. Only Netfilter imports CNftnl and CMnl; only
+        // YAML imports CYaml.
         .systemLibrary(
             name: "CNftnl", path: "Sources/CNftnl", pkgConfig: "libnftnl", providers: [.apt(["libnftnl-dev"])]),
         .systemLibrary(name: "CMnl", path: "Sources/CMnl", pkgConfig: "libmnl", providers: [.apt(["libmnl-dev"])]),
+        .systemLibrary(
+            name: "CYaml", path: "Sources/CYaml", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
         .target(name: "CDrawbridgeLinux", path: "Sources/CDrawbridgeLinux"),
 
+        // A small YAML reader over libyaml's event parser: text in, a positioned node tree or a positioned error out.
+        // No anchors, aliases or custom tags; bounded depth, node count and size.
+        .target(name: "YAML", dependencies: ["CYaml"]),
         // Pure logic: addresses, policy, grants, authorization, the diff between desired and actual kernel state.
-        .target(name: "DrawbridgeCore", dependencies: [.product(name: "Yams", package: "Yams")]),
+        .target(name: "DrawbridgeCore", dependencies: ["YAML"]),
         // The one OS layer for nftables: netlink connection, transactions, the drawbridge table.
         .target(name: "Netfilter", dependencies: ["DrawbridgeCore", "CNftnl", "CMnl", "CDrawbridgeLinux"]),
         // The agent's services: local API, grant store, audit, grants files, tamper repair.
@@ -54,6 +59,7 @@ let package = Package(
             ]),
 
         .target(name: "TestSupport", dependencies: ["Netfilter", "DrawbridgeCore"], path: "Tests/TestSupport"),
+        .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "DrawbridgeCoreTests", dependencies: ["DrawbridgeCore"]),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "DrawbridgeCore", "TestSupport"]),
         .testTarget(
