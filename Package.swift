@@ -12,24 +12,27 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.7.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.90.0"),
     ],
     targets: [
-        // C libraries and the small shim for what Swift cannot import. Only Netfilter imports CNftnl and CMnl.
+        // C libraries and the small shim for what Swift cannot import. Only Netfilter imports CNftnl and CMnl; only
+        // YAML imports CYaml.
         .systemLibrary(
             name: "CNftnl", path: "Sources/CNftnl", pkgConfig: "libnftnl", providers: [.apt(["libnftnl-dev"])]),
         .systemLibrary(name: "CMnl", path: "Sources/CMnl", pkgConfig: "libmnl", providers: [.apt(["libmnl-dev"])]),
+        .systemLibrary(
+            name: "CYaml", path: "Sources/CYaml", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
         .target(name: "CDrawbridgeLinux", path: "Sources/CDrawbridgeLinux"),
 
+        // A small YAML reader over libyaml's event parser: text in, a positioned node tree or a positioned error out.
+        // No anchors, aliases or custom tags; bounded depth, node count and size.
+        .target(name: "YAML", dependencies: ["CYaml"]),
         // Pure logic: addresses, policy, grants, authorization, the diff between desired and actual kernel state.
         .target(
             name: "DrawbridgeCore",
-            dependencies: [
-                .product(name: "Yams", package: "Yams"), .product(name: "HeapModule", package: "swift-collections"),
-            ]),
+            dependencies: ["YAML", .product(name: "HeapModule", package: "swift-collections")]),
         // The one OS layer for everything that is not nftables: files, sockets, credentials, clocks, event sources.
         .target(
             name: "HostSystem",
@@ -65,12 +68,14 @@ let package = Package(
         .executableTarget(
             name: "drawbridge-bench",
             dependencies: [
-                "Netfilter", "DrawbridgeCore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "Netfilter", "DrawbridgeCore", "HostSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
-        .target(name: "TestSupport", dependencies: ["Netfilter", "DrawbridgeCore"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Netfilter", "DrawbridgeCore", "HostSystem"], path: "Tests/TestSupport"),
+        .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "DrawbridgeCoreTests", dependencies: ["DrawbridgeCore"]),
-        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "DrawbridgeCore", "TestSupport"]),
+        .testTarget(name: "HostSystemTests", dependencies: ["HostSystem", "DrawbridgeCore", "TestSupport"]),
+        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "DrawbridgeCore", "HostSystem", "TestSupport"]),
         .testTarget(
             name: "EndToEndTests", dependencies: ["DrawbridgeCore", "Netfilter", "TestSupport"]),
     ]

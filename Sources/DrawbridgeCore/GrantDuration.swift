@@ -49,7 +49,7 @@ public enum GrantDuration {
     /// True for text in the duration grammar whose total is zero (`0s`, `0h0m`), which `parse` refuses; lets an
     /// error message say "zero" instead of "not a duration".
     static func isZero(_ text: String) -> Bool {
-        !text.isEmpty && text.last?.isASCIIDigit == false && parse(text.replacingOccurrences(of: "0", with: "1")) != nil
+        !text.isEmpty && text.last?.isASCIIDigit == false && parse(String(text.map { $0 == "0" ? "1" : $0 })) != nil
             && text.allSatisfy { $0 == "0" || !$0.isASCIIDigit }
     }
 

@@ -202,6 +202,7 @@ extension IPAddress: CustomStringConvertible {
             // glibc: the last 32 bits dotted after a leading run of six zero groups, or of five then ffff.
             if index == 6, bestStart == 0, bestLength == 6 || (bestLength == 5 && groups[5] == 0xffff) {
                 let v4 = UInt32(groups[6]) << 16 | UInt32(groups[7])
+                if !text.hasSuffix(":") { text += ":" }
                 text += IPAddress.v4(v4).description
                 break
             }

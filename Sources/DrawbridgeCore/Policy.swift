@@ -1,13 +1,4 @@
-import Foundation
-import Yams
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Musl)
-    import Musl
-#elseif canImport(Darwin)
-    import Darwin
-#endif
+import YAML
 
 /// What this host puts under just-in-time control and who may open it: the parsed, validated policy file.
 ///
@@ -36,11 +27,11 @@ public struct Policy: Sendable, Equatable {
         /// The port number and protocol.
         public var service: Service
         /// The longest grant this port accepts, in seconds.
-        public var maxDuration: TimeInterval
+        public var maxDuration: Double
         /// The prefixes a grant's source must lie within; `0.0.0.0/0` and `::/0` mean anywhere.
         public var allowedSources: [IPPrefix]
 
-        public init(name: String, service: Service, maxDuration: TimeInterval, allowedSources: [IPPrefix]) {
+        public init(name: String, service: Service, maxDuration: Double, allowedSources: [IPPrefix]) {
             self.name = name
             self.service = service
             self.maxDuration = maxDuration
@@ -55,9 +46,9 @@ public struct Policy: Sendable, Equatable {
         /// Names of managed ports the role may grant.
         public var ports: [String]
         /// The longest grant the role may make, in seconds (a port's own limit still applies).
-        public var maxDuration: TimeInterval
+        public var maxDuration: Double
 
-        public init(group: String, ports: [String], maxDuration: TimeInterval) {
+        public init(group: String, ports: [String], maxDuration: Double) {
             self.group = group
             self.ports = ports
             self.maxDuration = maxDuration
@@ -88,7 +79,7 @@ public struct Policy: Sendable, Equatable {
 
     /// The longest `max_duration` a policy may set: seven days. A grant is meant to be short; a port that must stay
     /// open for weeks belongs in the ordinary firewall, or its source in `always_allow`.
-    public static let maxDurationLimit: TimeInterval = 7 * 86_400
+    public static let maxDurationLimit: Double = 7 * 86_400
 
     /// The managed port with this policy name.
     public func port(named name: String) -> ManagedPort? {
@@ -104,7 +95,7 @@ public struct Policy: Sendable, Equatable {
     public var managedServices: [Service] { ports.map(\.service) }
 
     /// The longest duration any managed port allows (for display); nil when no port is managed.
-    public var longestMaxDuration: TimeInterval? { ports.map(\.maxDuration).max() }
+    public var longestMaxDuration: Double? { ports.map(\.maxDuration).max() }
 
     /// Parses and validates policy text.
     ///
@@ -112,44 +103,17 @@ public struct Policy: Sendable, Equatable {
     ///   - text: the YAML text.
     ///   - file: the name errors are reported against, usually the path the text was read from.
     public static func parse(_ text: String, file: String) throws(PolicyError) -> Policy {
-        try PolicyReader(file: file, text: text).read()
+        try PolicyReader(file: file).read { () throws(YAMLError) in try Document(parsing: text) }
     }
 
-    /// Reads, parses and validates the policy file at `path`.
-    ///
-    /// An unreadable file gives a ``PolicyError`` with the operating system's reason.
-    public static func load(path: String) throws(PolicyError) -> Policy {
-        let text = try readPolicyText(path: path)
-        return try parse(text, file: path)
+    /// Parses and validates policy bytes as read from a file: text that is not UTF-8 is refused at the position of
+    /// its first bad byte.
+    public static func parse(utf8 bytes: [UInt8], file: String) throws(PolicyError) -> Policy {
+        try PolicyReader(file: file).read { () throws(YAMLError) in try Document(parsingUTF8: bytes) }
     }
 
     /// Files larger than this are refused: a policy is a page of text, and a huge file is the wrong file.
-    private static let largestFile = 1 << 20
-
-    private static func readPolicyText(path: String) throws(PolicyError) -> String {
-        func failure(_ message: String) -> PolicyError { PolicyError(file: path, message: message) }
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw failure("cannot open the policy: \(String(cString: strerror(errno)))") }
-        defer { close(descriptor) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw failure("cannot read the policy: \(String(cString: strerror(errno)))")
-            }
-            if count == 0 { break }
-            bytes += chunk[0..<count]
-            guard bytes.count <= largestFile else {
-                throw failure("the policy is larger than \(largestFile / 1024) KiB; is this the right file?")
-            }
-        }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw failure("the policy is not UTF-8 text")
-        }
-        return text
-    }
+    public static let largestFile = 1 << 20
 }
 
 /// Why a policy file was refused, with the position of the offending node.
@@ -192,7 +156,6 @@ public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
 /// the positions, and with them the errors' usefulness.
 private struct PolicyReader {
     let file: String
-    let text: String
 
     private enum Keys {
         static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files"]
@@ -200,21 +163,20 @@ private struct PolicyReader {
         static let role = ["group", "ports", "max_duration"]
     }
 
-    private typealias Entry = (key: Node, value: Node)
-
-    func read() throws(PolicyError) -> Policy {
+    /// Reads the policy from the document `parse` gives; its errors become ``PolicyError``s against the file.
+    func read(_ parse: () throws(YAMLError) -> Document) throws(PolicyError) -> Policy {
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
+            root = try parse().root
         } catch {
-            throw syntaxError(error)
+            throw failure(at: error.position, error.message, hint: error.hint)
         }
         guard let root, !isEmptyValue(root) else {
             throw PolicyError(
                 file: file, line: 1, column: 1, message: "the policy is empty",
                 hint: "a policy needs at least a ports key listing the ports under just-in-time control")
         }
-        guard case .mapping(let top) = root else {
+        guard case .mapping(let top) = root.content else {
             throw failure(
                 at: root,
                 "the policy must be a mapping of the keys \(Keys.topLevel.joined(separator: ", ")); "
@@ -251,17 +213,17 @@ private struct PolicyReader {
 
     private func readPorts(_ node: Node) throws(PolicyError) -> [Policy.ManagedPort] {
         if isEmptyValue(node) { return [] }
-        guard case .mapping(let mapping) = node else {
+        guard case .mapping(let mapping) = node.content else {
             throw failure(
                 at: node, "ports must be a mapping of port names to their settings; found \(describe(node))",
                 hint: "write it like ports: { ssh: { port: 22, max_duration: 3h, allowed_sources: [\"0.0.0.0/0\"] } }")
         }
         var ports: [Policy.ManagedPort] = []
-        for (key, value) in mapping {
-            let name = try portName(key)
-            let port = try readPort(value, name: name)
+        for pair in mapping {
+            let name = try portName(pair.key)
+            let port = try readPort(pair.value, name: name)
             if let other = ports.first(where: { $0.service == port.service }) {
-                let position = (value.mapping?["port"] ?? key).mark.map(Position.init)
+                let position = (pair.value["port"] ?? pair.key).position
                 throw failure(
                     at: position,
                     "port '\(name)' manages \(port.service), which port '\(other.name)' already manages",
@@ -273,10 +235,10 @@ private struct PolicyReader {
     }
 
     private func portName(_ key: Node) throws(PolicyError) -> String {
-        guard case .scalar(let scalar) = key, !isEmptyValue(key) else {
+        guard let scalar = key.scalar, !isEmptyValue(key) else {
             throw failure(at: key, "a port name must be a plain word such as ssh; found \(describe(key))")
         }
-        let name = scalar.string
+        let name = scalar.value
         guard Self.isPortName(name) else {
             throw failure(
                 at: key, "'\(name)' is not a valid port name",
@@ -288,7 +250,7 @@ private struct PolicyReader {
 
     private func readPort(_ node: Node, name: String) throws(PolicyError) -> Policy.ManagedPort {
         let context = "port '\(name)'"
-        guard case .mapping(let mapping) = node else {
+        guard case .mapping(let mapping) = node.content else {
             throw failure(
                 at: node, "the settings of \(context) must be a mapping; found \(describe(node))",
                 hint: "write it like \(name): { port: 22, max_duration: 3h, allowed_sources: [\"0.0.0.0/0\"] }")
@@ -315,7 +277,7 @@ private struct PolicyReader {
 
     private func readRoles(_ node: Node, ports: [Policy.ManagedPort]) throws(PolicyError) -> [Policy.Role] {
         if isEmptyValue(node) { return [] }
-        guard case .sequence(let sequence) = node else {
+        guard case .sequence(let sequence) = node.content else {
             throw failure(
                 at: node, "roles must be a list of roles; found \(describe(node))",
                 hint: "write it like roles: [{ group: admins, ports: [ssh], max_duration: 1h }]")
@@ -328,13 +290,13 @@ private struct PolicyReader {
     }
 
     private func readRole(_ node: Node, number: Int, ports: [Policy.ManagedPort]) throws(PolicyError) -> Policy.Role {
-        guard case .mapping(let mapping) = node else {
+        guard case .mapping(let mapping) = node.content else {
             throw failure(
                 at: node, "role \(number) must be a mapping; found \(describe(node))",
                 hint: "write it like { group: admins, ports: [ssh], max_duration: 1h }")
         }
         var context = "role \(number)"
-        if let group = mapping["group"]?.scalar?.string, !group.isEmpty { context += " (group \(group))" }
+        if let group = node["group"]?.scalar?.value, !group.isEmpty { context += " (group \(group))" }
         let entries = try fields(of: mapping, allowed: Keys.role, context: "in \(context)")
         for key in Keys.role where entries[key] == nil {
             throw failure(
@@ -364,7 +326,7 @@ private struct PolicyReader {
         let knownNames = known.map(\.name)
         let knownList = knownNames.isEmpty ? "none (ports is empty)" : knownNames.joined(separator: ", ")
         let example = "write it like ports: [\(knownNames.first ?? "ssh")]"
-        guard case .sequence(let sequence) = node else {
+        guard case .sequence(let sequence) = node.content else {
             throw failure(
                 at: node, "ports of \(context) must be a list of port names; found \(describe(node))", hint: example)
         }
@@ -396,7 +358,7 @@ private struct PolicyReader {
 
     private func readGrantFiles(_ node: Node) throws(PolicyError) -> [String] {
         if isEmptyValue(node) { return [] }
-        guard case .sequence(let sequence) = node else {
+        guard case .sequence(let sequence) = node.content else {
             throw failure(
                 at: node, "grant_files must be a list of paths; found \(describe(node))",
                 hint: "write it like grant_files: [\"/etc/drawbridge/grants.json\"]")
@@ -421,11 +383,11 @@ private struct PolicyReader {
 
     private func portNumber(_ node: Node) throws(PolicyError) -> UInt16 {
         let example = "write it as a bare number, e.g. port: 22"
-        guard case .scalar(let scalar) = node, !isEmptyValue(node) else {
+        guard let scalar = node.scalar, !isEmptyValue(node) else {
             throw failure(at: node, "port must be a number from 1 to 65535; found \(describe(node))", hint: example)
         }
-        let text = scalar.string
-        guard scalar.style == .plain, node.tag.rawValue == Tag.Name.int.rawValue else {
+        let text = scalar.value
+        guard scalar.style == .plain, scalar.kind == .integer else {
             if scalar.style != .plain, UInt16(text) != nil {
                 throw failure(at: node, "port must be a number, not the quoted text '\(text)'", hint: example)
             }
@@ -452,12 +414,12 @@ private struct PolicyReader {
     }
 
     /// A `max_duration`: positive, at most ``Policy/maxDurationLimit``.
-    private func duration(_ node: Node, of owner: String) throws(PolicyError) -> TimeInterval {
+    private func duration(_ node: Node, of owner: String) throws(PolicyError) -> Double {
         let shape = "write it like 90s, 30m, 2h or 1h30m"
-        guard case .scalar(let scalar) = node, !isEmptyValue(node) else {
+        guard let scalar = node.scalar, !isEmptyValue(node) else {
             throw failure(at: node, "max_duration of \(owner) must be a duration; found \(describe(node))", hint: shape)
         }
-        let text = scalar.string
+        let text = scalar.value
         guard let seconds = GrantDuration.parse(text) else {
             if GrantDuration.isZero(text) {
                 throw failure(at: node, "max_duration of \(owner) is zero, so nothing could ever be granted")
@@ -491,7 +453,7 @@ private struct PolicyReader {
     private func prefixes(_ node: Node, named name: String, allowEmpty: Bool) throws(PolicyError) -> [IPPrefix] {
         let shape = "write it like \(name.split(separator: " ").first ?? ""): [\"198.51.100.0/24\", \"2001:db8::/32\"]"
         if allowEmpty, isEmptyValue(node) { return [] }
-        guard case .sequence(let sequence) = node else {
+        guard case .sequence(let sequence) = node.content else {
             throw failure(at: node, "\(name) must be a list of prefixes; found \(describe(node))", hint: shape)
         }
         guard allowEmpty || sequence.count > 0 else {
@@ -512,22 +474,23 @@ private struct PolicyReader {
     }
 
     private func string(_ node: Node, named name: String) throws(PolicyError) -> String {
-        guard case .scalar(let scalar) = node, !isEmptyValue(node) else {
+        guard let scalar = node.scalar, !isEmptyValue(node) else {
             throw failure(at: node, "\(name) must be a single value; found \(describe(node))")
         }
-        return scalar.string
+        return scalar.value
     }
 
     /// The keys of a mapping, refusing anything not in `allowed` with the closest allowed key as a hint.
-    private func fields(of mapping: Node.Mapping, allowed: [String], context: String) throws(PolicyError)
-        -> [String: Entry]
+    private func fields(of mapping: [Pair], allowed: [String], context: String) throws(PolicyError)
+        -> [String: Pair]
     {
-        var entries: [String: Entry] = [:]
-        for (key, value) in mapping {
-            guard case .scalar(let scalar) = key else {
+        var entries: [String: Pair] = [:]
+        for pair in mapping {
+            let key = pair.key
+            guard let scalar = key.scalar else {
                 throw failure(at: key, "a key \(context) must be a plain word; found \(describe(key))")
             }
-            let name = scalar.string
+            let name = scalar.value
             guard allowed.contains(name) else {
                 var hint = Spelling.closest(to: name, among: allowed).map { "did you mean \($0)?" }
                 if name == "<<" { hint = "YAML merge keys are not supported; write the settings out in full" }
@@ -535,137 +498,31 @@ private struct PolicyReader {
                     at: key, "unknown key '\(name)' \(context); allowed keys: \(allowed.joined(separator: ", "))",
                     hint: hint)
             }
-            entries[name] = (key, value)
+            entries[name] = pair
         }
         return entries
     }
 
     // MARK: Errors
 
-    /// A line and column, both starting at 1 (Yams' `Mark` cannot be built outside Yams).
-    private struct Position: Equatable {
-        var line: Int
-        var column: Int
-
-        init(line: Int, column: Int) {
-            self.line = line
-            self.column = column
-        }
-
-        init(_ mark: Mark) {
-            self.init(line: mark.line, column: mark.column)
-        }
-    }
-
     private func failure(at node: Node, _ message: String, hint: String? = nil) -> PolicyError {
-        failure(at: node.mark.map(Position.init), message, hint: hint)
+        failure(at: node.position, message, hint: hint)
     }
 
     private func failure(at position: Position?, _ message: String, hint: String? = nil) -> PolicyError {
         PolicyError(file: file, line: position?.line, column: position?.column, message: message, hint: hint)
     }
 
-    /// Turns a Yams error into a positioned ``PolicyError``.
-    private func syntaxError(_ error: any Error) -> PolicyError {
-        guard let error = error as? YamlError else {
-            return PolicyError(file: file, message: "not valid YAML: \(error)")
-        }
-        switch error {
-        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
-            .composer(let context, let problem, let mark, _):
-            var message = "not valid YAML: \(problem)"
-            if let context {
-                message += " (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
-            }
-            let line = lines.indices.contains(mark.line - 1) ? lines[mark.line - 1] : ""
-            let hint = line.contains("\t") ? "indent with spaces; YAML does not allow tabs for indentation" : nil
-            return failure(at: Position(mark), message, hint: hint)
-        case .reader(let problem, let offset, _, _):
-            return failure(at: offset.map(position(ofCharacter:)), "the policy cannot be read as text: \(problem)")
-        case .duplicatedKeysInMapping(let duplicates, let context):
-            let key = duplicates.first ?? ""
-            let first = Position(context.mark)
-            let repeated = repetition(of: key, after: first)
-            return failure(
-                at: repeated ?? first,
-                "key '\(key)' appears more than once in the same mapping"
-                    + (repeated == nil ? "" : " (first at line \(first.line), column \(first.column))"),
-                hint: "keep one of them")
-        default:
-            return PolicyError(file: file, message: "not valid YAML: \(error)")
-        }
-    }
-
-    private var lines: [Substring] { text.split(separator: "\n", omittingEmptySubsequences: false) }
-
-    private func position(ofCharacter offset: Int) -> Position {
-        var line = 1
-        var column = 1
-        for character in text.prefix(offset) {
-            if character == "\n" {
-                line += 1
-                column = 1
-            } else {
-                column += 1
-            }
-        }
-        return Position(line: line, column: column)
-    }
-
-    /// Where a duplicated key appears the second time. Yams reports only the first occurrence, and the second one
-    /// is usually the one to fix; this finds it on the same line (flow style) or at the same indentation before the
-    /// mapping ends (block style). Nil when it cannot tell.
-    private func repetition(of key: String, after first: Position) -> Position? {
-        let lines = self.lines
-        guard first.line >= 1, first.line <= lines.count else { return nil }
-        let spellings = [key, "\"\(key)\"", "'\(key)'"]
-        func startsWithKey(_ text: Substring) -> Bool {
-            spellings.contains { spelling in
-                guard text.hasPrefix(spelling) else { return false }
-                return text.dropFirst(spelling.count).drop { $0 == " " }.first == ":"
-            }
-        }
-        let firstLine = Array(lines[first.line - 1].unicodeScalars)
-        let indent = first.column - 1
-        // Flow style: `{ port: 22, port: 23 }` on one line.
-        var index = min(indent + 1, firstLine.count)
-        while index < firstLine.count {
-            if firstLine[index] == "," || firstLine[index] == "{" {
-                let rest = Substring(String(String.UnicodeScalarView(firstLine[(index + 1)...])))
-                let trimmed = rest.drop { $0 == " " }
-                if startsWithKey(trimmed) {
-                    return Position(line: first.line, column: index + 2 + (rest.count - trimmed.count))
-                }
-            }
-            index += 1
-        }
-        // Block style: a later line at the same indentation, before the mapping ends.
-        for number in first.line..<lines.count {
-            let scalars = Array(lines[number].unicodeScalars)
-            let leading = scalars.prefix { $0 == " " }.count
-            if leading == scalars.count || scalars[leading] == "#" { continue }
-            if leading < indent { return nil }
-            if leading == indent {
-                let rest = Substring(String(String.UnicodeScalarView(scalars[leading...])))
-                if startsWithKey(rest) { return Position(line: number + 1, column: indent + 1) }
-            }
-        }
-        return nil
-    }
-
     // MARK: Helpers
 
-    private func isEmptyValue(_ node: Node) -> Bool {
-        guard case .scalar(let scalar) = node else { return false }
-        return scalar.style == .plain && node.tag.rawValue == Tag.Name.null.rawValue
-    }
+    /// A null scalar: nothing written, `~` or `null`.
+    private func isEmptyValue(_ node: Node) -> Bool { node.isNull }
 
     private func describe(_ node: Node) -> String {
-        switch node {
+        switch node.content {
         case .mapping: return "a mapping"
         case .sequence: return "a list"
-        case .alias: return "an alias"
-        case .scalar(let scalar): return isEmptyValue(node) ? "an empty value" : "'\(scalar.string)'"
+        case .scalar(let scalar): return isEmptyValue(node) ? "an empty value" : "'\(scalar.value)'"
         }
     }
 

@@ -55,13 +55,18 @@ public final class TableDriver {
         return report
     }
 
-    /// Rewrites the rules and fixed sets for a new policy in one transaction, keeping every grant element (a reload
-    /// never flushes grants).
+    /// Rewrites the rules and fixed sets for a new policy in one transaction (creating the table if it is missing),
+    /// keeping every grant element: a reload never flushes grants.
     @discardableResult
     public func install(_ layout: TableLayout) throws(NetfilterError) -> CommitReport {
-        try connection.commit(
+        let report = try connection.commit(
             DrawbridgeTable.installation(
                 mode: layout.mode, managedServices: layout.managedServices, alwaysAllowed: layout.alwaysAllowed))
+        if probeWanted {
+            canDestroyElements = try probeDestroySupport()
+            probeWanted = false
+        }
+        return report
     }
 
     /// Asks the kernel to destroy an element that cannot exist (0.0.0.0 . 0 . 0 in grants4): 6.3+ answers with
@@ -92,6 +97,7 @@ public final class TableDriver {
         /// Transactions committed (0 when nothing needed changing).
         public var transactions = 0
         public var messages = 0
+        public var bytes = 0
     }
 
     /// Makes the kernel follow `targets` (later targets for a key win), one transaction for all of them.
@@ -137,6 +143,7 @@ public final class TableDriver {
             let committed = try connection.commit(main)
             report.transactions += committed.transactions
             report.messages += committed.messages
+            report.bytes += committed.bytes
             for (key, deadline) in additions + refreshes { view[key] = deadline }
             for key in deletions { view[key] = nil }
             report.added += additions.count
@@ -152,6 +159,7 @@ public final class TableDriver {
                     transaction(additions: lateAdditions, refreshes: late.refreshes, deletions: late.deletions))
                 report.transactions += committed.transactions
                 report.messages += committed.messages
+                report.bytes += committed.bytes
                 for (key, deadline) in lateAdditions + late.refreshes { view[key] = deadline }
                 for key in late.deletions { view[key] = nil }
                 report.added += lateAdditions.count
@@ -255,6 +263,17 @@ public final class TableDriver {
             }
         }
         return result
+    }
+
+    /// Takes what the kernel holds as the view, by dumping the grant sets (diagnostics and tests).
+    public func resynchronize() throws(NetfilterError) {
+        view = try readGrantSets().elements
+    }
+
+    /// Replaces the view with a belief about the kernel, right or wrong: tests use it to prove what happens when
+    /// the view is stale (an element expired in the kernel a moment ago).
+    public func assumeView(_ belief: [AccessKey: MonotonicInstant]) {
+        view = belief
     }
 
     /// Every grant element the kernel holds, by dumping the grant sets. Tests and diagnostics only: the agent never

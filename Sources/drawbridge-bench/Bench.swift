@@ -1,5 +1,6 @@
 import DrawbridgeCore
 import Foundation
+import HostSystem
 import Netfilter
 
 #if canImport(Glibc)
@@ -25,15 +26,15 @@ struct Verification {
 /// A namespace of its own with the drawbridge table installed, and the enforcer that owns a connection into it.
 struct Arena {
     let namespace: NetworkNamespace
-    let enforcer: GrantEnforcer
+    let enforcer: TableDriver
 
-    /// A fresh anonymous namespace with the table built by `GrantEnforcer.install`, exactly as drawbridged builds it.
+    /// A fresh anonymous namespace with the table built by `TableDriver.rebuild`, exactly as drawbridged builds it.
     static func make() throws -> Arena {
         let namespace = try NetworkNamespace.createAnonymous()
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: namespace))
-        try enforcer.install(
-            mode: .keepSessions, managedServices: [Service(port: 22, transport: .tcp)], alwaysAllowed: [],
-            probeDestroy: false)
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: namespace), canDestroyElements: true)
+        try enforcer.rebuild(
+            TableLayout(mode: .keepSessions, managedServices: [Service(port: 22, transport: .tcp)], alwaysAllowed: []),
+            elements: [:])
         return Arena(namespace: namespace, enforcer: enforcer)
     }
 }
@@ -160,16 +161,17 @@ final class Bench {
         let now = Date()
         let desired = workload.desired(now: now)
         let requested = now.addingTimeInterval(TimeInterval(Workload.timeoutSeconds))
-        let diff = ElementDiff(desired: desired, actual: [:], now: now)
+        let instants = SystemClock.now()
+        let targets = desired.map { ElementTarget(key: $0.key, deadline: instants.deadline(forWall: $0.value)) }
         let diffSeconds = (clock.now - planStart).seconds
-        guard diff.additions.count == elements else {
-            throw BenchFailure(description: "the diff holds \(diff.additions.count) additions, expected \(elements)")
+        guard targets.count == elements else {
+            throw BenchFailure(description: "the plan holds \(targets.count) elements, expected \(elements)")
         }
 
         let machineBefore = machineCPUSeconds()
         let cpuBefore = threadCPUTime()
         let started = clock.now
-        let report = try arena.enforcer.apply(diff)
+        let report = try arena.enforcer.apply(targets)
         let wall = clock.now - started
         let cpuAfter = threadCPUTime()
         let own = (cpuAfter.user - cpuBefore.user) + (cpuAfter.system - cpuBefore.system)
@@ -178,7 +180,9 @@ final class Bench {
         let check = try verify(arena, expected: expected, who: "drawbridge", kind: workload.kind)
         let skew = try expirySkew(workload, in: arena, requested: requested)
         // What drawbridged would do if it reconciled now, from the same read.
-        let reconcile = ElementDiff(desired: desired, actual: check.elements, now: Date())
+        let rewrites = desired.filter { key, expiry in
+            check.elements[key].map { abs($0.timeIntervalSince(expiry)) > 1 } ?? true
+        }.count
         return (
             LoadSample(
                 seconds: wall.seconds, userSeconds: cpuAfter.user - cpuBefore.user,
@@ -186,7 +190,7 @@ final class Bench {
                 bytes: report.bytes, verifiedElements: check.count,
                 expirySkewMilliseconds: skew.spread, expiryOffsetMinMilliseconds: skew.offsets?.lowerBound,
                 expiryOffsetMaxMilliseconds: skew.offsets?.upperBound,
-                reconcileRefreshes: reconcile.refreshes.count + reconcile.additions.count + reconcile.deletions.count,
+                reconcileRefreshes: rewrites,
                 dumpSpreadMilliseconds: check.dumpSpreadMilliseconds, readSeconds: check.readSeconds,
                 shortReads: check.shortReads, backgroundCPUs: background),
             diffSeconds
@@ -222,12 +226,10 @@ final class Bench {
         for (index, key) in workload.extras.enumerated() {
             for drawbridgeTurn in index % 2 == 0 ? [true, false] : [false, true] {
                 if drawbridgeTurn {
-                    let now = Date()
-                    let diff = ElementDiff(
-                        desired: [key: now.addingTimeInterval(TimeInterval(Workload.timeoutSeconds))], actual: [:],
-                        now: now)
+                    let target = ElementTarget(
+                        key: key, deadline: SystemClock.monotonic().advanced(by: Double(Workload.timeoutSeconds)))
                     let started = clock.now
-                    let report = try drawbridge.enforcer.apply(diff)
+                    let report = try drawbridge.enforcer.apply([target])
                     drawbridgeTimes.append((clock.now - started).seconds * 1000)
                     guard report.messages == 1 else {
                         throw BenchFailure(description: "a 1-element change took \(report.messages) messages")
@@ -261,9 +263,10 @@ final class Bench {
         var shortReads = 0
         while true {
             let started = clock.now
-            let state = try arena.enforcer.read()
+            let state = try arena.enforcer.readGrantSets()
             let readSeconds = (clock.now - started).seconds
-            let held = state.elements
+            let now = SystemClock.now()
+            let held = state.elements.mapValues { now.wall(forDeadline: $0) }
             if held.count == expected.count, state.foreign.isEmpty, expected.allSatisfy({ held[$0] != nil }) {
                 var earliest = Date.distantFuture
                 var latest = Date.distantPast

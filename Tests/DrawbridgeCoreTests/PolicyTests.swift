@@ -407,45 +407,4 @@ struct PolicyTests {
         #expect(PolicyError(file: "p.yaml", line: 2, message: "bad").description == "p.yaml:2: bad")
         #expect(PolicyError(file: "/etc/p.yaml", message: "gone").description == "/etc/p.yaml: gone")
     }
-
-    @Test("load reads a file and reports it under its path")
-    func load() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("policy-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-
-        let good = directory.appendingPathComponent("policy.yaml").path
-        try PolicyFixtures.exampleText.write(toFile: good, atomically: true, encoding: .utf8)
-        #expect(try Policy.load(path: good) == Policy.parse(PolicyFixtures.exampleText, file: "other"))
-
-        let bad = directory.appendingPathComponent("bad.yaml").path
-        try "ports:\n  ssh: 22\n".write(toFile: bad, atomically: true, encoding: .utf8)
-        #expect(throws: PolicyError.self) { try Policy.load(path: bad) }
-        do {
-            _ = try Policy.load(path: bad)
-        } catch {
-            #expect(error.file == bad && error.line == 2)
-        }
-
-        let binary = directory.appendingPathComponent("binary.yaml").path
-        _ = FileManager.default.createFile(atPath: binary, contents: Data([0x70, 0x6f, 0xff, 0xfe, 0x0a]))
-        #expect { try Policy.load(path: binary) } throws: { "\($0)".contains("not UTF-8") }
-    }
-
-    @Test(
-        "unreadable files give the operating system's reason",
-        arguments: [
-            ("/nonexistent/drawbridge/policy.yaml", "No such file or directory"),
-            ("/", "Is a directory"),
-        ])
-    func unreadable(path: String, reason: String) {
-        do {
-            _ = try Policy.load(path: path)
-            Issue.record("loaded \(path)")
-        } catch {
-            #expect(error.file == path)
-            #expect(error.line == nil)
-            #expect(error.message.contains(reason), "\(error)")
-        }
-    }
 }

@@ -1,5 +1,6 @@
 import DrawbridgeCore
 import Foundation
+import HostSystem
 import Netfilter
 import TestSupport
 import Testing
@@ -44,7 +45,7 @@ struct EnforcementTests {
         let sshListener = try TCPListener(in: network.host, port: 22)
         let webListener = try TCPListener(in: network.host, port: 8080)
         defer { _ = (sshListener, webListener) }
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: network.host))
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: network.host))
         try enforcer.install(mode: .keepSessions, managedServices: [Self.ssh], alwaysAllowed: [])
 
         let source = IPAddress(example.source)!
@@ -93,7 +94,7 @@ struct EnforcementTests {
         let network = try TestNetwork()
         let listener = try TCPListener(in: network.host, port: 22)
         defer { _ = listener }
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: network.host))
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: network.host))
         try enforcer.install(
             mode: .cutSessions, managedServices: [Self.ssh],
             alwaysAllowed: [try IPPrefix(parsing: "198.51.100.0/29"), try IPPrefix(parsing: "2001:db8::2")])

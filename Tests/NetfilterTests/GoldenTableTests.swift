@@ -1,5 +1,6 @@
 import DrawbridgeCore
 import Foundation
+import HostSystem
 import Netfilter
 import TestSupport
 import Testing
@@ -36,7 +37,7 @@ struct GoldenTableTests {
         try run(["nft", "-f", Self.rulesFile.path], in: fromFile)
 
         let fromModule = try NetworkNamespace.createAnonymous()
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: fromModule))
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: fromModule))
         try enforcer.install(mode: .keepSessions, managedServices: [], alwaysAllowed: [])
 
         let expected = try Self.normalizedListing(in: fromFile)
@@ -47,7 +48,7 @@ struct GoldenTableTests {
     @Test("rules/drawbridge.nft is what the module prints and what nft lists back", arguments: SessionMode.allCases)
     func rulesTextMatches(mode: SessionMode) throws {
         let namespace = try NetworkNamespace.createAnonymous()
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: namespace))
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: namespace))
         try enforcer.install(mode: mode, managedServices: [], alwaysAllowed: [])
         let listed = try run(["nft", "list", "table", "inet", "drawbridge"], in: namespace).output
             .replacingOccurrences(of: "counter packets 0 bytes 0", with: "counter")
@@ -72,7 +73,7 @@ struct GoldenTableTests {
         .map { try IPPrefix(parsing: $0) }
 
         let fromModule = try NetworkNamespace.createAnonymous()
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: fromModule))
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: fromModule))
         try enforcer.install(mode: .cutSessions, managedServices: managed, alwaysAllowed: allowed)
 
         let fromFile = try NetworkNamespace.createAnonymous()
@@ -92,7 +93,7 @@ struct GoldenTableTests {
     @Test("installing again keeps grants and does not duplicate rules")
     func reinstallIsIdempotent() throws {
         let namespace = try NetworkNamespace.createAnonymous()
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: namespace))
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: namespace))
         let ssh = Service(port: 22, transport: .tcp)
         try enforcer.install(mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [])
         let key = AccessKey(source: IPPrefix(address: IPAddress("203.0.113.7")!), service: ssh)
@@ -100,7 +101,7 @@ struct GoldenTableTests {
         let before = try Self.normalizedListing(in: namespace)
 
         try enforcer.install(mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [])
-        #expect(try enforcer.read().elements.keys.contains(key))
+        #expect(try enforcer.elements().keys.contains(key))
         let after = try Self.normalizedListing(in: namespace)
         // Only the expiry countdown may differ; the rules must not have been appended twice.
         let rules = { (listing: String) in listing.components(separatedBy: "\"rule\"").count }

@@ -1,11 +1,12 @@
 import DrawbridgeCore
 import Foundation
+import HostSystem
 import Netfilter
 import TestSupport
 import Testing
 
 /// Proof with a real OpenSSH server and client: sshd in the host namespace, ssh in the client namespace, the
-/// drawbridge table installed in the host namespace through `GrantEnforcer` (no agent).
+/// drawbridge table installed in the host namespace through `TableDriver` (no agent).
 ///
 /// Timings are printed as `SSH-HARNESS …` lines.
 @Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)))
@@ -37,7 +38,7 @@ struct SSHHarnessTests {
         let network = try TestNetwork()
         let server = try SSHServer(in: network.host)
         defer { server.stop() }
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: network.host))
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: network.host))
         try enforcer.install(mode: .keepSessions, managedServices: [Self.ssh], alwaysAllowed: [])
         func logIn() throws -> SSHResult {
             try SSHClient.logIn(
@@ -120,7 +121,7 @@ struct SSHHarnessTests {
         let network = try TestNetwork()
         let server = try SSHServer(in: network.host)
         defer { server.stop() }
-        let enforcer = GrantEnforcer(connection: try NetfilterConnection(namespace: network.host))
+        let enforcer = TableDriver(connection: try NetfilterConnection(namespace: network.host))
         try enforcer.install(mode: example.mode, managedServices: [Self.ssh], alwaysAllowed: [])
 
         let expiresAt = Date().addingTimeInterval(4)

@@ -1,5 +1,6 @@
 import DrawbridgeCore
 import Foundation
+import HostSystem
 import Netfilter
 import TestSupport
 import Testing
@@ -10,12 +11,11 @@ struct TransactionTests {
     static let ssh = Service(port: 22, transport: .tcp)
 
     /// A namespace with the drawbridge table installed.
-    static func installed(canDestroyElements: Bool? = nil) throws -> (NetworkNamespace, GrantEnforcer) {
+    static func installed(canDestroyElements: Bool? = nil) throws -> (NetworkNamespace, TableDriver) {
         let namespace = try NetworkNamespace.createAnonymous()
-        let enforcer = GrantEnforcer(
-            connection: try NetfilterConnection(namespace: namespace), canDestroyElements: canDestroyElements ?? false)
-        try enforcer.install(
-            mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [], probeDestroy: canDestroyElements == nil)
+        let enforcer = TableDriver(
+            connection: try NetfilterConnection(namespace: namespace), canDestroyElements: canDestroyElements)
+        try enforcer.install(mode: .keepSessions, managedServices: [ssh], alwaysAllowed: [])
         return (namespace, enforcer)
     }
 
@@ -24,8 +24,8 @@ struct TransactionTests {
     }
 
     /// Remaining lifetime the kernel reports for `key`, in seconds.
-    static func remaining(_ key: AccessKey, _ enforcer: GrantEnforcer) throws -> TimeInterval? {
-        try enforcer.read().elements[key].map { $0.timeIntervalSinceNow }
+    static func remaining(_ key: AccessKey, _ enforcer: TableDriver) throws -> TimeInterval? {
+        try enforcer.elements()[key].map { $0.timeIntervalSinceNow }
     }
 
     @Test("remaining expiry is read back from the kernel for every kind of grant set")
@@ -34,13 +34,17 @@ struct TransactionTests {
         let keys = try ["203.0.113.7", "198.51.100.0/24", "2001:db8::7", "2001:db8:5::/48"].map { try Self.key($0) }
         let expiry = Date().addingTimeInterval(1800)
         try enforcer.reconcile(desired: Dictionary(uniqueKeysWithValues: keys.map { ($0, expiry) }))
-        let state = try enforcer.read()
-        #expect(Set(state.elements.keys) == Set(keys))
+        let elements = try enforcer.elements()
+        #expect(Set(elements.keys) == Set(keys))
         for key in keys {
-            let seconds = try #require(state.elements[key]).timeIntervalSince(expiry)
+            let seconds = try #require(elements[key]).timeIntervalSince(expiry)
             #expect(abs(seconds) < 1, "\(key) expires \(seconds) s away from the requested instant")
         }
-        #expect(state.foreign.isEmpty)
+        #expect(try enforcer.readGrantSets().foreign.isEmpty)
+        // Point queries (no dump) answer with the same time left.
+        let remaining = try enforcer.remaining(keys + [try Self.key("203.0.113.201")])
+        #expect(Set(remaining.keys) == Set(keys))
+        #expect(remaining.values.allSatisfy { abs($0 - 1800) < 2 })
 
         // A point query answers for chosen elements, in order, with the same expiry.
         let hosts = [keys[0], keys[2]]
@@ -67,14 +71,14 @@ struct TransactionTests {
             try enforcer.reconcile(desired: [key: Date().addingTimeInterval(60)])
             #expect(try #require(try Self.remaining(key, enforcer)) > 55)
 
-            let longer = try enforcer.reconcile(desired: [key: Date().addingTimeInterval(3600)])
-            #expect(longer.diff.refreshes.map(\.key) == [key])
+            let longer = try enforcer.put([key: Date().addingTimeInterval(3600)])
+            #expect(longer.refreshed == 1 && longer.added == 0)
             #expect(try #require(try Self.remaining(key, enforcer)) > 3590, "extension of \(source) took effect")
 
-            try enforcer.reconcile(desired: [key: Date().addingTimeInterval(30)])
+            try enforcer.put([key: Date().addingTimeInterval(30)])
             let shortened = try #require(try Self.remaining(key, enforcer))
             #expect(shortened < 31 && shortened > 25, "shortening of \(source) took effect")
-            #expect(try enforcer.read().elements.count == 1, "one element per grant, no duplicate")
+            #expect(try enforcer.elements().count == 1, "one element per grant, no duplicate")
             try enforcer.reconcile(desired: [:])
         }
     }
@@ -128,20 +132,21 @@ struct TransactionTests {
             #expect(error.code == .elementAbsent)
             #expect(error.errno == ENOENT)
         }
-        #expect(!(try enforcer.read().elements.keys.contains(newcomer)), "the refused batch added nothing")
+        #expect(!(try enforcer.elements().keys.contains(newcomer)), "the refused batch added nothing")
 
-        // A diff computed while they were all alive, applied after two of them expired: apply puts the deletes of
-        // elements near their expiry in a transaction of their own, so the rest goes through untouched.
-        let stale = ElementDiff(
-            desired: [newcomer: Date().addingTimeInterval(600)],
-            actual: [
-                short: Date().addingTimeInterval(-0.3), shortRange: Date().addingTimeInterval(-0.3),
-                soonButAlive: Date().addingTimeInterval(3.2), long: Date().addingTimeInterval(600),
-            ],
-            now: Date().addingTimeInterval(-1))
-        let report = try enforcer.apply(stale)
+        // The driver believes two of them still alive (its view is from before they expired): apply puts the
+        // deletes of elements near their expiry in a transaction of their own, so the rest goes through untouched,
+        // and drops from that one what the kernel no longer has.
+        let now = SystemClock.monotonic()
+        enforcer.assumeView([
+            short: now.advanced(by: 0.2), shortRange: now.advanced(by: 0.2), soonButAlive: now.advanced(by: 3.2),
+            long: now.advanced(by: 600),
+        ])
+        let report = try enforcer.apply(
+            [short, shortRange, soonButAlive, long].map { ElementTarget(key: $0, deadline: nil) }
+                + [ElementTarget(key: newcomer, deadline: now.advanced(by: 600))])
         #expect(report.transactions == 2)
-        #expect(Set(try enforcer.read().elements.keys) == [newcomer], "added, and every delete done (the alive one too)")
+        #expect(Set(try enforcer.elements().keys) == [newcomer], "added, and every delete done (the alive one too)")
     }
 
     @Test("with DESTROYSETELEM (Linux 6.3+) a stale delete does not abort the batch")
@@ -152,18 +157,19 @@ struct TransactionTests {
         let newcomer = try Self.key("203.0.113.30")
         try enforcer.reconcile(desired: [short: Date().addingTimeInterval(0.3)])
         usleep(500_000)
-        let stale = ElementDiff(
-            desired: [newcomer: Date().addingTimeInterval(60)], actual: [short: Date().addingTimeInterval(60)],
-            now: Date())
-        try enforcer.apply(stale)
-        #expect(Set(try enforcer.read().elements.keys) == [newcomer])
+        let now = SystemClock.monotonic()
+        enforcer.assumeView([short: now.advanced(by: 60)])
+        try enforcer.apply([
+            ElementTarget(key: short, deadline: nil), ElementTarget(key: newcomer, deadline: now.advanced(by: 60)),
+        ])
+        #expect(Set(try enforcer.elements().keys) == [newcomer])
     }
 
     @Test("an expiry already past is sent as 1 ms, never as 0 (which would mean forever)")
     func pastExpiryNeverBecomesPermanent() throws {
         let (namespace, enforcer) = try Self.installed()
         let key = try Self.key("203.0.113.40")
-        try enforcer.apply(ElementDiff(desired: [key: Date().addingTimeInterval(600)], actual: [:], now: Date()))
+        try enforcer.put([key: Date().addingTimeInterval(600)])
         try enforcer.connection.commit(
             Transaction([
                 .deleteElements(
@@ -173,7 +179,7 @@ struct TransactionTests {
                     [DrawbridgeTable.element(for: key, expiresAt: Date().addingTimeInterval(-10))]),
             ]))
         usleep(50_000)
-        #expect(try enforcer.read().elements.isEmpty)
+        #expect(try enforcer.elements().isEmpty)
         let listing = try run(["nft", "list", "set", "inet", "drawbridge", "grants4"], in: namespace).output
         #expect(!listing.contains("203.0.113.40"))
     }
@@ -195,19 +201,21 @@ struct TransactionTests {
             }
         }
         #expect(desired.count == 100_000)
-        let outcome = try enforcer.reconcile(desired: desired)
-        let report = try #require(outcome.report)
+        let now = SystemClock.now()
+        let report = try enforcer.rebuild(
+            TableLayout(mode: .keepSessions, managedServices: [Self.ssh], alwaysAllowed: []),
+            elements: desired.mapValues { now.deadline(forWall: $0) })
         #expect(report.messages > 50, "split across many element messages")
         #expect(report.bytes > 3_000_000)
-        let state = try enforcer.read()
-        #expect(state.elements.count == 100_000)
-        #expect(state.elements.values.allSatisfy { abs($0.timeIntervalSince(expiry)) < 30 })
+        let elements = try enforcer.elements()
+        #expect(elements.count == 100_000)
+        #expect(elements.values.allSatisfy { abs($0.timeIntervalSince(expiry)) < 30 })
 
         // One more element while 100,000 are present: a one-message transaction.
         let one = try Self.key(prefixes ? "203.0.113.0/30" : "203.0.113.1")
-        let single = try enforcer.apply(ElementDiff(desired: [one: expiry], actual: [:], now: Date()))
+        let single = try enforcer.put([one: expiry])
         #expect(single.messages == 1)
-        #expect(try enforcer.read().elements.count == 100_001)
+        #expect(try enforcer.elements().count == 100_001)
     }
 
     @Test("a transaction is atomic: one bad change and nothing is applied")
@@ -218,18 +226,15 @@ struct TransactionTests {
         let good = try Self.key("203.0.113.50")
         // A /25 whose start lies inside the existing /24: the interval set refuses the overlap.
         let overlapping = try Self.key("198.51.100.128/25")
-        let diff = ElementDiff(
-            desired: [good: Date().addingTimeInterval(600), overlapping: Date().addingTimeInterval(600)], actual: [:],
-            now: Date())
         do {
-            try enforcer.apply(diff)
+            try enforcer.put([good: Date().addingTimeInterval(600), overlapping: Date().addingTimeInterval(600)])
             Issue.record("the overlapping element was accepted")
         } catch {
             #expect(error.code == .alreadyExists)
             #expect(error.object == "ranges4")
             #expect(error.description.contains("ranges4"))
         }
-        #expect(Set(try enforcer.read().elements.keys) == [wide])
+        #expect(Set(try enforcer.elements().keys) == [wide])
     }
 
     @Test("a transaction built from a stale generation is refused whole")
@@ -239,14 +244,17 @@ struct TransactionTests {
         try enforcer.reconcile(desired: [try Self.key("203.0.113.60"): Date().addingTimeInterval(600)])
         let late = try Self.key("203.0.113.61")
         do {
-            try enforcer.apply(
-                ElementDiff(desired: [late: Date().addingTimeInterval(600)], actual: [:], now: Date()),
-                generation: generation)
+            try enforcer.connection.commit(
+                Transaction([
+                    .addElements(
+                        table: DrawbridgeTable.name, set: DrawbridgeTable.grants4,
+                        [DrawbridgeTable.element(for: late, expiresAt: Date().addingTimeInterval(600))])
+                ]), generation: generation)
             Issue.record("a stale generation was accepted")
         } catch {
             #expect(error.code == .generationChanged)
         }
-        #expect(!(try enforcer.read().elements.keys.contains(late)))
+        #expect(!(try enforcer.elements().keys.contains(late)))
     }
 
     @Test("errors name the failure, the operation and the object")
