@@ -93,8 +93,14 @@ public actor Agent {
             audit.record(AuditEvent(.warning, detail: note))
             addWarning(note)
         }
-        if loaded.expired > 0 {
-            audit.record(AuditEvent(.expire, detail: "\(loaded.expired) stored grants expired while the agent was down"))
+        audit.record(
+            batch: loaded.expiredGrants.map { AuditEvent(.expire, grant: $0, detail: "expired while the agent was down") })
+        if loaded.expired > loaded.expiredGrants.count {
+            audit.record(
+                AuditEvent(
+                    .expire,
+                    detail: "\(loaded.expired - loaded.expiredGrants.count) more stored grants expired while the agent "
+                        + "was down"))
         }
         for path in policy.grantFiles { applyFile(path, readGrantsFile(path, policy: policy, now: now), now: now, initial: true) }
         let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the policy")

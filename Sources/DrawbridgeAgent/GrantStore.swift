@@ -47,6 +47,8 @@ public final class GrantStore: @unchecked Sendable {
         public var settings: [String: String]
         /// Grants that had expired while the agent was down.
         public var expired: Int
+        /// The first thousand of them.
+        public var expiredGrants: [Grant]
         /// Things the operator should know (a damaged file moved aside, a legacy state imported).
         public var notes: [String]
     }
@@ -98,7 +100,7 @@ public final class GrantStore: @unchecked Sendable {
             generation = max(snapshots.last ?? 0, journals.last ?? 0) + 1
             try writeSnapshot(replay.book, settings: [:], number: generation, now: now)
             try openJournal(generation, now: now)
-            return Loaded(book: replay.book, settings: [:], expired: 0, notes: notes)
+            return Loaded(book: replay.book, settings: [:], expired: 0, expiredGrants: [], notes: notes)
         }
         if snapshots.isEmpty, journals.isEmpty, Files.exists(directory + "/grants.json") {
             switch LegacyState.read(directory + "/grants.json", now: now) {
@@ -125,7 +127,9 @@ public final class GrantStore: @unchecked Sendable {
         }
         try openJournal(current, now: now)
         removeFiles(before: base)
-        return Loaded(book: replay.book, settings: replay.settings, expired: replay.expired, notes: notes)
+        return Loaded(
+            book: replay.book, settings: replay.settings, expired: replay.expired, expiredGrants: replay.expiredGrants,
+            notes: notes)
     }
 
     private enum ReadOutcome {

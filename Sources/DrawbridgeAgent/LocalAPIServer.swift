@@ -77,6 +77,8 @@ public final class LocalAPIServer: Sendable {
     public func run() async throws {
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
+            // A client may send its request and close its side at once (`nc -N`): the answer must still go out.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .bind(NIOBSDSocket.Handle(listening)) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let peer = Result { () throws(SystemError) -> PeerCredentials in

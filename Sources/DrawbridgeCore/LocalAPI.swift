@@ -74,6 +74,7 @@ public enum LocalAPI {
         func bad(_ message: String) -> Result<Command, Failure> {
             .failure(Failure(code: .badRequest, message: message))
         }
+        guard bytes.contains(where: { $0 != 0x20 && $0 != 0x09 && $0 != 0x0d }) else { return bad("empty request") }
         let value: JSONValue
         do {
             value = try JSONReader.parse(bytes, maximumDepth: 4)
@@ -137,7 +138,9 @@ public enum LocalAPI {
                     return bad("a grant needs a duration (--for)")
                 }
                 guard seconds.isFinite, seconds >= 1, seconds <= maximumDurationSeconds else {
-                    return bad("a grant lasts from 1 second to \(Int(maximumDurationSeconds)) seconds")
+                    return bad(
+                        "a grant lasts at least 1 second and at most \(Int(maximumDurationSeconds)) seconds; asked for "
+                            + "\(seconds)")
                 }
                 let reason = try fields.string("reason") ?? ""
                 if let problem = TextCheck.problem(

@@ -185,6 +185,8 @@ public struct StateReplay: Sendable {
     public private(set) var settings: [String: String] = [:]
     /// Grants dropped because they had already expired.
     public private(set) var expired = 0
+    /// The first thousand of them, for the audit trail.
+    public private(set) var expiredGrants: [Grant] = []
     private let now: Instants
     private let bootID: String
     private var recordBoot: String?
@@ -206,7 +208,9 @@ public struct StateReplay: Sendable {
             }
             grant.expiresAt = now.wall(forDeadline: grant.deadline)
             if grant.deadline <= now.monotonic {
-                book.remove(id: grant.id)
+                if let stored = book.remove(id: grant.id).removed ?? Optional(grant), expiredGrants.count < 1000 {
+                    expiredGrants.append(stored)
+                }
                 expired += 1
             } else {
                 book.put(grant)

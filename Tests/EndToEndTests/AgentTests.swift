@@ -80,7 +80,7 @@ struct AgentTests {
 
         let expiry = try #require(
             try setup.agent.auditEvents().last { $0["event"] as? String == "grant" }?["expires_at"] as? String)
-        let expiresAt = try #require(ISO8601DateFormatter().date(from: expiry))
+        let expiresAt = try #require(Timestamp.parse(expiry))
         var firstDrop: Date?
         while firstDrop == nil, Date() < expiresAt.addingTimeInterval(4) {
             let attempt = Date()
@@ -196,15 +196,19 @@ struct AgentTests {
             ["grant", "postgres", "--from", "198.51.100.6", "--for", "40m"], as: TestAccounts.admin)
         #expect(adminTooLong.status == 77, "the port's own limit (30m) binds admins too")
 
-        // A hand-made request that claims to be root is still judged as the developer who sent it.
+        // A hand-made request that claims to be root is refused outright (a request names no requester), and the
+        // same request without the claim is judged as the developer who sent it.
         let forged =
             #"{"command":"grant","ports":["postgres"],"source":"198.51.100.7","duration_seconds":60,"uid":0,"user":"root","groups":["dbtest-admins"]}"#
-        let answer = try run(
-            [
-                "setpriv", "--reuid=\(TestAccounts.developer)", "--regid=\(TestAccounts.developer)", "--init-groups",
-                "nc", "-U", "-N", "-w", "5", agent.socketPath,
-            ], input: forged + "\n", check: false)
-        #expect(answer.output.contains("\"refused\""), "\(answer.output)")
+        let honest = #"{"command":"grant","ports":["postgres"],"source":"198.51.100.7","duration_seconds":60}"#
+        for (request, expected) in [(forged, "\"bad-request\""), (honest, "\"refused\"")] {
+            let answer = try run(
+                [
+                    "setpriv", "--reuid=\(TestAccounts.developer)", "--regid=\(TestAccounts.developer)",
+                    "--init-groups", "nc", "-U", "-N", "-w", "5", agent.socketPath,
+                ], input: request + "\n", check: false)
+            #expect(answer.output.contains(expected), "\(answer.output)")
+        }
         #expect(try !setup.connects(from: "198.51.100.7", port: 5432))
 
         // Revoking: not someone else's grant without a role for its ports; an admin may.
@@ -259,7 +263,7 @@ struct AgentTests {
             chmod(temporary, mode)
             rename(temporary, file)
         }
-        let later = ISO8601DateFormatter().string(from: Date().addingTimeInterval(3600))
+        let later = Timestamp.format(Date().addingTimeInterval(3600))
         try write(
             #"{"grants": [{"id": "deploy", "source": "192.0.2.2", "ports": ["ssh"], "expires_at": "\#(later)", "reason": "ci"}]}"#
         )

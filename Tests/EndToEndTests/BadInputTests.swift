@@ -99,9 +99,37 @@ struct BadInputTests {
     }
 
     static let socketCases: [SocketCase] = [
-        SocketCase(name: "not JSON", payload: "hello agent\n", answer: "not a valid drawbridge API message"),
+        SocketCase(name: "not JSON", payload: "hello agent\n", answer: "request is not valid JSON"),
         SocketCase(name: "empty line", payload: "\n", answer: "empty request"),
-        SocketCase(name: "unknown command", payload: #"{"command":"explode"}"# + "\n", answer: "bad value at command"),
+        SocketCase(
+            name: "unknown command", payload: #"{"command":"explode"}"# + "\n", answer: #"unknown command \"explode\""#),
+        SocketCase(
+            name: "a key twice",
+            payload: #"{"command":"revoke","id":"g-aaaaaaaaaa","id":"g-bbbbbbbbbb"}"# + "\n",
+            answer: #"the key \"id\" appears twice"#),
+        SocketCase(
+            name: "an unknown field",
+            payload: #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":60,"color":"red"}"#
+                + "\n", answer: #"unknown key \"color\""#),
+        SocketCase(
+            name: "a field of another command",
+            payload: #"{"command":"list","id":"g-aaaaaaaaaa"}"# + "\n", answer: #"list: unknown key \"id\""#),
+        SocketCase(
+            name: "a forged requester",
+            payload: #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":60,"uid":0}"#
+                + "\n", answer: #"unknown key \"uid\""#),
+        SocketCase(
+            name: "a newline and ESC in the reason",
+            payload:
+                #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":60,"reason":"ok\n2026 grant \u001b[31m"}"#
+                + "\n", answer: "control or formatting character U+000A"),
+        SocketCase(
+            name: "a reason over 1024 bytes",
+            payload: #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":60,"reason":""#
+                + String(repeating: "r", count: 2000) + "\"}\n", answer: "at most 1024 are allowed"),
+        SocketCase(
+            name: "a lone surrogate",
+            payload: #"{"command":"revoke","id":"\ud800"}"# + "\n", answer: "lone surrogate"),
         SocketCase(name: "grant without fields", payload: #"{"command":"grant"}"# + "\n", answer: "at least one port"),
         SocketCase(
             name: "negative duration",
@@ -110,16 +138,15 @@ struct BadInputTests {
         SocketCase(
             name: "absurd duration",
             payload: #"{"command":"grant","ports":["ssh"],"source":"192.0.2.2","duration_seconds":1e300}"# + "\n",
-            answer: "duration-too-long"),
+            answer: "at most 1000000000 seconds"),
         SocketCase(
             name: "wrong types", payload: #"{"command":"grant","ports":"ssh","source":7}"# + "\n",
-            answer: "wrong type at ports"),
+            answer: "grant.ports must be a list of strings"),
         SocketCase(
             name: "oversized request", payload: String(repeating: "x", count: 100_000) + "\n",
             answer: "larger than 65536 bytes"),
         SocketCase(
-            name: "no newline, then hang up", payload: #"{"command":"list""#,
-            answer: "not a valid drawbridge API message"),
+            name: "no newline, then hang up", payload: #"{"command":"list""#, answer: "the text ends inside an object"),
     ]
 
     @Test("hostile socket clients get an error and change nothing", arguments: socketCases)
@@ -208,15 +235,20 @@ struct BadInputTests {
         #expect(tables.isEmpty, "a refused start programs nothing: \(tables)")
     }
 
-    @Test("a drawbridge table of another layout in the kernel: the agent refuses to start and says how to fix it")
+    @Test("a drawbridge table of another layout in the kernel: the table is ours, the agent replaces it at start")
     func foreignTableLayout() throws {
         let namespace = try NetworkNamespace.createAnonymous()
         try run(
-            ["nft", "add table inet drawbridge; add set inet drawbridge grants4 { type ipv4_addr; }"], in: namespace)
-        let before = try run(["nft", "list", "ruleset"], in: namespace).output
+            ["nft", "add table inet drawbridge; add set inet drawbridge grants4 { type ipv4_addr; }; "
+                + "add chain inet drawbridge input { type filter hook input priority 0; policy accept; }"],
+            in: namespace)
         let agent = try AgentProcess(namespace: namespace, policy: AgentTests.policy())
-        #expect(throws: AgentProcess.AgentFailed.self) { try agent.start() }
-        #expect(agent.log(tail: 5).contains("drawbridged --remove-table"), "\(agent.log(tail: 5))")
-        #expect(try run(["nft", "list", "ruleset"], in: namespace).output == before, "nothing was changed")
+        try agent.start()
+        let layout = TableLayout(
+            mode: .keepSessions,
+            managedServices: [Service(port: 22, transport: .tcp), Service(port: 5432, transport: .tcp)],
+            alwaysAllowed: [])
+        let driver = TableDriver(connection: try NetfilterConnection(namespace: namespace))
+        #expect(try driver.verify(layout) == [], "the foreign table was replaced by drawbridge's own")
     }
 }

@@ -52,7 +52,7 @@ struct SSHAgentTests {
         func expiry(ofLastGrant agent: AgentProcess) throws -> Date {
             let text = try #require(
                 try agent.auditEvents().last { $0["event"] as? String == "grant" }?["expires_at"] as? String)
-            return try #require(ISO8601DateFormatter().date(from: text))
+            return try #require(Timestamp.parse(text))
         }
     }
 

@@ -162,9 +162,15 @@ public final class AgentProcess: @unchecked Sendable {
         }
     }
 
-    /// The stored grants file's bytes, to prove a bad request changed nothing.
+    /// The state directory's snapshots and journals, byte for byte, to prove a bad request changed nothing.
     public func storedState() -> Data? {
-        FileManager.default.contents(atPath: stateDirectory + "/grants.json")
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: stateDirectory) else { return nil }
+        var data = Data()
+        for name in names.sorted() where name.hasPrefix("snapshot-") || name.hasPrefix("journal-") {
+            data.append(Data(name.utf8))
+            data.append(FileManager.default.contents(atPath: stateDirectory + "/" + name) ?? Data())
+        }
+        return data
     }
 
     public func log(tail lines: Int) -> String {
