@@ -130,6 +130,8 @@ public actor Agent {
     // MARK: Requests
 
     public func handle(_ command: LocalAPI.Command, from caller: Caller) async -> LocalAPI.Response {
+        audit.retryPending()
+        flushPendingRecords()
         switch command {
         case .grant(let request): return await grant(request, caller)
         case .revoke(let target): return await revoke(target, caller)
@@ -635,7 +637,7 @@ public actor Agent {
     /// that moved without a notification is treated like a lost notification.
     public func safetyCheck() async {
         flushPendingRecords()
-        audit.record(batch: [])
+        audit.retryPending()
         do {
             let problems = try await kernel.verify(layout)
             if !problems.isEmpty {
@@ -684,6 +686,8 @@ public actor Agent {
         let now = SystemClock.now()
         let offset = now.wall.timeIntervalSince1970 - Double(now.monotonic.nanoseconds) / 1e9
         let step = offset - clockOffset
+        // NTP slews the clock by microseconds; only a step is news.
+        guard abs(step) >= 0.5 else { return }
         clockOffset = offset
         var changed: [AccessKey] = []
         var dropped: [Grant] = []

@@ -187,6 +187,11 @@ public final class AuditTrail: @unchecked Sendable {
     /// Lines waiting to be written.
     public var pendingCount: Int { pending.count }
 
+    /// Writes what is waiting, if the file takes it now.
+    public func retryPending() {
+        flushPending()
+    }
+
     private func log(_ event: AuditEvent) {
         var metadata: Logger.Metadata = ["audit.event": "\(event.event.rawValue)"]
         if let id = event.grantID { metadata["grant.id"] = "\(id)" }

@@ -244,14 +244,21 @@ public final class GrantStore: @unchecked Sendable {
     /// Where the journal stands: appends up to here are written (not necessarily on disk yet).
     public var position: JournalPosition { JournalPosition(generation: generation, offset: journal?.size ?? 0) }
 
-    /// Appends records that open access (or keep it open): refused when the journal's reserve for closing records
-    /// cannot be kept.
+    /// Appends records that open access (or keep it open). The journal's reserve for closing records must still be
+    /// whole after them: when the space to keep it cannot be had, the grant is refused and the reserve stays for
+    /// revocations.
     public func appendOpening(_ records: [StateRecord]) throws(StoreError) {
         guard let journal else { throw StoreError("the state journal is not open") }
-        if journal.reserved < Self.grantFloorBytes { renewReserve(journal) }
-        if let problem, journal.reserved < Self.grantFloorBytes { throw StoreError(problem) }
+        let bytes = Self.lines(records)
         do {
-            try journal.append(Self.lines(records))
+            try journal.reserve(Self.reserveBytes + Int64(bytes.count))
+            problem = nil
+        } catch {
+            problem = "no space to store grants (\(error)); grants are refused, revocations still apply"
+            throw StoreError("cannot store the grant: \(error)")
+        }
+        do {
+            try journal.append(bytes)
         } catch {
             throw StoreError("cannot write \(journal.path): \(error)")
         }

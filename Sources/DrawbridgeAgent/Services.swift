@@ -81,19 +81,27 @@ public struct GrantFileWatchService: ServiceLifecycle.Service {
     }
 }
 
-/// Tells the agent when the wall clock was stepped.
+/// Tells the agent when the wall clock was stepped: from the kernel (a timerfd cancelled on clock set) and on
+/// SIGUSR2, which asks the agent to compare its clocks now (after `date -s` on a system where the timerfd is not
+/// available, and in tests, which cannot step the machine's clock).
 public struct ClockStepService: ServiceLifecycle.Service {
     let agent: Agent
-    let watch: ClockStepWatch
+    let watch: ClockStepWatch?
 
-    public init(agent: Agent, watch: ClockStepWatch) {
+    public init(agent: Agent, watch: ClockStepWatch?) {
         self.agent = agent
         self.watch = watch
     }
 
     public func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sigusr2)
         await cancelWhenGracefulShutdown {
-            for await _ in watch.steps { await agent.clockStepped() }
+            await withDiscardingTaskGroup { group in
+                if let watch {
+                    group.addTask { for await _ in watch.steps { await agent.clockStepped() } }
+                }
+                group.addTask { for await _ in signals { await agent.clockStepped() } }
+            }
         }
     }
 }

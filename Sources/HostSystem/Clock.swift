@@ -15,7 +15,17 @@ public enum SystemClock {
     public static func wall() -> Date {
         var spec = timespec()
         clock_gettime(CLOCK_REALTIME, &spec)
-        return Date(timeIntervalSince1970: Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9)
+        return Date(timeIntervalSince1970: Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9 + testOffset())
+    }
+
+    /// Tests cannot step the machine's clock (other programs live by it), so a test can shift this process's view
+    /// of the wall clock instead: DRAWBRIDGE_TEST_CLOCK_OFFSET_FILE names a file holding seconds to add. Never set
+    /// outside tests.
+    private static let testOffsetPath: String? = getenv("DRAWBRIDGE_TEST_CLOCK_OFFSET_FILE").map { String(cString: $0) }
+
+    private static func testOffset() -> Double {
+        guard let testOffsetPath, let text = try? Files.readSmallText(testOffsetPath) else { return 0 }
+        return Double(text) ?? 0
     }
 
     /// Both clocks, read back to back.

@@ -152,6 +152,7 @@ struct Drawbridged: AsyncParsableCommand {
 
         var services: [any ServiceLifecycle.Service] = [LocalAPIService(server: server), SafetyCheckService(agent: agent)]
         var fileWatch: DirectoryWatch?
+        var clockWatch: ClockStepWatch?
         do {
             let events = try EventWatch()
             let monitor = try RulesetMonitor(on: events)
@@ -162,7 +163,7 @@ struct Drawbridged: AsyncParsableCommand {
                 logger.warning("inotify is not available", metadata: ["error": "\(error)"])
             }
             do {
-                services.append(ClockStepService(agent: agent, watch: try ClockStepWatch(on: events)))
+                clockWatch = try ClockStepWatch(on: events)
             } catch {
                 logger.warning(
                     "wall-clock steps cannot be watched; deadlines stay monotonic, but displayed expiries and file grants follow a step only after a restart",
@@ -174,6 +175,7 @@ struct Drawbridged: AsyncParsableCommand {
                 "cannot subscribe to nf_tables notifications; repairs wait for the safety check",
                 metadata: ["error": "\(error)"])
         }
+        services.append(ClockStepService(agent: agent, watch: clockWatch))
         services.append(GrantFileWatchService(agent: agent, watch: fileWatch, logger: logger))
         let notifier = SystemdNotifier()
         services.append(ReloadService(agent: agent, notifier: notifier, fileWatch: fileWatch, logger: logger))

@@ -35,7 +35,10 @@ struct AgentTests {
         let agent: AgentProcess
         let listeners: [TCPListener]
 
-        init(onExpiry: SessionMode = .keepSessions, withGrantsFile: Bool = false) throws {
+        init(
+            onExpiry: SessionMode = .keepSessions, withGrantsFile: Bool = false,
+            prepare: ((AgentProcess) throws -> Void)? = nil
+        ) throws {
             try TestAccounts.ensure()
             let network = try TestNetwork()
             self.network = network
@@ -43,6 +46,7 @@ struct AgentTests {
             let agent = try AgentProcess(namespace: network.host, policy: "")
             try agent.writePolicy(
                 AgentTests.policy(directory: withGrantsFile ? agent.directory : "", onExpiry: onExpiry))
+            try prepare?(agent)
             try agent.start()
             self.agent = agent
         }

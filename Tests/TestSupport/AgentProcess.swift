@@ -63,6 +63,12 @@ public final class AgentProcess: @unchecked Sendable {
     public var auditLogPath: String { directory + "/audit.jsonl" }
     public var agentLogPath: String { directory + "/agent.log" }
     private var process: Process?
+    /// Extra environment for the agent (a test clock offset file, say).
+    public var environment: [String: String] = [:]
+    /// A mount namespace to start the agent in (`/proc/PID/ns/mnt` of a holder process), for small file systems.
+    public var mountNamespace: String?
+    /// The group that may use the socket.
+    public var socketGroup = "drawbridge"
 
     /// Writes the policy; does not start the agent.
     public init(namespace: NetworkNamespace, policy: String) throws {
@@ -94,11 +100,14 @@ public final class AgentProcess: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
         process.arguments =
-            [
+            (mountNamespace.map { ["--mount=\($0)"] } ?? []) + [
                 "--net=\(namespace.path)", BuiltProducts.agent, "--config", policyPath, "--socket", socketPath,
-                "--socket-group", "drawbridge", "--state-dir", stateDirectory, "--audit-log", auditLogPath,
+                "--socket-group", socketGroup, "--state-dir", stateDirectory, "--audit-log", auditLogPath,
                 "--log-level", "info",
             ] + extraArguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         _ = FileManager.default.createFile(atPath: agentLogPath, contents: nil)
         let log = FileHandle(forWritingAtPath: agentLogPath)!
         log.seekToEndOfFile()
@@ -156,7 +165,16 @@ public final class AgentProcess: @unchecked Sendable {
 
     /// The audit trail so far, one decoded object per line.
     public func auditEvents() throws -> [[String: Any]] {
-        guard let text = try? String(contentsOfFile: auditLogPath, encoding: .utf8) else { return [] }
+        let text: String
+        if let mountNamespace {
+            guard let output = try? run(["nsenter", "--mount=\(mountNamespace)", "cat", auditLogPath]).output else {
+                return []
+            }
+            text = output
+        } else {
+            guard let contents = try? String(contentsOfFile: auditLogPath, encoding: .utf8) else { return [] }
+            text = contents
+        }
         return try text.split(separator: "\n").map {
             try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
         }

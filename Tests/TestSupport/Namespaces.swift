@@ -39,11 +39,18 @@ public struct CommandFailed: Error, CustomStringConvertible {
     }
 }
 
+/// Tests write to pipes and sockets of processes that may have gone (a client the agent refused, a hung-up peer):
+/// that must be an error to look at, not SIGPIPE ending the whole test run.
+public func ignoreBrokenPipes() {
+    signal(SIGPIPE, SIG_IGN)
+}
+
 /// Runs a program, optionally inside a network namespace (through `nsenter --net=`), and waits for it.
 @discardableResult
 public func run(_ arguments: [String], in namespace: NetworkNamespace? = nil, input: String? = nil, check: Bool = true)
     throws -> CommandResult
 {
+    ignoreBrokenPipes()
     var command = arguments
     if let namespace { command = ["nsenter", "--net=\(namespace.path)"] + command }
     let process = Process()
