@@ -68,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "drawbridge-bench",
             dependencies: [
-                "Netfilter", "DrawbridgeCore", "HostSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "Netfilter", "DrawbridgeCore", "HostSystem", "DrawbridgeAgent", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
         .target(name: "TestSupport", dependencies: ["Netfilter", "DrawbridgeCore", "HostSystem"], path: "Tests/TestSupport"),

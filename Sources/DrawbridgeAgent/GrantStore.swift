@@ -185,7 +185,7 @@ public final class GrantStore: @unchecked Sendable {
     }
 
     /// A snapshot's contents: the header, a boot record, every stored grant, tombstone and setting, and an end line.
-    static func snapshotBytes(_ book: GrantBook, settings: [String: String], bootID: String, now: Instants) -> [UInt8] {
+    public static func snapshotBytes(_ book: GrantBook, settings: [String: String], bootID: String, now: Instants) -> [UInt8] {
         var text = snapshotHeader + "\n"
         text += StateRecord.boot(id: bootID, wall: now.wall, monotonic: now.monotonic).encoded() + "\n"
         var count = 0

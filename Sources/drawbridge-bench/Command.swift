@@ -8,9 +8,17 @@ import Netfilter
     import Musl
 #endif
 
+/// `drawbridge-bench`: the kernel layer (default) or the whole agent, each against `nft`.
 struct DrawbridgeBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "drawbridge-bench",
+        abstract: "Benchmarks against the nft tool, in throwaway network namespaces.",
+        subcommands: [KernelBench.self, AgentBench.self], defaultSubcommand: KernelBench.self)
+}
+
+struct KernelBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernel",
         abstract: "Time drawbridge's nftables grant-set loads against the nft tool, in throwaway network namespaces.",
         discussion: """
             Measured for each set kind, in one process run:

@@ -73,6 +73,24 @@ struct Spawner {
             standardError: (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? "")
     }
 
+    /// Starts a long-running program (stdout and stderr to `log`) and returns its pid; the caller ends and reaps it.
+    func start(_ arguments: [String], log: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, arguments[0], &actions, nil, argv, environ)
+        guard spawned == 0 else {
+            throw SpawnError(description: "could not start \(arguments[0]): \(String(cString: strerror(spawned)))")
+        }
+        return pid
+    }
+
     /// Runs a program and fails, quoting its stderr, unless it exits 0.
     @discardableResult
     func check(_ arguments: [String], what: String) throws -> ProcessOutcome {
