@@ -102,7 +102,11 @@ public actor Agent {
                     detail: "\(loaded.expired - loaded.expiredGrants.count) more stored grants expired while the agent "
                         + "was down"))
         }
-        for path in policy.grantFiles { applyFile(path, readGrantsFile(path, policy: policy, now: now), now: now, initial: true) }
+        for path in policy.grantFiles {
+            let stamp = FileStamp(path)
+            applyFile(path, readGrantsFile(path, policy: policy, now: now), now: now, initial: true)
+            fileStamps[path] = stamp ?? .missing
+        }
         let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the policy")
         planner.reset(book: book, now: now.monotonic)
         let elements = planner.elements(book: book, now: now.monotonic)

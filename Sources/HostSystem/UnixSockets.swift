@@ -67,8 +67,13 @@ public enum UnixSocket {
             defer { close(file) }
             let procPath = "/proc/self/fd/\(file)"
             if let group {
-                // chown through /proc/self/fd follows the magic link to exactly the inode we opened.
-                try systemCall("chown", path) { chown(procPath, geteuid(), group) }
+                var info = stat()
+                // chown through /proc/self/fd follows the magic link to exactly the inode we opened. An agent that
+                // runs as a member of the group (the packaged unit, whose system-call filter refuses chown) finds
+                // the socket in its own group already.
+                if fstat(file, &info) == 0, info.st_gid != group {
+                    try systemCall("chown", path) { chown(procPath, geteuid(), group) }
+                }
                 try systemCall("chmod", path) { chmod(procPath, 0o660) }
             }
             try systemCall("listen", path) { Glibc.listen(descriptor, backlog) }
