@@ -105,6 +105,8 @@ struct CrashTests {
             var extending: String?
             if choice < 5 || ledger.isEmpty {
                 let source = sources[Int(random.next() % UInt64(sources.count))]
+                // A source already granted gets its grant extended, not a second one.
+                extending = ledger.first { $0.value.source == source }?.key
                 let seconds = 600 + Int(random.next() % 3000)
                 body = #"{"command":"grant","ports":["ssh"],"source":"\#(source)","duration_seconds":\#(seconds)}"#
             } else if choice < 8 {
