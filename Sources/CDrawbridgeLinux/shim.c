@@ -13,6 +13,7 @@
 #include <time.h>
 #include <sys/timerfd.h>
 #include <linux/falloc.h>
+#include <malloc.h>
 
 #ifndef SO_PEERGROUPS
 #define SO_PEERGROUPS 59
@@ -130,3 +131,10 @@ int drawbridge_arm_clock_step_timer(int fd) {
 }
 
 int drawbridge_open_path_flag(void) { return O_PATH; }
+
+void drawbridge_release_free_memory(void) { malloc_trim(0); }
+
+size_t drawbridge_heap_in_use(void) {
+    struct mallinfo2 info = mallinfo2();
+    return info.uordblks + info.hblkhd;
+}

@@ -113,6 +113,8 @@ public actor Agent {
         let report = try await kernel.rebuild(layout, elements: elements)
         lastSeenGeneration = try? await kernel.generation()
         armExpiry()
+        releaseFreeMemory()
+        logger.info("started", metadata: ["memory.heap_in_use_mib": "\(heapInUse() >> 20)"])
         audit.record(
             AuditEvent(
                 .start,
@@ -240,7 +242,7 @@ public actor Agent {
             }
             matching = [grant]
         case .within(let prefix):
-            matching = book.grants.values.filter { prefix.contains($0.source) }.sorted { $0.id < $1.id }
+            matching = book.values.filter { prefix.contains($0.source) }.sorted { $0.id < $1.id }
             guard !matching.isEmpty else {
                 return .failure(.init(code: .notFound, message: "no active grant comes from within \(prefix)"))
             }
@@ -695,7 +697,7 @@ public actor Agent {
         clockOffset = offset
         var changed: [AccessKey] = []
         var dropped: [Grant] = []
-        for var grant in book.grants.values {
+        for var grant in book.values {
             if grant.origin.hasAbsoluteExpiry {
                 let deadline = now.deadline(forWall: grant.expiresAt)
                 let longest = grant.ports.compactMap { policy.port(for: $0.service)?.maxDuration }.min() ?? 0
@@ -779,7 +781,7 @@ public actor Agent {
     private func dropGrantsOutsidePolicy(now: Instants, reason: String) -> Int {
         var dropped: [Grant] = []
         var changed: [AccessKey] = []
-        for grant in book.grants.values {
+        for grant in book.values {
             let outside = grant.ports.contains { port in
                 guard let managed = policy.port(for: port.service) else { return true }
                 return !managed.allowedSources.contains { $0.contains(grant.source) }
@@ -825,6 +827,7 @@ public actor Agent {
                 let targets = applyFile(path, result, now: now, initial: false)
                 fileStamps[path] = stamp ?? .missing
                 _ = await submit(targets)
+                if targets.count > 10_000 { releaseFreeMemory() }
             }
         } while refreshAgain
         refreshingFiles = false

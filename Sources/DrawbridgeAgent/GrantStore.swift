@@ -105,7 +105,7 @@ public final class GrantStore: @unchecked Sendable {
         if snapshots.isEmpty, journals.isEmpty, Files.exists(directory + "/grants.json") {
             switch LegacyState.read(directory + "/grants.json", now: now) {
             case .success(let book):
-                for grant in book.grants.values { replay.apply(.put(grant)) }
+                for grant in book.values { replay.apply(.put(grant)) }
                 notes.append("imported \(book.count) grants from grants.json (state version 1), renamed grants.json.imported")
                 try writeSnapshot(replay.book, settings: replay.settings, number: 1, now: now)
                 rename(directory + "/grants.json", directory + "/grants.json.imported")
@@ -141,37 +141,40 @@ public final class GrantStore: @unchecked Sendable {
 
     private func read(_ path: String, into replay: inout StateReplay, snapshot: Bool) -> ReadOutcome {
         guard let bytes = try? Files.read(path, maximumBytes: 1 << 31) else { return .damaged(line: 0) }
-        var lineNumber = 0
-        var ended = false
-        var start = bytes.startIndex
-        while start < bytes.endIndex {
-            guard let newline = bytes[start...].firstIndex(of: 0x0a) else {
-                // The last line has no newline: a write a crash cut short, never acknowledged.
-                return snapshot ? .damaged(line: lineNumber + 1) : .tornTail(Int64(start))
+        return bytes.withUnsafeBufferPointer { buffer -> ReadOutcome in
+            let header = Array(Self.snapshotHeader.utf8)
+            var lineNumber = 0
+            var ended = false
+            var start = buffer.startIndex
+            while start < buffer.endIndex {
+                guard let newline = buffer[start...].firstIndex(of: 0x0a) else {
+                    // The last line has no newline: a write a crash cut short, never acknowledged.
+                    return snapshot ? .damaged(line: lineNumber + 1) : .tornTail(Int64(start))
+                }
+                lineNumber += 1
+                let lineStart = start
+                let line = UnsafeBufferPointer(rebasing: buffer[start..<newline])
+                start = newline + 1
+                if snapshot, lineNumber == 1 {
+                    guard line.elementsEqual(header) else { return .damaged(line: 1) }
+                    continue
+                }
+                if snapshot, line.starts(with: [0x45, 0x4e, 0x44, 0x20]) {  // "END "
+                    ended = true
+                    continue
+                }
+                switch StateRecord.decode(line) {
+                case .success(let record):
+                    replay.apply(record)
+                case .failure:
+                    // Only the very last line may be torn.
+                    if !snapshot, start == buffer.endIndex { return .tornTail(Int64(lineStart)) }
+                    return .damaged(line: lineNumber)
+                }
             }
-            lineNumber += 1
-            let lineStart = start
-            let line = String(decoding: bytes[start..<newline], as: UTF8.self)
-            start = newline + 1
-            if snapshot, lineNumber == 1 {
-                guard line == Self.snapshotHeader else { return .damaged(line: 1) }
-                continue
-            }
-            if snapshot, line.hasPrefix("END ") {
-                ended = true
-                continue
-            }
-            switch StateRecord.decode(line[...]) {
-            case .success(let record):
-                replay.apply(record)
-            case .failure:
-                // Only the very last line may be torn.
-                if !snapshot, start == bytes.endIndex { return .tornTail(Int64(lineStart)) }
-                return .damaged(line: lineNumber)
-            }
+            if snapshot && !ended { return .damaged(line: lineNumber) }
+            return .complete(Int64(buffer.count))
         }
-        if snapshot && !ended { return .damaged(line: lineNumber) }
-        return .complete(Int64(bytes.count))
     }
 
     static let snapshotHeader = "drawbridge-state 2"
@@ -189,7 +192,7 @@ public final class GrantStore: @unchecked Sendable {
         var text = snapshotHeader + "\n"
         text += StateRecord.boot(id: bootID, wall: now.wall, monotonic: now.monotonic).encoded() + "\n"
         var count = 0
-        for grant in book.grants.values where GrantStore.isStored(grant) {
+        for grant in book.values where GrantStore.isStored(grant) {
             text += StateRecord.put(grant).encoded() + "\n"
             count += 1
         }

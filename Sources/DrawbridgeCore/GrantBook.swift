@@ -5,53 +5,67 @@ import HeapModule
 /// A value type with no I/O. Every change costs what it changes: grants are indexed by id, by the kernel elements
 /// they stand for and by origin, and deadlines sit in a heap, so a grant, a revocation or an expiry never walks the
 /// whole book. Each change returns the access keys whose desired element may have changed, for the planner.
+///
+/// Memory matters at a million grants: grants sit in an array of slots and every index holds 32-bit slot numbers
+/// instead of copies of ids; identical port lists share one array.
 public struct GrantBook: Sendable {
-    /// Every grant, by id.
-    public private(set) var grants: [String: Grant] = [:]
-    /// The grants that call for each element (usually one).
-    private var contributors: [AccessKey: Contributors] = [:]
-    /// The ids of the grants of each origin.
-    private var byOrigin: [GrantOrigin: Set<String>] = [:]
+    private var slots: [Grant?] = []
+    private var freeSlots: [Int32] = []
+    private var slotOfID: [String: Int32] = [:]
+    /// The grant that calls for each element; most elements have exactly one.
+    private var contributor: [AccessKey: Int32] = [:]
+    /// The other grants of the elements that have more than one.
+    private var moreContributors: [AccessKey: [Int32]] = [:]
+    /// The grants of each origin but local (files and controllers are read whole and compared).
+    private var byOrigin: [GrantOrigin: Set<Int32>] = [:]
     /// Ids of file grants revoked by hand: the file still lists them, but they must not come back.
     public private(set) var revokedFileGrants: Set<String> = []
-    /// Deadlines, soonest first; an entry whose grant is gone or has another deadline is stale and skipped.
+    /// Deadlines, soonest first; an entry whose slot now holds another deadline is stale and skipped.
     private var deadlines = Heap<DeadlineEntry>()
+    /// One shared array per distinct list of ports.
+    private var portLists: [[GrantedPort]: [GrantedPort]] = [:]
 
     public init() {}
 
-    public var count: Int { grants.count }
-    public var isEmpty: Bool { grants.isEmpty }
+    public var count: Int { slotOfID.count }
+    public var isEmpty: Bool { slotOfID.isEmpty }
 
-    public subscript(id: String) -> Grant? { grants[id] }
-
-    private enum Contributors: Sendable {
-        case one(String)
-        case many([String])
-
-        var ids: [String] {
-            switch self {
-            case .one(let id): return [id]
-            case .many(let ids): return ids
-            }
-        }
+    public subscript(id: String) -> Grant? {
+        guard let slot = slotOfID[id] else { return nil }
+        return slots[Int(slot)]
     }
+
+    /// Every grant, in no particular order.
+    public var values: [Grant] { slots.compactMap { $0 } }
 
     private struct DeadlineEntry: Comparable, Sendable {
         var deadline: MonotonicInstant
-        var id: String
-        static func < (lhs: Self, rhs: Self) -> Bool { (lhs.deadline, lhs.id) < (rhs.deadline, rhs.id) }
+        var slot: Int32
+        static func < (lhs: Self, rhs: Self) -> Bool { (lhs.deadline, lhs.slot) < (rhs.deadline, rhs.slot) }
+    }
+
+    /// Makes room for `count` more grants (before a large load).
+    public mutating func reserveCapacity(_ additional: Int) {
+        slots.reserveCapacity(slots.count + additional)
+        slotOfID.reserveCapacity(slotOfID.count + additional)
+        contributor.reserveCapacity(contributor.count + additional)
     }
 
     // MARK: Reading
+
+    private func slots(for key: AccessKey) -> [Int32] {
+        guard let first = contributor[key] else { return [] }
+        return [first] + (moreContributors[key] ?? [])
+    }
 
     /// The active grant that asking for `grant` again would extend: same origin, source, ports and requester.
     ///
     /// Another user asking for the same access gets a grant of their own (the kernel element takes the later
     /// deadline of the two), so nobody can take over, shorten or lengthen someone else's grant by asking.
     public func extendable(like grant: Grant, now: MonotonicInstant) -> Grant? {
-        guard let key = grant.accessKeys.first, let ids = contributors[key]?.ids else { return nil }
-        for id in ids {
-            guard let existing = grants[id], existing.isActive(at: now), existing.origin == grant.origin,
+        guard let key = grant.accessKeys.first else { return nil }
+        for slot in slots(for: key) {
+            guard let existing = slots[Int(slot)], existing.isActive(at: now), existing.origin == grant.origin,
                 existing.source == grant.source, existing.ports == grant.ports, existing.uid == grant.uid,
                 existing.requestedBy == grant.requestedBy
             else { continue }
@@ -62,10 +76,11 @@ public struct GrantBook: Sendable {
 
     /// The latest deadline any active grant gives an element, or nil when none calls for it.
     public func deadline(for key: AccessKey, now: MonotonicInstant) -> MonotonicInstant? {
-        guard let entry = contributors[key] else { return nil }
+        guard let first = contributor[key] else { return nil }
         var latest: MonotonicInstant?
-        for id in entry.ids {
-            guard let grant = grants[id], grant.deadline > now else { continue }
+        if let grant = slots[Int(first)], grant.deadline > now { latest = grant.deadline }
+        for slot in moreContributors[key] ?? [] {
+            guard let grant = slots[Int(slot)], grant.deadline > now else { continue }
             latest = max(latest ?? grant.deadline, grant.deadline)
         }
         return latest
@@ -73,22 +88,24 @@ public struct GrantBook: Sendable {
 
     /// The grants that call for an element.
     public func grants(for key: AccessKey) -> [Grant] {
-        (contributors[key]?.ids ?? []).compactMap { grants[$0] }
+        slots(for: key).compactMap { slots[Int($0)] }
     }
 
     /// Every element some grant calls for.
-    public var accessKeys: [AccessKey] { Array(contributors.keys) }
+    public var accessKeys: [AccessKey] { Array(contributor.keys) }
 
-    /// The ids of the grants that came from `origin`.
-    public func ids(from origin: GrantOrigin) -> Set<String> { byOrigin[origin] ?? [] }
+    /// The ids of the grants that came from `origin` (not kept for local grants: always empty for them).
+    public func ids(from origin: GrantOrigin) -> Set<String> {
+        Set((byOrigin[origin] ?? []).compactMap { slots[Int($0)]?.id })
+    }
 
-    /// The origins grants came from.
+    /// The origins other than local that grants came from.
     public var origins: [GrantOrigin] { Array(byOrigin.keys) }
 
     /// The soonest deadline among the grants, if any.
     public mutating func nextDeadline() -> MonotonicInstant? {
         while let top = deadlines.min {
-            if grants[top.id]?.deadline == top.deadline { return top.deadline }
+            if slots[Int(top.slot)]?.deadline == top.deadline { return top.deadline }
             _ = deadlines.popMin()
         }
         return nil
@@ -96,7 +113,7 @@ public struct GrantBook: Sendable {
 
     /// Every grant, soonest expiry first.
     public var sorted: [Grant] {
-        grants.values.sorted { ($0.deadline, $0.id) < ($1.deadline, $1.id) }
+        values.sorted { ($0.deadline, $0.id) < ($1.deadline, $1.id) }
     }
 
     // MARK: Changing
@@ -106,29 +123,46 @@ public struct GrantBook: Sendable {
     /// - Returns: the version it replaced, and the elements whose desired state may have changed.
     @discardableResult
     public mutating func put(_ grant: Grant) -> (previous: Grant?, changed: [AccessKey]) {
-        let previous = grants.updateValue(grant, forKey: grant.id)
-        var changed = grant.accessKeys
-        if let previous {
-            let oldKeys = previous.accessKeys
-            if oldKeys != changed {
-                for key in oldKeys { removeContributor(grant.id, from: key) }
-                for key in changed { addContributor(grant.id, to: key) }
-                changed = Array(Set(oldKeys + changed))
+        var grant = grant
+        if let shared = portLists[grant.ports] {
+            grant.ports = shared
+        } else {
+            portLists[grant.ports] = grant.ports
+        }
+        let keys = grant.accessKeys
+        if let slot = slotOfID[grant.id] {
+            let previous = slots[Int(slot)]!
+            slots[Int(slot)] = grant
+            var changed = keys
+            if previous.source != grant.source || previous.ports != grant.ports {
+                let oldKeys = previous.accessKeys
+                for key in oldKeys { removeContributor(slot, from: key) }
+                for key in keys { addContributor(slot, to: key) }
+                changed = Array(Set(oldKeys + keys))
             }
             if previous.origin != grant.origin {
-                byOrigin[previous.origin]?.remove(grant.id)
-                if byOrigin[previous.origin]?.isEmpty == true { byOrigin[previous.origin] = nil }
-                byOrigin[grant.origin, default: []].insert(grant.id)
+                removeOrigin(previous.origin, slot)
+                addOrigin(grant.origin, slot)
             }
+            if previous.deadline != grant.deadline {
+                deadlines.insert(DeadlineEntry(deadline: grant.deadline, slot: slot))
+                compactDeadlinesIfNeeded()
+            }
+            return (previous, changed)
+        }
+        let slot: Int32
+        if let free = freeSlots.popLast() {
+            slot = free
+            slots[Int(slot)] = grant
         } else {
-            for key in changed { addContributor(grant.id, to: key) }
-            byOrigin[grant.origin, default: []].insert(grant.id)
+            slot = Int32(slots.count)
+            slots.append(grant)
         }
-        if previous?.deadline != grant.deadline {
-            deadlines.insert(DeadlineEntry(deadline: grant.deadline, id: grant.id))
-            compactDeadlinesIfNeeded()
-        }
-        return (previous, changed)
+        slotOfID[grant.id] = slot
+        for key in keys { addContributor(slot, to: key) }
+        addOrigin(grant.origin, slot)
+        deadlines.insert(DeadlineEntry(deadline: grant.deadline, slot: slot))
+        return (nil, keys)
     }
 
     /// Removes one grant.
@@ -136,11 +170,12 @@ public struct GrantBook: Sendable {
     /// - Returns: the grant, and the elements whose desired state may have changed.
     @discardableResult
     public mutating func remove(id: String) -> (removed: Grant?, changed: [AccessKey]) {
-        guard let grant = grants.removeValue(forKey: id) else { return (nil, []) }
+        guard let slot = slotOfID.removeValue(forKey: id), let grant = slots[Int(slot)] else { return (nil, []) }
+        slots[Int(slot)] = nil
+        freeSlots.append(slot)
         let keys = grant.accessKeys
-        for key in keys { removeContributor(id, from: key) }
-        byOrigin[grant.origin]?.remove(id)
-        if byOrigin[grant.origin]?.isEmpty == true { byOrigin[grant.origin] = nil }
+        for key in keys { removeContributor(slot, from: key) }
+        removeOrigin(grant.origin, slot)
         return (grant, keys)
     }
 
@@ -149,8 +184,8 @@ public struct GrantBook: Sendable {
         var expired: [(Grant, [AccessKey])] = []
         while let top = deadlines.min, top.deadline <= now {
             _ = deadlines.popMin()
-            guard let grant = grants[top.id], grant.deadline == top.deadline else { continue }
-            let (removed, changed) = remove(id: top.id)
+            guard let grant = slots[Int(top.slot)], grant.deadline == top.deadline else { continue }
+            let (removed, changed) = remove(id: grant.id)
             if let removed { expired.append((removed, changed)) }
         }
         return expired
@@ -166,30 +201,50 @@ public struct GrantBook: Sendable {
         revokedFileGrants.remove(id)
     }
 
-    private mutating func addContributor(_ id: String, to key: AccessKey) {
-        switch contributors[key] {
-        case nil: contributors[key] = .one(id)
-        case .one(let existing)?: contributors[key] = existing == id ? .one(id) : .many([existing, id])
-        case .many(var ids)?:
-            if !ids.contains(id) { ids.append(id) }
-            contributors[key] = .many(ids)
-        }
+    private mutating func addOrigin(_ origin: GrantOrigin, _ slot: Int32) {
+        guard origin != .local else { return }
+        byOrigin[origin, default: []].insert(slot)
     }
 
-    private mutating func removeContributor(_ id: String, from key: AccessKey) {
-        switch contributors[key] {
-        case nil: return
-        case .one(let existing)?: if existing == id { contributors[key] = nil }
-        case .many(var ids)?:
-            ids.removeAll { $0 == id }
-            contributors[key] = ids.count == 1 ? .one(ids[0]) : (ids.isEmpty ? nil : .many(ids))
+    private mutating func removeOrigin(_ origin: GrantOrigin, _ slot: Int32) {
+        guard origin != .local else { return }
+        byOrigin[origin]?.remove(slot)
+        if byOrigin[origin]?.isEmpty == true { byOrigin[origin] = nil }
+    }
+
+    private mutating func addContributor(_ slot: Int32, to key: AccessKey) {
+        guard let first = contributor[key] else {
+            contributor[key] = slot
+            return
+        }
+        guard first != slot, moreContributors[key]?.contains(slot) != true else { return }
+        moreContributors[key, default: []].append(slot)
+    }
+
+    private mutating func removeContributor(_ slot: Int32, from key: AccessKey) {
+        guard let first = contributor[key] else { return }
+        if first == slot {
+            if var others = moreContributors[key], !others.isEmpty {
+                contributor[key] = others.removeFirst()
+                moreContributors[key] = others.isEmpty ? nil : others
+            } else {
+                contributor[key] = nil
+            }
+        } else if var others = moreContributors[key] {
+            others.removeAll { $0 == slot }
+            moreContributors[key] = others.isEmpty ? nil : others
         }
     }
 
     /// Rebuilds the heap when stale entries (from extensions and revocations) outnumber the live ones.
     private mutating func compactDeadlinesIfNeeded() {
-        guard deadlines.count > 2 * grants.count + 1024 else { return }
-        deadlines = Heap(grants.values.map { DeadlineEntry(deadline: $0.deadline, id: $0.id) })
+        guard deadlines.count > 2 * count + 1024 else { return }
+        var entries: [DeadlineEntry] = []
+        entries.reserveCapacity(count)
+        for (index, grant) in slots.enumerated() {
+            if let grant { entries.append(DeadlineEntry(deadline: grant.deadline, slot: Int32(index))) }
+        }
+        deadlines = Heap(entries)
     }
 
     /// File grant ids start with `f-` and a short digest of the file path, so revocations can be matched to files.
@@ -200,8 +255,12 @@ public struct GrantBook: Sendable {
 
 /// FNV-1a, 64-bit: a stable digest for identifiers (not for security).
 func fnv1a(_ text: String) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in text.utf8 {
+    fnv1a(text.utf8)
+}
+
+func fnv1a(_ bytes: some Sequence<UInt8>, continuing hash: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
+    var hash = hash
+    for byte in bytes {
         hash ^= UInt64(byte)
         hash = hash &* 0x100_0000_01b3
     }

@@ -16,6 +16,9 @@ public struct GrantEntry: Sendable, Equatable {
     public var expiresAt: Date
     public var reason: String
     public var requestedBy: String?
+    /// The source and expiry as written, for naming an entry without an id.
+    var sourceText = ""
+    var expiryText = ""
 
     public init(
         id: String?, source: IPPrefix, ports: [String], expiresAt: Date, reason: String, requestedBy: String? = nil
@@ -102,8 +105,19 @@ public struct GrantEntry: Sendable, Equatable {
                 throw FieldError(problem)
             }
         }
-        return GrantEntry(
+        var entry = GrantEntry(
             id: id, source: source, ports: ports, expiresAt: expiresAt, reason: reason, requestedBy: requestedBy)
+        entry.sourceText = sourceText
+        entry.expiryText = expiryText
+        return entry
+    }
+
+    /// A name for an entry without an id, from what it says: the same entry gets the same name on every read.
+    var contentDigest: String {
+        var hash = fnv1a(sourceText.utf8)
+        for port in ports.sorted() { hash = fnv1a([0x7c] + Array(port.utf8), continuing: hash) }
+        hash = fnv1a([0x7c] + Array(expiryText.utf8), continuing: hash)
+        return String(hash, radix: 16)
     }
 }
 
@@ -190,13 +204,12 @@ public enum GrantsFile {
         var seen: Set<String> = []
         seen.reserveCapacity(entries.count)
         var resolvedPorts: [[String]: Result<[Policy.ManagedPort], Refusal>] = [:]
+        var grantedPorts: [[String]: [GrantedPort]] = [:]
+        var reasons: [String: String] = [:]
         let root = Caller(uid: 0, user: "root", groups: [])
         for (index, entry) in entries.enumerated() {
             let place = "grants[\(index)]"
-            let suffix =
-                entry.id
-                ?? String(
-                    fnv1a("\(entry.source)|\(entry.ports.sorted())|\(Timestamp.format(entry.expiresAt))"), radix: 16)
+            let suffix = entry.id ?? entry.contentDigest
             let id = idPrefix + suffix
             guard seen.insert(id).inserted else { throw fail("\(place): duplicate id \"\(suffix)\"") }
             guard entry.expiresAt > now.wall else {
@@ -220,13 +233,18 @@ public enum GrantsFile {
                     .init(
                         entry: "\(place) (\(entry.source) \(entry.ports.joined(separator: ",")))", refusal: refusal))
             case .success(let authorized):
+                // One array per list of ports and one string per reason, shared by every entry that has them.
+                let ports =
+                    grantedPorts[entry.ports]
+                    ?? authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) }
+                grantedPorts[entry.ports] = ports
+                let reason = reasons[entry.reason] ?? entry.reason
+                reasons[entry.reason] = reason
                 grants.append(
                     Grant(
-                        id: id, source: entry.source,
-                        ports: authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) },
-                        createdAt: now.wall, expiresAt: entry.expiresAt,
-                        deadline: now.deadline(forWall: entry.expiresAt), requestedBy: path, uid: nil,
-                        reason: entry.reason, origin: origin))
+                        id: id, source: entry.source, ports: ports, createdAt: now.wall, expiresAt: entry.expiresAt,
+                        deadline: now.deadline(forWall: entry.expiresAt), requestedBy: path, uid: nil, reason: reason,
+                        origin: origin))
             }
         }
         return Contents(grants: grants, refusals: refusals, expired: expired)

@@ -227,8 +227,10 @@ public enum AddressFamily: String, Hashable, Sendable, Codable, CaseIterable {
 public struct IPPrefix: Hashable, Sendable, Comparable {
     /// The first address of the prefix (host bits are zero).
     public let network: IPAddress
+    /// The length in one byte: a prefix is 24 bytes instead of 32, which a million of them notice.
+    private let storedLength: UInt8
     /// The number of leading bits that are fixed.
-    public let length: Int
+    public var length: Int { Int(storedLength) }
 
     public var family: AddressFamily { network.family }
 
@@ -246,7 +248,7 @@ public struct IPPrefix: Hashable, Sendable, Comparable {
             throw .hostBitsSet(address: network, length: length, network: IPPrefix(unchecked: masked, length: length))
         }
         self.network = network
-        self.length = length
+        storedLength = UInt8(length)
     }
 
     /// A single address as a /32 or /128.
@@ -256,22 +258,29 @@ public struct IPPrefix: Hashable, Sendable, Comparable {
 
     init(unchecked network: IPAddress, length: Int) {
         self.network = network
-        self.length = length
+        storedLength = UInt8(length)
     }
 
-    /// Parses `203.0.113.7`, `198.51.100.0/24`, `2001:db8::/32`.
+    /// Parses `203.0.113.7`, `198.51.100.0/24`, `2001:db8::/32` (surrounding whitespace is ignored).
     public init(parsing text: some StringProtocol) throws(PrefixError) {
-        let string = String(text).trimmingWhitespace()
-        let parts = string.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let address = IPAddress(parts[0]) else { throw .notAnAddress(string) }
-        guard parts.count == 2 else {
-            self.init(address: address)
-            return
+        var utf8 = Array(text.utf8)
+        while let last = utf8.last, last == 0x20 || last == 0x09 || last == 0x0a || last == 0x0d { utf8.removeLast() }
+        let leading = utf8.prefix { $0 == 0x20 || $0 == 0x09 || $0 == 0x0a || $0 == 0x0d }.count
+        if leading > 0 { utf8.removeFirst(leading) }
+        let parsed: Result<IPPrefix, PrefixError> = utf8.withUnsafeBufferPointer { bytes in
+            let slash = bytes.firstIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
+            guard let address = IPAddress.parse(UnsafeBufferPointer(rebasing: bytes[..<slash])) else {
+                return .failure(.notAnAddress(String(decoding: bytes, as: UTF8.self)))
+            }
+            guard slash < bytes.endIndex else { return .success(IPPrefix(address: address)) }
+            let digits = bytes[(slash + 1)...]
+            guard !digits.isEmpty, digits.count <= 3, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+                return .failure(.notAnAddress(String(decoding: bytes, as: UTF8.self)))
+            }
+            let length = digits.reduce(0) { $0 * 10 + Int($1 - 0x30) }
+            return Result { () throws(PrefixError) in try IPPrefix(network: address, length: length) }
         }
-        guard !parts[1].isEmpty, parts[1].allSatisfy(\.isASCIIDigit), let length = Int(parts[1]) else {
-            throw .notAnAddress(string)
-        }
-        try self.init(network: address, length: length)
+        self = try parsed.get()
     }
 
     /// The last address inside the prefix.

@@ -86,7 +86,9 @@ public struct JSONReader {
         }
         try enter()
         index += 1
-        var seen: Set<String> = []
+        // Objects here have a handful of keys: a list beats hashing until it grows.
+        var seenFew: [String] = []
+        var seenMany: Set<String>?
         skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
@@ -100,7 +102,17 @@ public struct JSONReader {
                 throw failure("expected a quoted key")
             }
             let key = try readString()
-            guard seen.insert(key).inserted else {
+            let repeated: Bool
+            if seenMany != nil {
+                repeated = !seenMany!.insert(key).inserted
+            } else if seenFew.contains(key) {
+                repeated = true
+            } else {
+                repeated = false
+                seenFew.append(key)
+                if seenFew.count > 16 { seenMany = Set(seenFew) }
+            }
+            guard !repeated else {
                 throw failure("the key \"\(TextCheck.escaped(key))\" appears twice in one object", at: keyOffset)
             }
             skipWhitespace()

@@ -76,24 +76,6 @@ public enum StateRecord: Equatable, Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    static func unescape(_ field: Substring) -> String? {
-        if field == "~" { return "" }
-        guard field.contains("%") else { return String(field) }
-        var bytes: [UInt8] = []
-        var utf8 = field.utf8[...]
-        while let byte = utf8.popFirst() {
-            if byte == 0x25 {
-                guard let high = utf8.popFirst(), let low = utf8.popFirst(),
-                    let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16)
-                else { return nil }
-                bytes.append(value)
-            } else {
-                bytes.append(byte)
-            }
-        }
-        return String(validating: bytes, as: UTF8.self)
-    }
-
     // MARK: Decoding
 
     /// Why a line could not be read.
@@ -106,72 +88,144 @@ public enum StateRecord: Equatable, Sendable {
 
     /// Reads one line (without its newline).
     public static func decode(_ line: Substring) -> Result<StateRecord, DecodingProblem> {
-        guard line.utf8.count > 9, let space = line.firstIndex(of: " "),
-            line.distance(from: line.startIndex, to: space) == 8,
-            let crc = UInt32(line[line.startIndex..<space], radix: 16)
-        else { return .failure(.checksum) }
-        let body = line[line.index(after: space)...]
-        guard CRC32.checksum(Array(body.utf8)) == crc else { return .failure(.checksum) }
-        let parts = body.split(separator: " ", omittingEmptySubsequences: false)
-        var fields: [String] = []
-        for part in parts {
-            guard let field = unescape(part) else { return .failure(.malformed("bad escape in \(part)")) }
-            fields.append(field)
+        var bytes = Array(line.utf8)
+        return bytes.withUnsafeMutableBufferPointer { decode(UnsafeBufferPointer($0)) }
+    }
+
+    /// Reads one line (without its newline) from its bytes: a hundred thousand lines at start must take
+    /// milliseconds, so fields are sliced as bytes and only the texts a grant keeps become strings.
+    public static func decode(_ line: UnsafeBufferPointer<UInt8>) -> Result<StateRecord, DecodingProblem> {
+        guard line.count > 9, line[8] == 0x20, let crc = hexNumber(line[0..<8]) else { return .failure(.checksum) }
+        let body = UnsafeBufferPointer(rebasing: line[9...])
+        guard CRC32.checksum(body) == crc else { return .failure(.checksum) }
+        var fields: [Slice<UnsafeBufferPointer<UInt8>>] = []
+        fields.reserveCapacity(12)
+        var start = body.startIndex
+        for index in body.indices where body[index] == 0x20 {
+            fields.append(body[start..<index])
+            start = index + 1
         }
+        fields.append(body[start..<body.endIndex])
         func malformed(_ why: String) -> Result<StateRecord, DecodingProblem> { .failure(.malformed(why)) }
-        switch fields.first {
-        case "B":
-            guard fields.count == 4, let wall = Int64(fields[2]), let monotonic = Int64(fields[3]) else {
+        func text(_ index: Int) -> String? { unescape(fields[index]) }
+        func number(_ index: Int) -> Int64? { decimalNumber(fields[index]) }
+        guard fields[0].count == 1 else { return malformed("unknown record type") }
+        switch fields[0].first! {
+        case UInt8(ascii: "B"):
+            guard fields.count == 4, let id = text(1), let wall = number(2), let monotonic = number(3) else {
                 return malformed("boot record")
             }
             return .success(
-                .boot(
-                    id: fields[1], wall: date(nanoseconds: wall), monotonic: MonotonicInstant(nanoseconds: monotonic)))
-        case "G":
+                .boot(id: id, wall: date(nanoseconds: wall), monotonic: MonotonicInstant(nanoseconds: monotonic)))
+        case UInt8(ascii: "G"):
             guard fields.count == 12 else { return malformed("grant record with \(fields.count) fields") }
-            guard let source = try? IPPrefix(parsing: fields[2]) else { return malformed("source \(fields[2])") }
+            guard let source = prefix(fields[2]) else { return malformed("source") }
             var ports: [GrantedPort] = []
-            for item in fields[3].split(separator: ",") {
-                let pair = item.split(separator: "=", maxSplits: 1)
-                guard pair.count == 2, let service = Service(parsing: pair[1]) else {
-                    return malformed("port \(item)")
-                }
-                ports.append(GrantedPort(name: String(pair[0]), service: service))
+            var itemStart = fields[3].startIndex
+            for index in fields[3].startIndex...fields[3].endIndex
+            where index == fields[3].endIndex || fields[3][index] == UInt8(ascii: ",") {
+                let item = fields[3][itemStart..<index]
+                itemStart = index + 1
+                guard let equals = item.firstIndex(of: UInt8(ascii: "=")),
+                    let service = Service(parsing: String(decoding: item[(equals + 1)...], as: UTF8.self))
+                else { return malformed("port") }
+                ports.append(GrantedPort(name: String(decoding: item[..<equals], as: UTF8.self), service: service))
             }
-            guard !ports.isEmpty, let created = Int64(fields[4]), let issued = Int64(fields[5]),
-                let expires = Int64(fields[6]), let deadline = Int64(fields[7])
-            else { return malformed("grant times") }
+            guard let id = text(1), !ports.isEmpty, let created = number(4), let issued = number(5),
+                let expires = number(6), let deadline = number(7), let requestedBy = text(8), let uidText = text(9),
+                let reason = text(10), let originText = text(11)
+            else { return malformed("grant fields") }
             let uid: UInt32?
-            if fields[9].isEmpty {
+            if uidText.isEmpty {
                 uid = nil
-            } else if let value = UInt32(fields[9]) {
+            } else if let value = UInt32(uidText) {
                 uid = value
             } else {
-                return malformed("uid \(fields[9])")
+                return malformed("uid \(uidText)")
             }
-            guard let origin = GrantOrigin(parsing: fields[11]) else { return malformed("origin \(fields[11])") }
+            guard let origin = GrantOrigin(parsing: originText) else { return malformed("origin \(originText)") }
             return .success(
                 .put(
                     Grant(
-                        id: fields[1], source: source, ports: ports, createdAt: date(nanoseconds: created),
+                        id: id, source: source, ports: ports, createdAt: date(nanoseconds: created),
                         issuedAt: date(nanoseconds: issued), expiresAt: date(nanoseconds: expires),
-                        deadline: MonotonicInstant(nanoseconds: deadline), requestedBy: fields[8], uid: uid,
-                        reason: fields[10], origin: origin)))
-        case "X":
-            guard fields.count == 2 else { return malformed("remove record") }
-            return .success(.remove(id: fields[1]))
-        case "T":
-            guard fields.count == 2 else { return malformed("tombstone record") }
-            return .success(.tombstone(id: fields[1]))
-        case "U":
-            guard fields.count == 2 else { return malformed("tombstone record") }
-            return .success(.forgetTombstone(id: fields[1]))
-        case "S":
-            guard fields.count == 3 else { return malformed("setting record") }
-            return .success(.setting(key: fields[1], value: fields[2]))
+                        deadline: MonotonicInstant(nanoseconds: deadline), requestedBy: requestedBy, uid: uid,
+                        reason: reason, origin: origin)))
+        case UInt8(ascii: "X"):
+            guard fields.count == 2, let id = text(1) else { return malformed("remove record") }
+            return .success(.remove(id: id))
+        case UInt8(ascii: "T"):
+            guard fields.count == 2, let id = text(1) else { return malformed("tombstone record") }
+            return .success(.tombstone(id: id))
+        case UInt8(ascii: "U"):
+            guard fields.count == 2, let id = text(1) else { return malformed("tombstone record") }
+            return .success(.forgetTombstone(id: id))
+        case UInt8(ascii: "S"):
+            guard fields.count == 3, let key = text(1), let value = text(2) else { return malformed("setting record") }
+            return .success(.setting(key: key, value: value))
         default:
-            return malformed("unknown record type \(fields.first ?? "")")
+            return malformed("unknown record type")
         }
+    }
+
+    private static func hexNumber(_ bytes: Slice<UnsafeBufferPointer<UInt8>>) -> UInt32? {
+        var value: UInt32 = 0
+        for byte in bytes {
+            let digit: UInt32
+            switch byte {
+            case 0x30...0x39: digit = UInt32(byte - 0x30)
+            case 0x61...0x66: digit = UInt32(byte - 0x61 + 10)
+            default: return nil
+            }
+            value = value << 4 | digit
+        }
+        return value
+    }
+
+    private static func decimalNumber(_ bytes: Slice<UnsafeBufferPointer<UInt8>>) -> Int64? {
+        var rest = bytes[...]
+        var negative = false
+        if rest.first == UInt8(ascii: "-") {
+            negative = true
+            rest = rest.dropFirst()
+        }
+        guard !rest.isEmpty, rest.count <= 19 else { return nil }
+        var value: Int64 = 0
+        for byte in rest {
+            guard byte >= 0x30, byte <= 0x39 else { return nil }
+            value = value * 10 + Int64(byte - 0x30)
+        }
+        return negative ? -value : value
+    }
+
+    private static func prefix(_ bytes: Slice<UnsafeBufferPointer<UInt8>>) -> IPPrefix? {
+        let slash = bytes.firstIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
+        guard let address = IPAddress.parse(UnsafeBufferPointer(rebasing: bytes[..<slash])) else { return nil }
+        guard slash < bytes.endIndex else { return IPPrefix(address: address) }
+        guard let length = decimalNumber(bytes[(slash + 1)...]) else { return nil }
+        return try? IPPrefix(network: address, length: Int(length))
+    }
+
+    static func unescape(_ field: Slice<UnsafeBufferPointer<UInt8>>) -> String? {
+        if field.count == 1, field.first == UInt8(ascii: "~") { return "" }
+        guard field.contains(0x25) else { return String(validating: field, as: UTF8.self) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(field.count)
+        var index = field.startIndex
+        while index < field.endIndex {
+            let byte = field[index]
+            if byte == 0x25 {
+                guard index + 2 < field.endIndex, let value = hexNumber(field[(index + 1)...(index + 2)]) else {
+                    return nil
+                }
+                bytes.append(UInt8(value))
+                index += 3
+            } else {
+                bytes.append(byte)
+                index += 1
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
     }
 }
 

@@ -1,6 +1,18 @@
+import CDrawbridgeLinux
 import DrawbridgeCore
 import FoundationEssentials
 import Glibc
+
+/// Memory the process no longer uses, returned to the system after a large load (a restart with many grants, a
+/// big grants file), so the agent's resident size reflects what it holds rather than what it once parsed.
+public func releaseFreeMemory() {
+    drawbridge_release_free_memory()
+}
+
+/// Heap bytes in use (allocated and not freed), for `drawbridge status` and the benchmarks.
+public func heapInUse() -> Int {
+    Int(drawbridge_heap_in_use())
+}
 
 /// The machine's clocks.
 public enum SystemClock {

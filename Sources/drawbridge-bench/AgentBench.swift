@@ -67,6 +67,9 @@ struct AgentBench: ParsableCommand {
     @Flag(help: "Print the results as JSON.")
     var json = false
 
+    @Option(help: ArgumentHelp("Only prepare a state directory of this many stored grants here, and exit (for profiling).", valueName: "directory"))
+    var prepareState: String?
+
     func run() throws {
         guard geteuid() == 0 else {
             FileHandle.standardError.write(Data("drawbridge-bench agent: must run as root (namespaces)\n".utf8))
@@ -84,6 +87,14 @@ struct AgentBench: ParsableCommand {
             FileHandle.standardError.write(
                 Data("drawbridge-bench agent: drawbridged and drawbridge must be next to this executable\n".utf8))
             throw ExitCode(1)
+        }
+        if let prepareState {
+            var book = GrantBook()
+            for grant in AgentMeasurements.singleGrants(grants, block: 1) { book.put(grant) }
+            try FileManager.default.createDirectory(atPath: prepareState, withIntermediateDirectories: true)
+            let bytes = GrantStore.snapshotBytes(book, settings: [:], bootID: SystemClock.bootID(), now: SystemClock.now())
+            try Data(bytes).write(to: URL(fileURLWithPath: prepareState + "/snapshot-1"))
+            return
         }
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("drawbridge-agent-bench-\(getpid())")
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)

@@ -49,6 +49,12 @@ int drawbridge_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 /// needed). Never reports groups it did not read.
 int drawbridge_peer_groups(int fd, gid_t *groups, size_t *count);
 
+/// Gives memory freed after a large load back to the system (glibc's malloc_trim).
+void drawbridge_release_free_memory(void);
+
+/// Bytes of heap the process has allocated and not freed (glibc's mallinfo2: uordblks + hblkhd).
+size_t drawbridge_heap_in_use(void);
+
 /// O_PATH, which glibc only declares under _GNU_SOURCE.
 int drawbridge_open_path_flag(void);
 
