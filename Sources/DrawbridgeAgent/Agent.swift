@@ -53,6 +53,9 @@ public actor Agent {
     let store: GrantStore
     let audit: AuditTrail
     let kernel: KernelLink
+    /// A second connection, on a thread of its own, for reads (`list`, the answer to a grant): a list of a hundred
+    /// thousand point queries never holds up a change, and a change never holds up a list.
+    let kernelReads: KernelLink
     let disk: NIOThreadPool
 
     private(set) var policy: Policy
@@ -67,6 +70,7 @@ public actor Agent {
         store = try GrantStore(directory: configuration.stateDirectory, bootID: SystemClock.bootID())
         audit = try AuditTrail(path: configuration.auditLogPath, logger: logger)
         kernel = try KernelLink(canDestroyElements: configuration.canDestroyElements)
+        kernelReads = try KernelLink()
         disk = NIOThreadPool(numberOfThreads: 1)
         disk.start()
     }
@@ -171,7 +175,7 @@ public actor Agent {
         var previous: Grant?
         if let existing = book.extendable(like: grant, now: now.monotonic) {
             if existing.deadline >= grant.deadline {
-                let remaining = try? await kernel.remaining(existing.accessKeys)
+                let remaining = try? await kernelReads.remaining(existing.accessKeys)
                 return LocalAPI.Response(
                     ok: true, grants: [status(of: existing, remaining: remaining ?? [:])], outcome: "unchanged")
             }
@@ -212,7 +216,7 @@ public actor Agent {
             return .failure(failure)
         }
         compactIfWanted()
-        let remaining = try? await kernel.remaining(grant.accessKeys)
+        let remaining = try? await kernelReads.remaining(grant.accessKeys)
         return LocalAPI.Response(
             ok: true, grants: [status(of: book[grant.id] ?? grant, remaining: remaining ?? [:])],
             outcome: previous == nil ? "created" : "extended")
@@ -314,7 +318,7 @@ public actor Agent {
         for grant in grants { keys += grant.accessKeys }
         let remaining: [AccessKey: Double]
         do {
-            remaining = try await kernel.remaining(keys)
+            remaining = try await kernelReads.remaining(keys)
         } catch {
             return .failure(.init(code: .kernel, message: "cannot read the kernel's grant sets: \(error)"))
         }

@@ -142,6 +142,7 @@ public final class GrantStore: @unchecked Sendable {
     private func read(_ path: String, into replay: inout StateReplay, snapshot: Bool) -> ReadOutcome {
         guard let bytes = try? Files.read(path, maximumBytes: 1 << 31) else { return .damaged(line: 0) }
         return bytes.withUnsafeBufferPointer { buffer -> ReadOutcome in
+            if snapshot { replay.reserveCapacity(buffer.reduce(0) { $1 == 0x0a ? $0 + 1 : $0 }) }
             let header = Array(Self.snapshotHeader.utf8)
             var lineNumber = 0
             var ended = false

@@ -90,8 +90,6 @@ public final class LocalAPIServer: Sendable {
                     }
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(LineDecoder(limit: LocalAPI.maximumRequestBytes)))
-                    // Whatever happens, the connection ends by this deadline.
-                    channel.eventLoop.scheduleTask(in: Self.connectionDeadline) { channel.close(promise: nil) }
                     return Connection(
                         channel: try NIOAsyncChannel(wrappingChannelSynchronously: channel), peer: peer)
                 }
@@ -114,6 +112,10 @@ public final class LocalAPIServer: Sendable {
 
     private func serve(_ connection: Connection) async {
         let channel = connection.channel.channel
+        // Whatever happens, the connection ends by this deadline (cancelled when it ends sooner, so an idle agent
+        // has no timer left behind).
+        let lifetime = channel.eventLoop.scheduleTask(in: Self.connectionDeadline) { channel.close(promise: nil) }
+        defer { lifetime.cancel() }
         let peer: PeerCredentials
         switch connection.peer {
         case .failure(let error):
@@ -144,7 +146,7 @@ public final class LocalAPIServer: Sendable {
                     line = try await lines.next()
                 } catch let error as LineDecoder.TooLong {
                     deadline.cancel()
-                    try await outbound.write(Self.encode(.failure(.init(code: .badRequest, message: "\(error)"))))
+                    try await Self.send(.failure(.init(code: .badRequest, message: "\(error)")), on: channel)
                     return
                 }
                 deadline.cancel()
@@ -158,7 +160,8 @@ public final class LocalAPIServer: Sendable {
                 case .success(let command):
                     response = await agent.handle(command, from: Self.caller(peer))
                 }
-                try await outbound.write(Self.encode(response))
+                try await Self.send(response, on: channel)
+                _ = outbound
             }
         } catch {
             // The client went away or the deadline closed the connection: nothing to answer.
@@ -166,10 +169,23 @@ public final class LocalAPIServer: Sendable {
         }
     }
 
+    /// Answers without serving: the request is read first (within the deadline), so that closing does not reset
+    /// a client still sending and the client gets to read the answer.
     private func respond(_ connection: Connection, _ response: LocalAPI.Response) async {
-        try? await connection.channel.executeThenClose { _, outbound in
-            try await outbound.write(Self.encode(response))
+        let channel = connection.channel.channel
+        let deadline = channel.eventLoop.scheduleTask(in: Self.requestDeadline) { channel.close(promise: nil) }
+        defer { deadline.cancel() }
+        try? await connection.channel.executeThenClose { inbound, _ in
+            var lines = inbound.makeAsyncIterator()
+            _ = try? await lines.next()
+            try await Self.send(response, on: channel)
         }
+    }
+
+    /// Writes the answer and waits until all of it is in the socket: the connection is closed right after, and a
+    /// close drops what is still queued (a long `list` would arrive cut short).
+    static func send(_ response: LocalAPI.Response, on channel: any Channel) async throws {
+        try await channel.writeAndFlush(encode(response)).get()
     }
 
     static func encode(_ response: LocalAPI.Response) -> ByteBuffer {

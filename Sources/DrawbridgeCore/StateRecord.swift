@@ -126,8 +126,7 @@ public enum StateRecord: Equatable, Sendable {
             where index == fields[3].endIndex || fields[3][index] == UInt8(ascii: ",") {
                 let item = fields[3][itemStart..<index]
                 itemStart = index + 1
-                guard let equals = item.firstIndex(of: UInt8(ascii: "=")),
-                    let service = Service(parsing: String(decoding: item[(equals + 1)...], as: UTF8.self))
+                guard let equals = item.firstIndex(of: UInt8(ascii: "=")), let service = service(item[(equals + 1)...])
                 else { return malformed("port") }
                 ports.append(GrantedPort(name: String(decoding: item[..<equals], as: UTF8.self), service: service))
             }
@@ -166,6 +165,17 @@ public enum StateRecord: Equatable, Sendable {
         default:
             return malformed("unknown record type")
         }
+    }
+
+    /// `22/tcp` from bytes.
+    private static func service(_ bytes: Slice<UnsafeBufferPointer<UInt8>>) -> Service? {
+        guard let slash = bytes.firstIndex(of: UInt8(ascii: "/")), let port = decimalNumber(bytes[..<slash]),
+            port > 0, port <= 65535
+        else { return nil }
+        let name = bytes[(slash + 1)...]
+        if name.elementsEqual("tcp".utf8) { return Service(port: UInt16(port), transport: .tcp) }
+        if name.elementsEqual("udp".utf8) { return Service(port: UInt16(port), transport: .udp) }
+        return nil
     }
 
     private static func hexNumber(_ bytes: Slice<UnsafeBufferPointer<UInt8>>) -> UInt32? {
@@ -248,6 +258,11 @@ public struct StateReplay: Sendable {
     public init(now: Instants, bootID: String) {
         self.now = now
         self.bootID = bootID
+    }
+
+    /// Makes room for this many more grants (the lines of the file about to be replayed).
+    public mutating func reserveCapacity(_ additional: Int) {
+        book.reserveCapacity(additional)
     }
 
     public mutating func apply(_ record: StateRecord) {

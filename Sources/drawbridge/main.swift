@@ -58,6 +58,7 @@ struct ConnectionOptions: ParsableArguments {
 extension Drawbridge {
     struct Grant: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "grant",
             abstract: "Open managed ports to a source for a while.",
             discussion: """
                 PORT is a name from the policy (ssh) or NUMBER/PROTO (22/tcp). The source must lie inside the \
@@ -131,6 +132,7 @@ extension Drawbridge {
 extension Drawbridge {
     struct Revoke: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "revoke",
             abstract: "End grants now.",
             discussion: "Give a grant id (from `drawbridge list`), or --from to end every grant from inside a prefix.")
 
@@ -170,6 +172,7 @@ extension Drawbridge {
 extension Drawbridge {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "list",
             abstract: "Show active grants, with the time the kernel still gives each.")
 
         @OptionGroup var connection: ConnectionOptions
@@ -206,7 +209,9 @@ extension Drawbridge {
 
 extension Drawbridge {
     struct Status: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show whether the agent runs and what it manages.")
+        // Names are given, not derived from the type: deriving costs dynamic casts at every start.
+        static let configuration = CommandConfiguration(
+            commandName: "status", abstract: "Show whether the agent runs and what it manages.")
 
         @OptionGroup var connection: ConnectionOptions
 
@@ -232,6 +237,7 @@ extension Drawbridge {
 extension Drawbridge {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "check",
             abstract: "Validate a policy file and show what it would enforce.",
             discussion: "Exits 0 when the policy is valid (warnings included), 65 when it is not.")
 
@@ -341,6 +347,7 @@ extension Drawbridge {
 
     struct Rules: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "rules",
             abstract: "Print the nftables table drawbridged builds for a policy, in nft syntax.",
             discussion: "Grants are not shown: they are elements added at run time (see `drawbridge list`).")
 

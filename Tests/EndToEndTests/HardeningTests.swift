@@ -288,9 +288,12 @@ struct HardeningTests {
             try contents.write(toFile: path, atomically: true, encoding: .utf8)
             expected = "writable by group or others"
         default:
-            try contents.write(toFile: path, atomically: true, encoding: .utf8)
+            // Owned by another user from the moment it appears under its name.
+            let staging = agent.directory + "/staging.json"
+            try contents.write(toFile: staging, atomically: true, encoding: .utf8)
             let user = getpwnam(TestAccounts.outsider)!.pointee.pw_uid
-            chown(path, user, 0)
+            chown(staging, user, 0)
+            rename(staging, path)
             expected = "owned by uid \(user)"
         }
         agent.signal(SIGHUP)
