@@ -39,13 +39,18 @@ let package = Package(
             dependencies: [
                 "DrawbridgeCore", "CDrawbridgeLinux", .product(name: "SystemPackage", package: "swift-system"),
             ]),
-        // The one OS layer for nftables: netlink connection, transactions, the drawbridge table.
-        .target(name: "Netfilter", dependencies: ["DrawbridgeCore", "HostSystem", "CNftnl", "CMnl", "CDrawbridgeLinux"]),
+        // The drawbridge table as values: sets, chains, rules, elements, transactions, the nft text. No C library,
+        // no clock: what the CLI needs offline, and what Netfilter encodes.
+        .target(name: "NetfilterModel", dependencies: ["DrawbridgeCore"]),
+        // The one OS layer for nftables: netlink connection, batch encoding, the table driver, verification, events.
+        .target(
+            name: "Netfilter",
+            dependencies: ["NetfilterModel", "DrawbridgeCore", "HostSystem", "CNftnl", "CMnl", "CDrawbridgeLinux"]),
         // The agent's services: local API, grant store, audit, grants files, tamper repair.
         .target(
             name: "DrawbridgeAgent",
             dependencies: [
-                "DrawbridgeCore", "Netfilter", "HostSystem",
+                "DrawbridgeCore", "NetfilterModel", "Netfilter", "HostSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -56,27 +61,39 @@ let package = Package(
         .executableTarget(
             name: "drawbridged",
             dependencies: [
-                "DrawbridgeAgent", "DrawbridgeCore", "HostSystem", "Netfilter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "DrawbridgeAgent", "DrawbridgeCore", "HostSystem", "NetfilterModel", "Netfilter",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // The CLI: no Netfilter, so no libnftnl or libmnl in the binary; `rules -c` prints the table offline.
         .executableTarget(
             name: "drawbridge",
             dependencies: [
-                "DrawbridgeCore", "Netfilter", "HostSystem",
+                "DrawbridgeCore", "NetfilterModel", "HostSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(
             name: "drawbridge-bench",
             dependencies: [
-                "Netfilter", "DrawbridgeCore", "HostSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "NetfilterModel", "Netfilter", "DrawbridgeCore", "HostSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
-        .target(name: "TestSupport", dependencies: ["Netfilter", "DrawbridgeCore", "HostSystem"], path: "Tests/TestSupport"),
+        .target(
+            name: "TestSupport", dependencies: ["NetfilterModel", "Netfilter", "DrawbridgeCore", "HostSystem"],
+            path: "Tests/TestSupport"),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "DrawbridgeCoreTests", dependencies: ["DrawbridgeCore"]),
-        .testTarget(name: "HostSystemTests", dependencies: ["HostSystem", "DrawbridgeCore", "TestSupport"]),
-        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "DrawbridgeCore", "HostSystem", "TestSupport"]),
         .testTarget(
-            name: "EndToEndTests", dependencies: ["DrawbridgeCore", "Netfilter", "TestSupport"]),
+            name: "HostSystemTests", dependencies: ["HostSystem", "DrawbridgeCore", "TestSupport"]),
+        // The model alone: keys, text, timeouts. No root, no kernel.
+        .testTarget(
+            name: "NetfilterModelTests", dependencies: ["NetfilterModel", "DrawbridgeCore"]),
+        // The kernel: tests in throwaway network namespaces, as root.
+        .testTarget(
+            name: "NetfilterTests",
+            dependencies: ["NetfilterModel", "Netfilter", "DrawbridgeCore", "HostSystem", "TestSupport"]),
+        .testTarget(
+            name: "EndToEndTests", dependencies: ["DrawbridgeCore", "NetfilterModel", "Netfilter", "TestSupport"]),
     ]
 )

@@ -5,6 +5,7 @@ import HostSystem
 import Logging
 import NIOPosix
 import Netfilter
+import NetfilterModel
 
 /// Where the agent reads and writes.
 public struct AgentConfiguration: Sendable {

@@ -1,8 +1,7 @@
 import CMnl
 import CNftnl
 import DrawbridgeCore
-import FoundationEssentials
-import HostSystem
+import NetfilterModel
 
 /// What one message of a batch was for, so a kernel error on its sequence number can be named.
 struct MessageRecord {
@@ -23,15 +22,20 @@ final class BatchEncoder {
     private(set) var firstSequence: UInt32
     private var nextSequence: UInt32
     private var nextSetID: UInt32 = 0
-    let encodedAt: Date
+    /// The instant element timeouts are computed against.
+    let now: Instants
 
-    /// - Parameter firstSequence: the sequence number of BATCH_BEGIN; messages count up from there.
-    init(firstSequence: UInt32, generation: UInt32?, now: Date) {
+    /// - Parameters:
+    ///   - firstSequence: the sequence number of BATCH_BEGIN; messages count up from there.
+    ///   - generation: when given, the kernel refuses the batch if the ruleset generation moved on from it.
+    ///   - now: the instant element timeouts count from: a connection reads the clocks just before encoding, so a
+    ///     grant loses no time between planning and sending; tests pass a fixed one.
+    init(firstSequence: UInt32, generation: UInt32?, now: Instants) {
         // 2 MiB pages like nft; the overrun must hold the largest single message (64 KiB of elements + headers).
         batch = nftnl_batch_alloc(2 * 1024 * 1024, 128 * 1024)
         self.firstSequence = firstSequence
         nextSequence = firstSequence
-        encodedAt = now
+        self.now = now
         let begin = nftnl_batch_begin(buffer, take())
         if let generation, let begin {
             // NFNL_BATCH_GENID: the kernel refuses the whole batch with ERESTART if the ruleset changed since.
@@ -169,11 +173,6 @@ final class BatchEncoder {
         guard !elements.isEmpty else { return }
         let set = makeSet(table: table, definition, full: false)
         defer { nftnl_set_free(set) }
-        // Timeouts are computed from absolute expiries here, as the message is written, so a grant loses no time
-        // between planning and sending. An expiry already in the past is sent as 1 ms — never as 0, which the
-        // kernel would read as "no timeout" and keep the element forever.
-        let now = Date()
-        let monotonicNow = SystemClock.monotonic()
         for element in elements {
             let item = nftnl_set_elem_alloc()!
             element.key.withUnsafeBytes {
@@ -187,17 +186,8 @@ final class BatchEncoder {
             if element.isIntervalEnd {
                 nftnl_set_elem_set_u32(item, UInt16(NFTNL_SET_ELEM_FLAGS), NFT_SET_ELEM_INTERVAL_END.rawValue)
             }
-            if type == NFT_MSG_NEWSETELEM {
-                switch element.expiry {
-                case .never: break
-                case .at(let expiry):
-                    nftnl_set_elem_set_u64(
-                        item, UInt16(NFTNL_SET_ELEM_TIMEOUT), Self.timeoutMilliseconds(until: expiry, now: now))
-                case .deadline(let deadline):
-                    nftnl_set_elem_set_u64(
-                        item, UInt16(NFTNL_SET_ELEM_TIMEOUT),
-                        Self.timeoutMilliseconds(seconds: deadline.seconds(since: monotonicNow)))
-                }
+            if type == NFT_MSG_NEWSETELEM, let timeout = element.expiry.timeoutMilliseconds(now: now) {
+                nftnl_set_elem_set_u64(item, UInt16(NFTNL_SET_ELEM_TIMEOUT), timeout)
             }
             nftnl_set_elem_add(set, item)
         }
@@ -216,19 +206,6 @@ final class BatchEncoder {
         // error still says how large the change was.
         let last = nextSequence &- 1
         records[last]?.elementCount = elements.count
-    }
-
-    /// Milliseconds from `now` until `expiry`, rounded up, at least 1.
-    static func timeoutMilliseconds(until expiry: Date, now: Date) -> UInt64 {
-        timeoutMilliseconds(seconds: expiry.timeIntervalSince(now))
-    }
-
-    /// A remaining time in whole milliseconds, rounded up (never shorter than asked), at least 1 (0 would mean "no
-    /// timeout" to the kernel, an element that never expires).
-    static func timeoutMilliseconds(seconds: Double) -> UInt64 {
-        let interval = seconds * 1000
-        guard interval > 1 else { return 1 }
-        return UInt64(min(interval, 1e15).rounded(.up))
     }
 
     private func makeSet(table: String, _ definition: SetDefinition, full: Bool) -> OpaquePointer {
@@ -263,9 +240,7 @@ final class BatchEncoder {
         nftnl_chain_set_str(chain, UInt16(NFTNL_CHAIN_NAME.rawValue), definition.name)
         if let base = definition.base {
             nftnl_chain_set_str(chain, UInt16(NFTNL_CHAIN_TYPE.rawValue), "filter")
-            switch base.hook {
-            case .input: nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), NF_INET_LOCAL_IN.rawValue)
-            }
+            nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), base.hook.number)
             nftnl_chain_set_s32(chain, UInt16(NFTNL_CHAIN_PRIO.rawValue), base.priority)
             nftnl_chain_set_u32(
                 chain, UInt16(NFTNL_CHAIN_POLICY.rawValue), UInt32(base.acceptByDefault ? NF_ACCEPT : NF_DROP))

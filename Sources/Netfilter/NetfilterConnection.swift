@@ -3,6 +3,7 @@ import CNftnl
 import DrawbridgeCore
 import FoundationEssentials
 import HostSystem
+import NetfilterModel
 
 #if canImport(Glibc)
     import Glibc
@@ -58,9 +59,9 @@ public final class NetfilterConnection {
     @discardableResult
     public func commit(_ transaction: Transaction, generation: UInt32? = nil) throws(NetfilterError) -> CommitReport {
         guard !transaction.isEmpty else {
-            return CommitReport(messages: 0, bytes: 0, encodedAt: Date(), transactions: 0)
+            return CommitReport(messages: 0, bytes: 0, encodedAt: SystemClock.wall(), transactions: 0)
         }
-        let encoder = BatchEncoder(firstSequence: nextSequence(), generation: generation, now: Date())
+        let encoder = BatchEncoder(firstSequence: nextSequence(), generation: generation, now: SystemClock.now())
         for change in transaction.changes { encoder.encode(change) }
         var (iovecs, bytes) = encoder.finish()
         sequence = sequence &+ UInt32(encoder.messageCount + 2)
@@ -98,7 +99,7 @@ public final class NetfilterConnection {
                 .outcomeUnknown, operation: "commit transaction",
                 detail: "the kernel acknowledged \(acknowledged) of \(expected) messages")
         }
-        return CommitReport(messages: expected, bytes: bytes, encodedAt: encoder.encodedAt)
+        return CommitReport(messages: expected, bytes: bytes, encodedAt: encoder.now.wall)
     }
 
     private func discardStaleReplies() throws(NetfilterError) {

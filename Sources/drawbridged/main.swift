@@ -5,6 +5,7 @@ import Glibc
 import HostSystem
 import Logging
 import Netfilter
+import NetfilterModel
 import ServiceLifecycle
 
 @main
