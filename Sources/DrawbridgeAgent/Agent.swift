@@ -6,6 +6,7 @@ import Logging
 import NIOPosix
 import Netfilter
 import NetfilterModel
+import SystemPackage
 
 /// Where the agent reads and writes.
 public struct AgentConfiguration: Sendable {

@@ -1,3 +1,4 @@
+import CMnl
 import CNftnl
 import DrawbridgeCore
 import Glibc

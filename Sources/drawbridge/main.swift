@@ -4,6 +4,7 @@ import FoundationEssentials
 import Glibc
 import HostSystem
 import NetfilterModel
+import SystemPackage
 
 /// Exit statuses scripts can rely on (sysexits.h values where one fits).
 enum ExitStatus {

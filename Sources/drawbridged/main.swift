@@ -7,6 +7,7 @@ import Logging
 import Netfilter
 import NetfilterModel
 import ServiceLifecycle
+import UnixSignals
 
 @main
 struct Drawbridged: AsyncParsableCommand {
