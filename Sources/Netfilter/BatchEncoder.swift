@@ -71,6 +71,8 @@ final class BatchEncoder {
         let header = nftnl_nlmsg_build_hdr(
             buffer, UInt16(type.rawValue), UInt16(NFPROTO_INET), UInt16(flags | NLM_F_ACK), sequence)!
         build(header)
+        zeroAttributePadding(
+            UnsafeMutableRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len)), headerLength: 20)
         nftnl_batch_update(batch)
         records[sequence] = record
     }

@@ -105,12 +105,12 @@ public enum DrawbridgeTable {
     /// The one transaction that replaces whatever the kernel holds under this table's name with the table for
     /// `layout` and exactly `elements`: create (in case it is missing), delete (with everything in it: foreign
     /// chains, a dormant flag, another layout), create again. Packets see the old table until the commit, the new
-    /// one after it, never none.
+    /// one after it, never none. Elements go in key order, so the same state always makes the same transaction.
     public static func replacement(_ layout: TableLayout, elements: [AccessKey: MonotonicInstant]) -> Transaction {
         var transaction = Transaction([.createTable(name), .deleteTable(name)])
         transaction.changes += installation(layout).changes
         var bySet: [SetDefinition: [SetElement]] = [:]
-        for (key, deadline) in elements {
+        for (key, deadline) in elements.sorted(by: { $0.key < $1.key }) {
             bySet[grantSet(for: key), default: []].append(element(for: key, deadline: deadline))
         }
         for set in grantSets {
