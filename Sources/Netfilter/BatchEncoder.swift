@@ -129,10 +129,8 @@ final class BatchEncoder {
                 record: .init(operation: "create set", table: table, object: definition.name, elementCount: 0)
             ) { nftnl_set_nlmsg_build_payload($0, set) }
         case .flushSet(let table, let name):
-            let set = nftnl_set_alloc()!
+            let set = makeSetReference(table: table, name: name)
             defer { nftnl_set_free(set) }
-            nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
-            nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
             // DELSETELEM without an element list deletes them all.
             message(
                 NFT_MSG_DELSETELEM, flags: 0,
@@ -176,18 +174,7 @@ final class BatchEncoder {
         let set = makeSet(table: table, definition, full: false)
         defer { nftnl_set_free(set) }
         for element in elements {
-            let item = nftnl_set_elem_alloc()!
-            element.key.withUnsafeBytes {
-                _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
-            }
-            if let end = element.keyEnd {
-                end.withUnsafeBytes {
-                    _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
-                }
-            }
-            if element.isIntervalEnd {
-                nftnl_set_elem_set_u32(item, UInt16(NFTNL_SET_ELEM_FLAGS), NFT_SET_ELEM_INTERVAL_END.rawValue)
-            }
+            let item = makeElement(element)
             if type == NFT_MSG_NEWSETELEM, let timeout = element.expiry.timeoutMilliseconds(now: now) {
                 nftnl_set_elem_set_u64(item, UInt16(NFTNL_SET_ELEM_TIMEOUT), timeout)
             }
@@ -211,9 +198,7 @@ final class BatchEncoder {
     }
 
     private func makeSet(table: String, _ definition: SetDefinition, full: Bool) -> OpaquePointer {
-        let set = nftnl_set_alloc()!
-        nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
-        nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), definition.name)
+        let set = makeSetReference(table: table, name: definition.name)
         guard full else { return set }
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_FAMILY.rawValue), UInt32(NFPROTO_INET))
         // The kernel requires a transaction-local id on every new set (NFTA_SET_ID), so later messages of the same
@@ -249,4 +234,31 @@ final class BatchEncoder {
         }
         return chain
     }
+}
+
+/// A libnftnl set that only names a set of an inet table: what element messages, flushes and element reads carry.
+/// The caller frees it (`nftnl_set_free`).
+func makeSetReference(table: String, name: String) -> OpaquePointer {
+    let set = nftnl_set_alloc()!
+    nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
+    nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
+    return set
+}
+
+/// A libnftnl element with the key, key end and interval-end flag of `element` (no timeout). Adding it to a set
+/// (`nftnl_set_elem_add`) hands it over.
+func makeElement(_ element: SetElement) -> OpaquePointer {
+    let item = nftnl_set_elem_alloc()!
+    element.key.withUnsafeBytes {
+        _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
+    }
+    if let end = element.keyEnd {
+        end.withUnsafeBytes {
+            _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
+        }
+    }
+    if element.isIntervalEnd {
+        nftnl_set_elem_set_u32(item, UInt16(NFTNL_SET_ELEM_FLAGS), NFT_SET_ELEM_INTERVAL_END.rawValue)
+    }
+    return item
 }

@@ -180,10 +180,8 @@ public final class NetfilterConnection {
             try request(
                 type: NFT_MSG_GETSET, family: UInt16(NFPROTO_INET), dump: false, operation: "read set",
                 build: { header in
-                    let set = nftnl_set_alloc()!
+                    let set = makeSetReference(table: table, name: name)
                     defer { nftnl_set_free(set) }
-                    nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                    nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
                     nftnl_set_nlmsg_build_payload(header, set)
                 }
             ) { _ in }
@@ -230,23 +228,9 @@ public final class NetfilterConnection {
             type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: false, operation: "get elements",
             table: table, object: set, bufferSize: 64 + elements.count * 96,
             build: { header in
-                let container = nftnl_set_alloc()!
+                let container = makeSetReference(table: table, name: set)
                 defer { nftnl_set_free(container) }
-                nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
-                for element in elements {
-                    let item = nftnl_set_elem_alloc()!
-                    element.key.withUnsafeBytes {
-                        _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
-                    }
-                    if let end = element.keyEnd {
-                        end.withUnsafeBytes {
-                            _ = nftnl_set_elem_set(
-                                item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
-                        }
-                    }
-                    nftnl_set_elem_add(container, item)
-                }
+                for element in elements { nftnl_set_elem_add(container, makeElement(element)) }
                 nftnl_set_elems_nlmsg_build_payload(header, container)
             }
         ) { message in
@@ -275,10 +259,8 @@ public final class NetfilterConnection {
             type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: true, operation: "list elements",
             table: table, object: set,
             build: { header in
-                let container = nftnl_set_alloc()!
+                let container = makeSetReference(table: table, name: set)
                 defer { nftnl_set_free(container) }
-                nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
                 nftnl_set_elems_nlmsg_build_payload(header, container)
             }
         ) { message in
