@@ -106,6 +106,10 @@ let package = Package(
         .testTarget(
             name: "NetfilterModelTests", dependencies: ["NetfilterModel", "DrawbridgeCore"],
             swiftSettings: swiftSettings),
+        // Transactions encoded to netlink bytes and compared with Golden/: no root, no kernel.
+        .testTarget(
+            name: "NetfilterEncodingTests", dependencies: ["Netfilter", "NetfilterModel", "DrawbridgeCore"],
+            exclude: ["Golden"], swiftSettings: swiftSettings),
         // The kernel: tests in throwaway network namespaces, as root.
         .testTarget(
             name: "NetfilterTests",
