@@ -1,6 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// Every Swift target: a file sees only the members of modules it imports itself, so no module borrows another's
+/// imports.
+let swiftSettings: [SwiftSetting] = [.enableUpcomingFeature("MemberImportVisibility")]
+
 let package = Package(
     name: "drawbridge",
     products: [
@@ -28,55 +32,91 @@ let package = Package(
 
         // A small YAML reader over libyaml's event parser: text in, a positioned node tree or a positioned error out.
         // No anchors, aliases or custom tags; bounded depth, node count and size.
-        .target(name: "YAML", dependencies: ["CYaml"]),
+        .target(name: "YAML", dependencies: ["CYaml"], swiftSettings: swiftSettings),
         // Pure logic: addresses, policy, grants, authorization, the diff between desired and actual kernel state.
         .target(
             name: "DrawbridgeCore",
-            dependencies: ["YAML", .product(name: "HeapModule", package: "swift-collections")]),
+            dependencies: ["YAML", .product(name: "HeapModule", package: "swift-collections")],
+            swiftSettings: swiftSettings),
         // The one OS layer for everything that is not nftables: files, sockets, credentials, clocks, event sources.
         .target(
             name: "HostSystem",
             dependencies: [
                 "DrawbridgeCore", "CDrawbridgeLinux", .product(name: "SystemPackage", package: "swift-system"),
-            ]),
-        // The one OS layer for nftables: netlink connection, transactions, the drawbridge table.
-        .target(name: "Netfilter", dependencies: ["DrawbridgeCore", "HostSystem", "CNftnl", "CMnl", "CDrawbridgeLinux"]),
+            ],
+            swiftSettings: swiftSettings),
+        // The drawbridge table as values: sets, chains, rules, elements, transactions, the nft text. No C library,
+        // no clock: what the CLI needs offline, and what Netfilter encodes.
+        .target(name: "NetfilterModel", dependencies: ["DrawbridgeCore"], swiftSettings: swiftSettings),
+        // The one OS layer for nftables: netlink connection, batch encoding, the table driver, verification, events.
+        .target(
+            name: "Netfilter",
+            dependencies: ["NetfilterModel", "DrawbridgeCore", "HostSystem", "CNftnl", "CMnl", "CDrawbridgeLinux"],
+            swiftSettings: swiftSettings),
         // The agent's services: local API, grant store, audit, grants files, tamper repair.
         .target(
             name: "DrawbridgeAgent",
             dependencies: [
-                "DrawbridgeCore", "Netfilter", "HostSystem",
+                "DrawbridgeCore", "NetfilterModel", "Netfilter", "HostSystem", "CDrawbridgeLinux",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-            ]),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings),
 
         .executableTarget(
             name: "drawbridged",
             dependencies: [
-                "DrawbridgeAgent", "DrawbridgeCore", "HostSystem", "Netfilter", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "DrawbridgeAgent", "DrawbridgeCore", "HostSystem", "NetfilterModel", "Netfilter",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings),
+        // The CLI: no Netfilter, so no libnftnl or libmnl in the binary; `rules -c` prints the table offline.
         .executableTarget(
             name: "drawbridge",
             dependencies: [
-                "DrawbridgeCore", "Netfilter", "HostSystem",
+                "DrawbridgeCore", "NetfilterModel", "HostSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings),
         .executableTarget(
             name: "drawbridge-bench",
             dependencies: [
-                "Netfilter", "DrawbridgeCore", "HostSystem", "DrawbridgeAgent", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+                "NetfilterModel", "Netfilter", "DrawbridgeCore", "HostSystem", "DrawbridgeAgent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings),
 
-        .target(name: "TestSupport", dependencies: ["Netfilter", "DrawbridgeCore", "HostSystem"], path: "Tests/TestSupport"),
-        .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
-        .testTarget(name: "DrawbridgeCoreTests", dependencies: ["DrawbridgeCore"]),
-        .testTarget(name: "HostSystemTests", dependencies: ["HostSystem", "DrawbridgeCore", "TestSupport"]),
-        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "DrawbridgeCore", "HostSystem", "TestSupport"]),
+        .target(
+            name: "TestSupport", dependencies: ["NetfilterModel", "Netfilter", "DrawbridgeCore", "HostSystem"],
+            path: "Tests/TestSupport", swiftSettings: swiftSettings),
+        .testTarget(name: "YAMLTests", dependencies: ["YAML"], swiftSettings: swiftSettings),
+        .testTarget(name: "DrawbridgeCoreTests", dependencies: ["DrawbridgeCore"], swiftSettings: swiftSettings),
         .testTarget(
-            name: "EndToEndTests", dependencies: ["DrawbridgeCore", "Netfilter", "TestSupport"]),
+            name: "HostSystemTests", dependencies: ["HostSystem", "DrawbridgeCore", "TestSupport"],
+            swiftSettings: swiftSettings),
+        // The model alone: keys, text, timeouts. No root, no kernel.
+        .testTarget(
+            name: "NetfilterModelTests", dependencies: ["NetfilterModel", "DrawbridgeCore"],
+            swiftSettings: swiftSettings),
+        // Transactions encoded to netlink bytes and compared with Golden/: no root, no kernel.
+        .testTarget(
+            name: "NetfilterEncodingTests", dependencies: ["Netfilter", "NetfilterModel", "DrawbridgeCore"],
+            exclude: ["Golden"], swiftSettings: swiftSettings),
+        // The kernel: tests in throwaway network namespaces, as root.
+        .testTarget(
+            name: "NetfilterTests",
+            dependencies: ["NetfilterModel", "Netfilter", "DrawbridgeCore", "HostSystem", "TestSupport"],
+            swiftSettings: swiftSettings),
+        .testTarget(
+            name: "EndToEndTests", dependencies: ["DrawbridgeCore", "NetfilterModel", "Netfilter", "TestSupport"],
+            swiftSettings: swiftSettings),
     ]
 )

@@ -5,6 +5,8 @@ import HostSystem
 import Logging
 import NIOPosix
 import Netfilter
+import NetfilterModel
+import SystemPackage
 
 /// Where the agent reads and writes.
 public struct AgentConfiguration: Sendable {

@@ -3,6 +3,7 @@ import HostSystem
 import NIOCore
 import NIOPosix
 import Netfilter
+import NetfilterModel
 
 /// The one owner of the netlink connection, on a thread of its own: kernel calls block for microseconds to
 /// milliseconds, and nothing else — requests, the API, disk — waits on that thread.

@@ -7,6 +7,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
+import SystemPackage
 
 /// The local API: a Unix stream socket, one JSON request line and one answer per connection, served by SwiftNIO.
 ///

@@ -1,6 +1,7 @@
 import CDrawbridgeLinux
 import Glibc
 import Synchronization
+import SystemPackage
 
 /// Waits for the agent's kernel event sources — nf_tables notifications, inotify, clock steps — on one thread that
 /// sleeps in `epoll_wait` until one of them has something: no polling, no timeouts, no wake-ups when idle.

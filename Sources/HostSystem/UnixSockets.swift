@@ -1,6 +1,7 @@
 import CDrawbridgeLinux
 import DrawbridgeCore
 import Glibc
+import SystemPackage
 
 /// Unix-domain sockets: the one place that fills socket addresses and reads peer credentials.
 public enum UnixSocket {

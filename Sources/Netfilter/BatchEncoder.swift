@@ -1,8 +1,7 @@
 import CMnl
 import CNftnl
 import DrawbridgeCore
-import FoundationEssentials
-import HostSystem
+import NetfilterModel
 
 /// What one message of a batch was for, so a kernel error on its sequence number can be named.
 struct MessageRecord {
@@ -23,15 +22,20 @@ final class BatchEncoder {
     private(set) var firstSequence: UInt32
     private var nextSequence: UInt32
     private var nextSetID: UInt32 = 0
-    let encodedAt: Date
+    /// The instant element timeouts are computed against.
+    let now: Instants
 
-    /// - Parameter firstSequence: the sequence number of BATCH_BEGIN; messages count up from there.
-    init(firstSequence: UInt32, generation: UInt32?, now: Date) {
+    /// - Parameters:
+    ///   - firstSequence: the sequence number of BATCH_BEGIN; messages count up from there.
+    ///   - generation: when given, the kernel refuses the batch if the ruleset generation moved on from it.
+    ///   - now: the instant element timeouts count from: a connection reads the clocks just before encoding, so a
+    ///     grant loses no time between planning and sending; tests pass a fixed one.
+    init(firstSequence: UInt32, generation: UInt32?, now: Instants) {
         // 2 MiB pages like nft; the overrun must hold the largest single message (64 KiB of elements + headers).
         batch = nftnl_batch_alloc(2 * 1024 * 1024, 128 * 1024)
         self.firstSequence = firstSequence
         nextSequence = firstSequence
-        encodedAt = now
+        self.now = now
         let begin = nftnl_batch_begin(buffer, take())
         if let generation, let begin {
             // NFNL_BATCH_GENID: the kernel refuses the whole batch with ERESTART if the ruleset changed since.
@@ -67,6 +71,8 @@ final class BatchEncoder {
         let header = nftnl_nlmsg_build_hdr(
             buffer, UInt16(type.rawValue), UInt16(NFPROTO_INET), UInt16(flags | NLM_F_ACK), sequence)!
         build(header)
+        zeroAttributePadding(
+            UnsafeMutableRawBufferPointer(start: header, count: Int(header.pointee.nlmsg_len)), headerLength: 20)
         nftnl_batch_update(batch)
         records[sequence] = record
     }
@@ -123,10 +129,8 @@ final class BatchEncoder {
                 record: .init(operation: "create set", table: table, object: definition.name, elementCount: 0)
             ) { nftnl_set_nlmsg_build_payload($0, set) }
         case .flushSet(let table, let name):
-            let set = nftnl_set_alloc()!
+            let set = makeSetReference(table: table, name: name)
             defer { nftnl_set_free(set) }
-            nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
-            nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
             // DELSETELEM without an element list deletes them all.
             message(
                 NFT_MSG_DELSETELEM, flags: 0,
@@ -169,35 +173,10 @@ final class BatchEncoder {
         guard !elements.isEmpty else { return }
         let set = makeSet(table: table, definition, full: false)
         defer { nftnl_set_free(set) }
-        // Timeouts are computed from absolute expiries here, as the message is written, so a grant loses no time
-        // between planning and sending. An expiry already in the past is sent as 1 ms — never as 0, which the
-        // kernel would read as "no timeout" and keep the element forever.
-        let now = Date()
-        let monotonicNow = SystemClock.monotonic()
         for element in elements {
-            let item = nftnl_set_elem_alloc()!
-            element.key.withUnsafeBytes {
-                _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
-            }
-            if let end = element.keyEnd {
-                end.withUnsafeBytes {
-                    _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
-                }
-            }
-            if element.isIntervalEnd {
-                nftnl_set_elem_set_u32(item, UInt16(NFTNL_SET_ELEM_FLAGS), NFT_SET_ELEM_INTERVAL_END.rawValue)
-            }
-            if type == NFT_MSG_NEWSETELEM {
-                switch element.expiry {
-                case .never: break
-                case .at(let expiry):
-                    nftnl_set_elem_set_u64(
-                        item, UInt16(NFTNL_SET_ELEM_TIMEOUT), Self.timeoutMilliseconds(until: expiry, now: now))
-                case .deadline(let deadline):
-                    nftnl_set_elem_set_u64(
-                        item, UInt16(NFTNL_SET_ELEM_TIMEOUT),
-                        Self.timeoutMilliseconds(seconds: deadline.seconds(since: monotonicNow)))
-                }
+            let item = makeElement(element)
+            if type == NFT_MSG_NEWSETELEM, let timeout = element.expiry.timeoutMilliseconds(now: now) {
+                nftnl_set_elem_set_u64(item, UInt16(NFTNL_SET_ELEM_TIMEOUT), timeout)
             }
             nftnl_set_elem_add(set, item)
         }
@@ -218,23 +197,8 @@ final class BatchEncoder {
         records[last]?.elementCount = elements.count
     }
 
-    /// Milliseconds from `now` until `expiry`, rounded up, at least 1.
-    static func timeoutMilliseconds(until expiry: Date, now: Date) -> UInt64 {
-        timeoutMilliseconds(seconds: expiry.timeIntervalSince(now))
-    }
-
-    /// A remaining time in whole milliseconds, rounded up (never shorter than asked), at least 1 (0 would mean "no
-    /// timeout" to the kernel, an element that never expires).
-    static func timeoutMilliseconds(seconds: Double) -> UInt64 {
-        let interval = seconds * 1000
-        guard interval > 1 else { return 1 }
-        return UInt64(min(interval, 1e15).rounded(.up))
-    }
-
     private func makeSet(table: String, _ definition: SetDefinition, full: Bool) -> OpaquePointer {
-        let set = nftnl_set_alloc()!
-        nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
-        nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), definition.name)
+        let set = makeSetReference(table: table, name: definition.name)
         guard full else { return set }
         nftnl_set_set_u32(set, UInt16(NFTNL_SET_FAMILY.rawValue), UInt32(NFPROTO_INET))
         // The kernel requires a transaction-local id on every new set (NFTA_SET_ID), so later messages of the same
@@ -263,13 +227,38 @@ final class BatchEncoder {
         nftnl_chain_set_str(chain, UInt16(NFTNL_CHAIN_NAME.rawValue), definition.name)
         if let base = definition.base {
             nftnl_chain_set_str(chain, UInt16(NFTNL_CHAIN_TYPE.rawValue), "filter")
-            switch base.hook {
-            case .input: nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), NF_INET_LOCAL_IN.rawValue)
-            }
+            nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), base.hook.number)
             nftnl_chain_set_s32(chain, UInt16(NFTNL_CHAIN_PRIO.rawValue), base.priority)
             nftnl_chain_set_u32(
                 chain, UInt16(NFTNL_CHAIN_POLICY.rawValue), UInt32(base.acceptByDefault ? NF_ACCEPT : NF_DROP))
         }
         return chain
     }
+}
+
+/// A libnftnl set that only names a set of an inet table: what element messages, flushes and element reads carry.
+/// The caller frees it (`nftnl_set_free`).
+func makeSetReference(table: String, name: String) -> OpaquePointer {
+    let set = nftnl_set_alloc()!
+    nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
+    nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
+    return set
+}
+
+/// A libnftnl element with the key, key end and interval-end flag of `element` (no timeout). Adding it to a set
+/// (`nftnl_set_elem_add`) hands it over.
+func makeElement(_ element: SetElement) -> OpaquePointer {
+    let item = nftnl_set_elem_alloc()!
+    element.key.withUnsafeBytes {
+        _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
+    }
+    if let end = element.keyEnd {
+        end.withUnsafeBytes {
+            _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
+        }
+    }
+    if element.isIntervalEnd {
+        nftnl_set_elem_set_u32(item, UInt16(NFTNL_SET_ELEM_FLAGS), NFT_SET_ELEM_INTERVAL_END.rawValue)
+    }
+    return item
 }

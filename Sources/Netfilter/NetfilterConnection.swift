@@ -3,6 +3,7 @@ import CNftnl
 import DrawbridgeCore
 import FoundationEssentials
 import HostSystem
+import NetfilterModel
 
 #if canImport(Glibc)
     import Glibc
@@ -58,9 +59,9 @@ public final class NetfilterConnection {
     @discardableResult
     public func commit(_ transaction: Transaction, generation: UInt32? = nil) throws(NetfilterError) -> CommitReport {
         guard !transaction.isEmpty else {
-            return CommitReport(messages: 0, bytes: 0, encodedAt: Date(), transactions: 0)
+            return CommitReport(messages: 0, bytes: 0, encodedAt: SystemClock.wall(), transactions: 0)
         }
-        let encoder = BatchEncoder(firstSequence: nextSequence(), generation: generation, now: Date())
+        let encoder = BatchEncoder(firstSequence: nextSequence(), generation: generation, now: SystemClock.now())
         for change in transaction.changes { encoder.encode(change) }
         var (iovecs, bytes) = encoder.finish()
         sequence = sequence &+ UInt32(encoder.messageCount + 2)
@@ -98,7 +99,7 @@ public final class NetfilterConnection {
                 .outcomeUnknown, operation: "commit transaction",
                 detail: "the kernel acknowledged \(acknowledged) of \(expected) messages")
         }
-        return CommitReport(messages: expected, bytes: bytes, encodedAt: encoder.encodedAt)
+        return CommitReport(messages: expected, bytes: bytes, encodedAt: encoder.now.wall)
     }
 
     private func discardStaleReplies() throws(NetfilterError) {
@@ -179,10 +180,8 @@ public final class NetfilterConnection {
             try request(
                 type: NFT_MSG_GETSET, family: UInt16(NFPROTO_INET), dump: false, operation: "read set",
                 build: { header in
-                    let set = nftnl_set_alloc()!
+                    let set = makeSetReference(table: table, name: name)
                     defer { nftnl_set_free(set) }
-                    nftnl_set_set_str(set, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                    nftnl_set_set_str(set, UInt16(NFTNL_SET_NAME.rawValue), name)
                     nftnl_set_nlmsg_build_payload(header, set)
                 }
             ) { _ in }
@@ -229,23 +228,9 @@ public final class NetfilterConnection {
             type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: false, operation: "get elements",
             table: table, object: set, bufferSize: 64 + elements.count * 96,
             build: { header in
-                let container = nftnl_set_alloc()!
+                let container = makeSetReference(table: table, name: set)
                 defer { nftnl_set_free(container) }
-                nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
-                for element in elements {
-                    let item = nftnl_set_elem_alloc()!
-                    element.key.withUnsafeBytes {
-                        _ = nftnl_set_elem_set(item, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count))
-                    }
-                    if let end = element.keyEnd {
-                        end.withUnsafeBytes {
-                            _ = nftnl_set_elem_set(
-                                item, UInt16(NFTNL_SET_ELEM_KEY_END), $0.baseAddress, UInt32($0.count))
-                        }
-                    }
-                    nftnl_set_elem_add(container, item)
-                }
+                for element in elements { nftnl_set_elem_add(container, makeElement(element)) }
                 nftnl_set_elems_nlmsg_build_payload(header, container)
             }
         ) { message in
@@ -274,10 +259,8 @@ public final class NetfilterConnection {
             type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: true, operation: "list elements",
             table: table, object: set,
             build: { header in
-                let container = nftnl_set_alloc()!
+                let container = makeSetReference(table: table, name: set)
                 defer { nftnl_set_free(container) }
-                nftnl_set_set_str(container, UInt16(NFTNL_SET_TABLE.rawValue), table)
-                nftnl_set_set_str(container, UInt16(NFTNL_SET_NAME.rawValue), set)
                 nftnl_set_elems_nlmsg_build_payload(header, container)
             }
         ) { message in

@@ -57,3 +57,29 @@ struct NetfilterMessage {
     /// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
     var table: String? { type == 15 ? nil : string(1) }
 }
+
+/// Zeroes the padding after every attribute of one message, nested attributes included.
+///
+/// libmnl before 1.0.5 (Debian 12 ships 1.0.4) leaves the up to 3 bytes that align an attribute as they were in the
+/// buffer: whatever an earlier batch left in a reused heap page. The kernel ignores them, but stale memory should not
+/// leave the process, and a batch's bytes must depend on its transaction alone (the golden tests compare them).
+///
+/// - Parameters:
+///   - message: the whole message, header included, `nlmsg_len` bytes.
+///   - headerLength: the bytes before the first attribute (`nlmsghdr` and `nfgenmsg`: 20).
+func zeroAttributePadding(_ message: UnsafeMutableRawBufferPointer, headerLength: Int) {
+    var offset = headerLength
+    while offset + 4 <= message.count {
+        let length = Int(message.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+        let type = message.loadUnaligned(fromByteOffset: offset + 2, as: UInt16.self)
+        guard length >= 4, offset + length <= message.count else { return }
+        // NLA_F_NESTED: libmnl marks every nest it starts.
+        if type & 0x8000 != 0 {
+            zeroAttributePadding(
+                UnsafeMutableRawBufferPointer(rebasing: message[offset..<offset + length]), headerLength: 4)
+        }
+        let aligned = min((length + 3) & ~3, message.count - offset)
+        for index in offset + length..<offset + aligned { message[index] = 0 }
+        offset += aligned
+    }
+}

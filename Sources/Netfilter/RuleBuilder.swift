@@ -1,4 +1,5 @@
 import CNftnl
+import NetfilterModel
 
 /// Builds libnftnl rules from `RuleDefinition`s, with the same expressions `nft` itself generates (so that `nft list`
 /// prints them back in the syntax of rules/drawbridge.nft).

@@ -1,8 +1,8 @@
 import CNftnl
 import DrawbridgeCore
-import FoundationEssentials
 import Glibc
 import HostSystem
+import NetfilterModel
 
 /// The one owner of the drawbridge table in the kernel: builds it, changes its grant elements a few at a time, and
 /// checks it.
@@ -59,9 +59,7 @@ public final class TableDriver {
     /// keeping every grant element: a reload never flushes grants.
     @discardableResult
     public func install(_ layout: TableLayout) throws(NetfilterError) -> CommitReport {
-        let report = try connection.commit(
-            DrawbridgeTable.installation(
-                mode: layout.mode, managedServices: layout.managedServices, alwaysAllowed: layout.alwaysAllowed))
+        let report = try connection.commit(DrawbridgeTable.installation(layout))
         if probeWanted {
             canDestroyElements = try probeDestroySupport()
             probeWanted = false
@@ -77,7 +75,7 @@ public final class TableDriver {
             try connection.commit(
                 Transaction([.destroyElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4, [probe])]))
             return true
-        } catch where error.code == .invalidRequest || error.code == .other {
+        } catch  where error.code == .invalidRequest || error.code == .other {
             return false
         }
     }
@@ -173,7 +171,11 @@ public final class TableDriver {
             // Drop what the kernel no longer has: a refresh of a vanished element becomes an addition.
             var stillRefreshing: [(AccessKey, MonotonicInstant)] = []
             for (key, deadline) in late.refreshes {
-                if try isPresent(key) { stillRefreshing.append((key, deadline)) } else { lateAdditions.append((key, deadline)) }
+                if try isPresent(key) {
+                    stillRefreshing.append((key, deadline))
+                } else {
+                    lateAdditions.append((key, deadline))
+                }
             }
             var stillDeleting: [AccessKey] = []
             for key in late.deletions {
@@ -194,7 +196,7 @@ public final class TableDriver {
                 table: DrawbridgeTable.name, set: DrawbridgeTable.grantSet(for: key).name,
                 [DrawbridgeTable.element(for: key)])
             return !found.isEmpty
-        } catch where error.code == .objectMissing || error.errno == ENOENT {
+        } catch  where error.code == .objectMissing || error.errno == ENOENT {
             return false
         }
     }
@@ -223,7 +225,9 @@ public final class TableDriver {
             }
         }
         for set in DrawbridgeTable.grantSets {
-            if let elements = inserts[set] { transaction.append(.addElements(table: DrawbridgeTable.name, set: set, elements)) }
+            if let elements = inserts[set] {
+                transaction.append(.addElements(table: DrawbridgeTable.name, set: set, elements))
+            }
         }
         return transaction
     }
@@ -246,11 +250,13 @@ public final class TableDriver {
                     let found = try connection.getElements(
                         table: DrawbridgeTable.name, set: set.name, chunk.map { DrawbridgeTable.element(for: $0) })
                     for element in found {
-                        if let key = DrawbridgeTable.accessKey(from: element), let milliseconds = element.remainingMilliseconds {
+                        if let key = DrawbridgeTable.accessKey(from: element),
+                            let milliseconds = element.remainingMilliseconds
+                        {
                             result[key] = Double(milliseconds) / 1000
                         }
                     }
-                } catch where error.errno == ENOENT {
+                } catch  where error.errno == ENOENT {
                     for key in chunk {
                         if let found = try? connection.getElements(
                             table: DrawbridgeTable.name, set: set.name, [DrawbridgeTable.element(for: key)]),
@@ -278,7 +284,9 @@ public final class TableDriver {
 
     /// Every grant element the kernel holds, by dumping the grant sets. Tests and diagnostics only: the agent never
     /// needs a dump to decide anything.
-    public func readGrantSets() throws(NetfilterError) -> (elements: [AccessKey: MonotonicInstant], foreign: [ListedElement]) {
+    public func readGrantSets() throws(NetfilterError) -> (
+        elements: [AccessKey: MonotonicInstant], foreign: [ListedElement]
+    ) {
         var elements: [AccessKey: MonotonicInstant] = [:]
         var foreign: [ListedElement] = []
         for set in DrawbridgeTable.grantSets {

@@ -1,20 +1,8 @@
+import CMnl
 import CNftnl
 import DrawbridgeCore
-import FoundationEssentials
 import Glibc
-
-/// What the policy makes of the table: the parts that do not change with grants.
-public struct TableLayout: Sendable, Equatable {
-    public var mode: SessionMode
-    public var managedServices: [Service]
-    public var alwaysAllowed: [IPPrefix]
-
-    public init(mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]) {
-        self.mode = mode
-        self.managedServices = managedServices
-        self.alwaysAllowed = alwaysAllowed
-    }
-}
+import NetfilterModel
 
 /// A chain as the kernel reports it.
 public struct ChainState: Sendable, Equatable {
@@ -63,7 +51,7 @@ extension NetfilterConnection {
                 }
             }
             return flags
-        } catch where error.errno == ENOENT {
+        } catch  where error.errno == ENOENT {
             return nil
         }
     }
@@ -127,8 +115,9 @@ extension NetfilterConnection {
             func number(_ attribute: nftnl_set_attr) -> UInt32? {
                 isSet(attribute) ? nftnl_set_get_u32(set, UInt16(attribute.rawValue)) : nil
             }
-            guard isSet(NFTNL_SET_TABLE), String(cString: nftnl_set_get_str(set, UInt16(NFTNL_SET_TABLE.rawValue)))
-                == table, isSet(NFTNL_SET_NAME)
+            guard isSet(NFTNL_SET_TABLE),
+                String(cString: nftnl_set_get_str(set, UInt16(NFTNL_SET_TABLE.rawValue)))
+                    == table, isSet(NFTNL_SET_NAME)
             else { return }
             var lengths: [UInt8] = []
             if isSet(NFTNL_SET_DESC_CONCAT) {
@@ -294,8 +283,7 @@ extension DrawbridgeTable {
             problems.append("the table holds flowtables drawbridge did not make")
         }
 
-        let expected = installation(
-            mode: layout.mode, managedServices: layout.managedServices, alwaysAllowed: layout.alwaysAllowed)
+        let expected = installation(layout)
         var expectedElements: [String: [SetElement]] = [:]
         for case .addElements(_, let set, let elements) in expected.changes { expectedElements[set.name] = elements }
         for set in [managed, allow4, allow6] where sets.contains(where: { $0.name == set.name }) {

@@ -2,6 +2,7 @@ import DrawbridgeCore
 import Foundation
 import HostSystem
 import Netfilter
+import NetfilterModel
 
 #if canImport(Glibc)
     import Glibc

@@ -1,6 +1,7 @@
 import DrawbridgeCore
 import Foundation
 import Netfilter
+import NetfilterModel
 
 /// The two kinds of grant set drawbridge loads.
 enum SetKind: String, CaseIterable, Codable, Sendable {

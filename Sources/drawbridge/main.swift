@@ -3,7 +3,8 @@ import DrawbridgeCore
 import FoundationEssentials
 import Glibc
 import HostSystem
-import Netfilter
+import NetfilterModel
+import SystemPackage
 
 /// Exit statuses scripts can rely on (sysexits.h values where one fits).
 enum ExitStatus {
@@ -449,7 +450,8 @@ struct Client {
                 throw ClientError(
                     message: "permission denied on \(path): \(Self.permissionHint(path))", exit: ExitStatus.unavailable)
             case .fileNameTooLong:
-                throw ClientError(message: "socket path too long (at most 107 bytes): \(path)", exit: .validationFailure)
+                throw ClientError(
+                    message: "socket path too long (at most 107 bytes): \(path)", exit: .validationFailure)
             default:
                 throw ClientError(message: "cannot reach the agent at \(path): \(error)", exit: ExitStatus.unavailable)
             }

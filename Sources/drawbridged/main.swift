@@ -5,7 +5,9 @@ import Glibc
 import HostSystem
 import Logging
 import Netfilter
+import NetfilterModel
 import ServiceLifecycle
+import UnixSignals
 
 @main
 struct Drawbridged: AsyncParsableCommand {

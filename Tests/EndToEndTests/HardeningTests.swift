@@ -1,6 +1,7 @@
 import DrawbridgeCore
 import Foundation
 import Netfilter
+import NetfilterModel
 import TestSupport
 import Testing
 

@@ -2,6 +2,7 @@ import DrawbridgeCore
 import Foundation
 import HostSystem
 import Netfilter
+import NetfilterModel
 import TestSupport
 import Testing
 
@@ -120,7 +121,8 @@ struct TransactionTests {
 
         // What the kernel does: one strict delete of an expired element, and the whole batch is refused.
         let raw = Transaction([
-            .deleteElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants4, [DrawbridgeTable.element(for: short)]),
+            .deleteElements(
+                table: DrawbridgeTable.name, set: DrawbridgeTable.grants4, [DrawbridgeTable.element(for: short)]),
             .addElements(
                 table: DrawbridgeTable.name, set: DrawbridgeTable.grants4,
                 [DrawbridgeTable.element(for: newcomer, expiresAt: Date().addingTimeInterval(600))]),

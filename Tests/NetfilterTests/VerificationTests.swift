@@ -2,6 +2,7 @@ import DrawbridgeCore
 import Foundation
 import HostSystem
 import Netfilter
+import NetfilterModel
 import TestSupport
 import Testing
 
@@ -55,7 +56,10 @@ struct VerificationTests {
                 "flush chain inet drawbridge input; delete chain inet drawbridge input; add chain inet drawbridge input",
                 "chain input is not a filter chain"
             ),
-            ("add chain inet drawbridge input2 { type filter hook input priority -20; }", "chain input2 is not drawbridge's"),
+            (
+                "add chain inet drawbridge input2 { type filter hook input priority -20; }",
+                "chain input2 is not drawbridge's"
+            ),
             ("add set inet drawbridge extra { type ipv4_addr; }", "set extra is not drawbridge's"),
             ("add counter inet drawbridge probes", "stateful objects"),
         ])
@@ -75,8 +79,11 @@ struct VerificationTests {
     func foreignLayout() throws {
         let namespace = try NetworkNamespace.createAnonymous()
         try run(
-            ["nft", "add table inet drawbridge; add set inet drawbridge grants4 { type ipv4_addr; }; "
-                + "add chain inet drawbridge input { type filter hook input priority 0; policy drop; }"],
+            [
+                "nft",
+                "add table inet drawbridge; add set inet drawbridge grants4 { type ipv4_addr; }; "
+                    + "add chain inet drawbridge input { type filter hook input priority 0; policy drop; }",
+            ],
             in: namespace)
         let driver = TableDriver(connection: try NetfilterConnection(namespace: namespace))
         #expect(try !driver.verify(Self.layout()).isEmpty)

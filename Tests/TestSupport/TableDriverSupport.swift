@@ -2,12 +2,14 @@ import DrawbridgeCore
 import Foundation
 import HostSystem
 import Netfilter
+import NetfilterModel
 
 /// Wall-clock conveniences over the table driver for kernel tests.
 extension TableDriver {
     /// Installs the table for a layout given by its parts.
     @discardableResult
-    public func install(mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]) throws -> CommitReport {
+    public func install(mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]) throws -> CommitReport
+    {
         try install(TableLayout(mode: mode, managedServices: managedServices, alwaysAllowed: alwaysAllowed))
     }
 

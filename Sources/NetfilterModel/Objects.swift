@@ -1,6 +1,5 @@
 import DrawbridgeCore
 import FoundationEssentials
-import HostSystem
 
 /// The data types a set key can be built from, with the ids the `nft` tool uses to print them.
 public enum SetKeyType: Sendable, Hashable {
@@ -20,7 +19,7 @@ public enum SetKeyType: Sendable, Hashable {
     }
 
     /// The field's own length in bytes, before padding to a 4-byte register.
-    var length: UInt8 {
+    package var length: UInt8 {
         switch self {
         case .ipv4Address: return 4
         case .ipv6Address: return 16
@@ -59,10 +58,10 @@ public struct SetDefinition: Sendable, Hashable {
 
     /// The kernel wants CONCAT and the field lengths together for concatenated interval sets, and neither for
     /// concatenated hash sets (nft sends neither there); a mismatch is EINVAL.
-    var describesFields: Bool { isConcatenation && interval }
+    package var describesFields: Bool { isConcatenation && interval }
 
     /// NFTA_SET_FLAGS as drawbridge sends them (and the kernel reports them back).
-    var kernelFlags: UInt32 {
+    package var kernelFlags: UInt32 {
         var flags: UInt32 = 0
         if interval { flags |= 0x4 }  // NFT_SET_INTERVAL
         if timeout { flags |= 0x10 }  // NFT_SET_TIMEOUT
@@ -71,10 +70,10 @@ public struct SetDefinition: Sendable, Hashable {
     }
 
     /// The key type id as nft packs it: 6 bits per field, the first field in the highest slot.
-    var keyTypeID: UInt32 { keyTypes.reduce(0) { $0 << 6 | $1.datatypeID } }
+    package var keyTypeID: UInt32 { keyTypes.reduce(0) { $0 << 6 | $1.datatypeID } }
 
     /// The key length: every field padded to a 4-byte register (except a lone field, which keeps its own length).
-    var keyLength: Int {
+    package var keyLength: Int {
         isConcatenation ? keyTypes.reduce(0) { $0 + $1.paddedLength } : Int(keyTypes[0].length)
     }
 }
@@ -84,7 +83,7 @@ public enum ChainHook: Sendable, Hashable {
     case input
 
     /// The hook number (NF_INET_LOCAL_IN is 1).
-    var number: UInt32 {
+    package var number: UInt32 {
         switch self {
         case .input: return 1
         }
@@ -156,6 +155,28 @@ public enum ElementExpiry: Sendable, Hashable {
     /// The kernel stops matching the element at this monotonic instant (the clock its timeouts run on); the timeout
     /// sent is computed from it as the transaction is encoded.
     case deadline(MonotonicInstant)
+
+    /// The timeout to send for this expiry when the transaction is encoded at `now`, in whole milliseconds; nil for
+    /// `.never`.
+    ///
+    /// Rounded up, so a grant is never shorter than asked, and at least 1: 0 would mean "no timeout" to the kernel,
+    /// an element that never expires, so an expiry already past is sent as 1 ms.
+    public func timeoutMilliseconds(now: Instants) -> UInt64? {
+        switch self {
+        case .never:
+            return nil
+        case .at(let expiry):
+            let milliseconds = expiry.timeIntervalSince(now.wall) * 1000
+            guard milliseconds > 1 else { return 1 }
+            return UInt64(min(milliseconds, 1e15).rounded(.up))
+        case .deadline(let deadline):
+            // In integer nanoseconds: a deadline N ms from now is exactly N ms, with no floating-point rounding.
+            let (nanoseconds, overflow) = deadline.nanoseconds.subtractingReportingOverflow(now.monotonic.nanoseconds)
+            if overflow { return deadline.nanoseconds > 0 ? UInt64(Int64.max / 1_000_000) : 1 }
+            guard nanoseconds > 1_000_000 else { return 1 }
+            return UInt64((nanoseconds - 1) / 1_000_000 + 1)
+        }
+    }
 }
 
 /// A set element as bytes, ready for the kernel: a key, an inclusive key end for ranges in concatenated interval
@@ -190,9 +211,10 @@ public struct ListedElement: Sendable, Hashable {
     /// The same instant on the monotonic clock.
     public var readAtMonotonic: MonotonicInstant
 
+    /// - Parameter readAt: when the message carrying the element was read; the model reads no clock.
     public init(
         key: [UInt8], keyEnd: [UInt8]? = nil, isIntervalEnd: Bool = false, timeoutMilliseconds: UInt64? = nil,
-        remainingMilliseconds: UInt64? = nil, readAt: Instants = SystemClock.now()
+        remainingMilliseconds: UInt64? = nil, readAt: Instants
     ) {
         self.key = key
         self.keyEnd = keyEnd
@@ -271,10 +293,10 @@ public struct CommitReport: Sendable {
     /// Transactions the kernel committed: each moves the ruleset generation by one. 0 for an empty change.
     public var transactions: Int = 1
 
-    /// The cost of this and then `next`.
-    func followed(by next: CommitReport) -> CommitReport {
-        CommitReport(
-            messages: messages + next.messages, bytes: bytes + next.bytes, encodedAt: encodedAt,
-            transactions: transactions + next.transactions)
+    public init(messages: Int, bytes: Int, encodedAt: Date, transactions: Int = 1) {
+        self.messages = messages
+        self.bytes = bytes
+        self.encodedAt = encodedAt
+        self.transactions = transactions
     }
 }

@@ -1,6 +1,19 @@
 import DrawbridgeCore
 import FoundationEssentials
 
+/// What the policy makes of the table: the parts that do not change with grants.
+public struct TableLayout: Sendable, Equatable {
+    public var mode: SessionMode
+    public var managedServices: [Service]
+    public var alwaysAllowed: [IPPrefix]
+
+    public init(mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]) {
+        self.mode = mode
+        self.managedServices = managedServices
+        self.alwaysAllowed = alwaysAllowed
+    }
+}
+
 /// The one table drawbridged owns: its sets, chains and rules, and how grants become set elements.
 ///
 /// rules/drawbridge.nft is this definition in nft syntax (`ruleset(mode:)` prints it), and a kernel test checks
@@ -75,33 +88,29 @@ public enum DrawbridgeTable {
 
     /// The changes that create the table if missing and (re)write its chains and rules, leaving every grant element
     /// in place. Sent as one transaction, the rules are replaced atomically: no packet ever sees a half-built gate.
-    public static func installation(
-        mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]
-    ) -> Transaction {
+    public static func installation(_ layout: TableLayout) -> Transaction {
         var transaction = Transaction([.createTable(name)])
         for set in sets { transaction.append(.createSet(table: name, set)) }
         transaction.append(.createChain(table: name, input))
         transaction.append(.createChain(table: name, gate))
         transaction.append(.flushChain(table: name, chain: input.name))
         transaction.append(.flushChain(table: name, chain: gate.name))
-        for (chain, rule) in rules(mode: mode) {
+        for (chain, rule) in rules(mode: layout.mode) {
             transaction.append(.appendRule(table: name, chain: chain, rule))
         }
-        transaction.changes += replaceManaged(managedServices) + replaceAlwaysAllowed(alwaysAllowed)
+        transaction.changes += replaceManaged(layout.managedServices) + replaceAlwaysAllowed(layout.alwaysAllowed)
         return transaction
     }
 
     /// The one transaction that replaces whatever the kernel holds under this table's name with the table for
     /// `layout` and exactly `elements`: create (in case it is missing), delete (with everything in it: foreign
     /// chains, a dormant flag, another layout), create again. Packets see the old table until the commit, the new
-    /// one after it, never none.
+    /// one after it, never none. Elements go in key order, so the same state always makes the same transaction.
     public static func replacement(_ layout: TableLayout, elements: [AccessKey: MonotonicInstant]) -> Transaction {
         var transaction = Transaction([.createTable(name), .deleteTable(name)])
-        transaction.changes += installation(
-            mode: layout.mode, managedServices: layout.managedServices, alwaysAllowed: layout.alwaysAllowed
-        ).changes
+        transaction.changes += installation(layout).changes
         var bySet: [SetDefinition: [SetElement]] = [:]
-        for (key, deadline) in elements {
+        for (key, deadline) in elements.sorted(by: { $0.key < $1.key }) {
             bySet[grantSet(for: key), default: []].append(element(for: key, deadline: deadline))
         }
         for set in grantSets {
