@@ -206,27 +206,24 @@ public final class TableDriver {
     private func transaction(
         additions: [(AccessKey, MonotonicInstant)], refreshes: [(AccessKey, MonotonicInstant)], deletions: [AccessKey]
     ) -> Transaction {
-        var removals: [SetDefinition: [SetElement]] = [:]
-        var inserts: [SetDefinition: [SetElement]] = [:]
+        var removals: [SetDefinition: [GrantElement]] = [:]
+        var inserts: [SetDefinition: [GrantElement]] = [:]
         for key in deletions + refreshes.map(\.0) {
-            removals[DrawbridgeTable.grantSet(for: key), default: []].append(DrawbridgeTable.element(for: key))
+            removals[DrawbridgeTable.grantSet(for: key), default: []].append(GrantElement(key: key))
         }
         for (key, deadline) in refreshes + additions {
-            inserts[DrawbridgeTable.grantSet(for: key), default: []]
-                .append(DrawbridgeTable.element(for: key, deadline: deadline))
+            inserts[DrawbridgeTable.grantSet(for: key), default: []].append(GrantElement(key: key, deadline: deadline))
         }
         var transaction = Transaction()
         for set in DrawbridgeTable.grantSets {
             if let elements = removals[set] {
                 transaction.append(
-                    canDestroyElements
-                        ? .destroyElements(table: DrawbridgeTable.name, set: set, elements)
-                        : .deleteElements(table: DrawbridgeTable.name, set: set, elements))
+                    .grantElements(canDestroyElements ? .destroy : .delete, table: DrawbridgeTable.name, set: set, elements))
             }
         }
         for set in DrawbridgeTable.grantSets {
             if let elements = inserts[set] {
-                transaction.append(.addElements(table: DrawbridgeTable.name, set: set, elements))
+                transaction.append(.grantElements(.add, table: DrawbridgeTable.name, set: set, elements))
             }
         }
         return transaction

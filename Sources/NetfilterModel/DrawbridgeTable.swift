@@ -109,12 +109,16 @@ public enum DrawbridgeTable {
     public static func replacement(_ layout: TableLayout, elements: [AccessKey: MonotonicInstant]) -> Transaction {
         var transaction = Transaction([.createTable(name), .deleteTable(name)])
         transaction.changes += installation(layout).changes
-        var bySet: [SetDefinition: [SetElement]] = [:]
-        for (key, deadline) in elements.sorted(by: { $0.key < $1.key }) {
-            bySet[grantSet(for: key), default: []].append(element(for: key, deadline: deadline))
+        var bySet: [SetDefinition: [GrantElement]] = [:]
+        for (key, deadline) in elements {
+            bySet[grantSet(for: key), default: []].append(GrantElement(key: key, deadline: deadline))
         }
         for set in grantSets {
-            if let items = bySet[set] { transaction.append(.addElements(table: name, set: set, items)) }
+            guard var items = bySet[set] else { continue }
+            // Sorted so that a small batch encodes to the same bytes every time (golden tests); a large one is sent
+            // as it comes, since sorting a million keys costs more than it could ever show.
+            if items.count <= 4096 { items.sort { $0.key < $1.key } }
+            transaction.append(.grantElements(.add, table: name, set: set, items))
         }
         return transaction
     }
@@ -152,6 +156,14 @@ public enum DrawbridgeTable {
     /// deleting it must name (the kernel looks a pipapo element up by its start as a point).
     public static func element(for key: AccessKey, expiresAt: Date? = nil) -> SetElement {
         element(for: key, expiry: expiresAt.map(ElementExpiry.at) ?? .never)
+    }
+
+    /// Writes a grant element's key (or, for a prefix, its inclusive key end) into `buffer`, which has room for 24
+    /// bytes, without allocating: how the encoder writes a million of them.
+    ///
+    /// - Returns: the key's length.
+    public static func writeKey(of key: AccessKey, end: Bool, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        ElementKey.writeAccess(end ? key.source.lastAddress : key.source.network, key.service, into: buffer)
     }
 
     /// The kernel element for a grant that ends at a monotonic deadline.
@@ -267,6 +279,30 @@ enum ElementKey {
 
     static func access(address: IPAddress, _ service: Service) -> [UInt8] {
         address.bytes + protocolAndPort(service)
+    }
+
+    /// Writes the key of `address . protocol . port` into `buffer` (room for 24 bytes) without allocating.
+    ///
+    /// - Returns: the key's length, 12 or 24.
+    static func writeAccess(_ address: IPAddress, _ service: Service, into buffer: UnsafeMutableRawBufferPointer)
+        -> Int
+    {
+        var offset = 0
+        switch address {
+        case .v4(let value):
+            buffer.storeBytes(of: value.bigEndian, toByteOffset: 0, as: UInt32.self)
+            offset = 4
+        case .v6(let high, let low):
+            buffer.storeBytes(of: high.bigEndian, toByteOffset: 0, as: UInt64.self)
+            buffer.storeBytes(of: low.bigEndian, toByteOffset: 8, as: UInt64.self)
+            offset = 16
+        }
+        // Protocol and port each in a 4-byte register: [proto, 0, 0, 0, port high, port low, 0, 0].
+        for index in 0..<8 { buffer[offset + index] = 0 }
+        buffer[offset] = service.transport.number
+        buffer[offset + 4] = UInt8(service.port >> 8)
+        buffer[offset + 5] = UInt8(service.port & 0xff)
+        return offset + 8
     }
 
     static func parseAccess(_ key: [UInt8]) -> (IPAddress, Service)? {

@@ -253,6 +253,28 @@ public enum Change: Sendable {
     /// Deletes elements that are present and ignores those that are not (NFT_MSG_DESTROYSETELEM, Linux 6.3+; older
     /// kernels refuse the transaction with EINVAL).
     case destroyElements(table: String, set: SetDefinition, [SetElement])
+    /// Grant elements, by key: the encoder writes their bytes straight into the message, so a million of them cost
+    /// no million small arrays on the way.
+    case grantElements(GrantElementOperation, table: String, set: SetDefinition, [GrantElement])
+}
+
+/// What to do with grant elements.
+public enum GrantElementOperation: Sendable, Hashable {
+    case add
+    case delete
+    /// Delete if present (NFT_MSG_DESTROYSETELEM, Linux 6.3+).
+    case destroy
+}
+
+/// A grant element: a key and, to add it, the monotonic deadline its timeout is computed from.
+public struct GrantElement: Sendable, Hashable {
+    public var key: AccessKey
+    public var deadline: MonotonicInstant?
+
+    public init(key: AccessKey, deadline: MonotonicInstant? = nil) {
+        self.key = key
+        self.deadline = deadline
+    }
 }
 
 /// A list of changes the kernel applies as one atomic transaction: all of them, or (on any error) none.
@@ -275,6 +297,8 @@ public struct Transaction: Sendable {
             switch $1 {
             case .addElements(_, _, let elements), .deleteElements(_, _, let elements),
                 .destroyElements(_, _, let elements):
+                return $0 + elements.count
+            case .grantElements(_, _, _, let elements):
                 return $0 + elements.count
             default: return $0
             }
