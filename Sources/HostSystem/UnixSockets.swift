@@ -27,7 +27,7 @@ public enum UnixSocket {
     public static func connect(_ path: String) throws(SystemError) -> Int32 {
         let descriptor = try stream()
         do throws(SystemError) {
-            try withAddress(path) { (address, length) throws(SystemError) in
+            _ = try withAddress(path) { (address, length) throws(SystemError) in
                 try systemCall("connect", path) { Glibc.connect(descriptor, address, length) }
             }
         } catch {
@@ -61,7 +61,7 @@ public enum UnixSocket {
         do throws(SystemError) {
             let previous = umask(0o177)
             defer { umask(previous) }
-            try withAddress(path) { (address, length) throws(SystemError) in
+            _ = try withAddress(path) { (address, length) throws(SystemError) in
                 try systemCall("bind", path) { bind(descriptor, address, length) }
             }
             let file = try systemCall("open(O_PATH)", path) { open(path, drawbridge_open_path_flag() | O_NOFOLLOW | O_CLOEXEC) }
@@ -131,7 +131,7 @@ public final class NamespaceLock: @unchecked Sendable {
     public init?(name: String) throws(SystemError) {
         let descriptor = try UnixSocket.stream()
         do throws(SystemError) {
-            try UnixSocket.withAddress("@" + name) { (address, length) throws(SystemError) in
+            _ = try UnixSocket.withAddress("@" + name) { (address, length) throws(SystemError) in
                 try systemCall("bind", "@" + name) { bind(descriptor, address, length) }
             }
         } catch {
