@@ -59,7 +59,6 @@ let package = Package(
             dependencies: [
                 "DrawbridgeCore", "NetfilterModel", "Netfilter", "HostSystem", "CDrawbridgeLinux",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -73,8 +72,6 @@ let package = Package(
                 "DrawbridgeAgent", "DrawbridgeCore", "HostSystem", "NetfilterModel", "Netfilter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings),
         // The CLI: no Netfilter, so no libnftnl or libmnl in the binary; `rules -c` prints the table offline.

@@ -5,7 +5,6 @@ import HostSystem
 import Logging
 import NIOCore
 import NIOPosix
-import ServiceLifecycle
 import Synchronization
 import SystemPackage
 
@@ -75,7 +74,7 @@ public final class LocalAPIServer: Sendable {
 
     /// Serves until graceful shutdown; then stops accepting, lets requests in progress finish, and removes the
     /// socket file.
-    public func run() async throws {
+    public func run(until shutdown: Shutdown) async throws {
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             // A client may send its request and close its side at once (`nc -N`): the answer must still go out.
@@ -96,16 +95,13 @@ public final class LocalAPIServer: Sendable {
                 }
             }
         logger.info("local API listening", metadata: ["api.socket": "\(path)"])
-        try await withGracefulShutdownHandler {
-            try await withThrowingDiscardingTaskGroup { tasks in
-                try await server.executeThenClose { connections in
-                    for try await connection in connections {
-                        tasks.addTask { await self.serve(connection) }
-                    }
+        shutdown.onTrigger { server.channel.close(promise: nil) }
+        try await withThrowingDiscardingTaskGroup { tasks in
+            try await server.executeThenClose { connections in
+                for try await connection in connections {
+                    tasks.addTask { await self.serve(connection) }
                 }
             }
-        } onGracefulShutdown: {
-            server.channel.close(promise: nil)
         }
         unlink(path)
         try? await group.shutdownGracefully()

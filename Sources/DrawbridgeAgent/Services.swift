@@ -5,21 +5,22 @@ import Glibc
 import HostSystem
 import Logging
 import Netfilter
-import ServiceLifecycle
 import UnixSignals
 
 /// Serves the local API until graceful shutdown, then drains the requests in progress.
-public struct LocalAPIService: ServiceLifecycle.Service {
+public struct LocalAPIService: AgentService {
+    public var name: String { "LocalAPIService" }
     let server: LocalAPIServer
 
     public init(server: LocalAPIServer) { self.server = server }
 
-    public func run() async throws { try await server.run() }
+    public func run(until shutdown: Shutdown) async throws { try await server.run(until: shutdown) }
 }
 
 /// Hands nf_tables notifications to the agent the moment they arrive: a flushed ruleset or an edited table is
 /// repaired within milliseconds.
-public struct RulesetWatchService: ServiceLifecycle.Service {
+public struct RulesetWatchService: AgentService {
+    public var name: String { "RulesetWatchService" }
     let agent: Agent
     let monitor: RulesetMonitor
 
@@ -28,8 +29,8 @@ public struct RulesetWatchService: ServiceLifecycle.Service {
         self.monitor = monitor
     }
 
-    public func run() async throws {
-        await cancelWhenGracefulShutdown {
+    public func run(until shutdown: Shutdown) async throws {
+        await shutdown.cancelling {
             for await event in monitor.events { await agent.rulesetChanged(event) }
         }
     }
@@ -37,7 +38,8 @@ public struct RulesetWatchService: ServiceLifecycle.Service {
 
 /// Follows edits of the grants files through inotify on their directories. Without inotify (no instances left,
 /// say) it warns and falls back to looking every five seconds.
-public struct GrantFileWatchService: ServiceLifecycle.Service {
+public struct GrantFileWatchService: AgentService {
+    public var name: String { "GrantFileWatchService" }
     let agent: Agent
     let watch: DirectoryWatch?
     let logger: Logger
@@ -48,8 +50,8 @@ public struct GrantFileWatchService: ServiceLifecycle.Service {
         self.logger = logger
     }
 
-    public func run() async throws {
-        await cancelWhenGracefulShutdown {
+    public func run(until shutdown: Shutdown) async throws {
+        await shutdown.cancelling {
             guard let watch else {
                 logger.warning("inotify is not available; grants files are checked every 5 seconds instead")
                 while !Task.isCancelled {
@@ -84,7 +86,8 @@ public struct GrantFileWatchService: ServiceLifecycle.Service {
 /// Tells the agent when the wall clock was stepped: from the kernel (a timerfd cancelled on clock set) and on
 /// SIGUSR2, which asks the agent to compare its clocks now (after `date -s` on a system where the timerfd is not
 /// available, and in tests, which cannot step the machine's clock).
-public struct ClockStepService: ServiceLifecycle.Service {
+public struct ClockStepService: AgentService {
+    public var name: String { "ClockStepService" }
     let agent: Agent
     let watch: ClockStepWatch?
 
@@ -93,9 +96,9 @@ public struct ClockStepService: ServiceLifecycle.Service {
         self.watch = watch
     }
 
-    public func run() async throws {
+    public func run(until shutdown: Shutdown) async throws {
         let signals = await UnixSignalsSequence(trapping: .sigusr2)
-        await cancelWhenGracefulShutdown {
+        await shutdown.cancelling {
             await withDiscardingTaskGroup { group in
                 if let watch {
                     group.addTask { for await _ in watch.steps { await agent.clockStepped() } }
@@ -107,16 +110,17 @@ public struct ClockStepService: ServiceLifecycle.Service {
 }
 
 /// The documented safety check, once a minute: the only periodic wake-up of an idle agent.
-public struct SafetyCheckService: ServiceLifecycle.Service {
+public struct SafetyCheckService: AgentService {
+    public var name: String { "SafetyCheckService" }
     public static let interval = Duration.seconds(60)
     let agent: Agent
 
     public init(agent: Agent) { self.agent = agent }
 
-    public func run() async throws {
-        try? await cancelWhenGracefulShutdown {
+    public func run(until shutdown: Shutdown) async throws {
+        await shutdown.cancelling {
             while !Task.isCancelled {
-                try await Task.sleep(for: Self.interval)
+                do { try await Task.sleep(for: Self.interval) } catch { return }
                 await agent.safetyCheck()
             }
         }
@@ -124,7 +128,8 @@ public struct SafetyCheckService: ServiceLifecycle.Service {
 }
 
 /// SIGHUP re-reads the policy without flushing anything, and reopens the audit trail (after logrotate).
-public struct ReloadService: ServiceLifecycle.Service {
+public struct ReloadService: AgentService {
+    public var name: String { "ReloadService" }
     let agent: Agent
     let notifier: SystemdNotifier
     let fileWatch: DirectoryWatch?
@@ -137,9 +142,9 @@ public struct ReloadService: ServiceLifecycle.Service {
         self.logger = logger
     }
 
-    public func run() async throws {
+    public func run(until shutdown: Shutdown) async throws {
         let signals = await UnixSignalsSequence(trapping: .sighup)
-        await cancelWhenGracefulShutdown {
+        await shutdown.cancelling {
             for await _ in signals {
                 notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemClock.monotonic().nanoseconds / 1000)")
                 await agent.reload()

@@ -6,8 +6,6 @@ import HostSystem
 import Logging
 import Netfilter
 import NetfilterModel
-import ServiceLifecycle
-import UnixSignals
 
 @main
 struct Drawbridged: AsyncParsableCommand {
@@ -152,7 +150,7 @@ struct Drawbridged: AsyncParsableCommand {
             fail("\(error)")
         }
 
-        var services: [any ServiceLifecycle.Service] = [LocalAPIService(server: server), SafetyCheckService(agent: agent)]
+        var services: [any AgentService] = [LocalAPIService(server: server), SafetyCheckService(agent: agent)]
         var fileWatch: DirectoryWatch?
         var clockWatch: ClockStepWatch?
         do {
@@ -183,8 +181,7 @@ struct Drawbridged: AsyncParsableCommand {
         services.append(ReloadService(agent: agent, notifier: notifier, fileWatch: fileWatch, logger: logger))
         notifier.notify("READY=1")
         logger.notice("ready", metadata: ["api.socket": "\(socket)"])
-        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        try await group.run()
+        try await ServiceRunner.run(services, logger: logger)
         notifier.notify("STOPPING=1")
         await agent.stop()
         withExtendedLifetime((namespaceLock, stateLock)) {}
