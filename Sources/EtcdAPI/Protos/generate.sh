@@ -62,7 +62,11 @@ while (start := text.find(marker)) >= 0:
     if text[end:end + 1] == "\n":
         end += 1
     text = text[:line_start] + text[end:]
-header = f"// From etcd v3.4.23's {source.split('go.etcd.io/etcd/')[-1]}, stripped of its gogoproto and google.api\n// annotations by Sources/EtcdAPI/Protos/generate.sh (only Go code generation and the JSON gateway use them).\n\n"
+relative = source.split("go.etcd.io/etcd/")[-1]
+header = (
+    f"// From etcd v3.4.23's {relative}, stripped of its gogoproto and google.api\n"
+    "// annotations by Sources/EtcdAPI/Protos/generate.sh (only Go code generation and the JSON gateway use them).\n\n"
+)
 open(destination, "w").write(header + text)
 PYTHON
     done
