@@ -84,5 +84,10 @@ let package = Package(
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "DrawbridgeCore", "TestSupport"]),
         .testTarget(
             name: "EndToEndTests", dependencies: ["DrawbridgeCore", "Netfilter", "TestSupport"]),
+        // The etcd tests run etcd and etcd-probe (the Etcd client driven over stdin/stdout) inside a throwaway
+        // network namespace; the two share the message types of EtcdProbeProtocol.
+        .target(name: "EtcdProbeProtocol", path: "Tests/EtcdProbeProtocol"),
+        .executableTarget(name: "etcd-probe", dependencies: ["Etcd", "EtcdProbeProtocol"], path: "Tests/EtcdProbe"),
+        .testTarget(name: "EtcdTests", dependencies: ["Etcd", "EtcdProbeProtocol", "Netfilter", "TestSupport"]),
     ]
 )
