@@ -64,7 +64,8 @@ extension EtcdError {
             }
         }
         switch error.code {
-        case .unavailable, .unknown, .internalError, .aborted: return (.unavailable, detail)
+        // Cancelled by the other side (our own cancellation never gets here): the stream is gone, try again.
+        case .unavailable, .unknown, .internalError, .aborted, .cancelled: return (.unavailable, detail)
         case .deadlineExceeded: return (.timedOut, nil)
         case .permissionDenied: return (.permissionDenied, detail)
         case .unauthenticated: return (.authenticationFailed, detail)
@@ -95,8 +96,10 @@ extension EtcdError {
         case "mvcc: required revision is a future revision": return (.futureRevision, nil)
         case "requested lease not found": return (.leaseNotFound, nil)
         case "mvcc: database space exceeded": return (.noSpace, nil)
+        // "watch canceled": etcd ended the stream itself; after losing its leader, it says so half of the time
+        // and "no leader" the other half (a race in etcd 3.4's Watch handler).
         case "too many requests", "not leader", "no leader", "leader changed", "not capable", "server stopped",
-            "unhealthy cluster", "rpc not supported for learner":
+            "unhealthy cluster", "rpc not supported for learner", "watch canceled":
             return (.unavailable, words)
         default:
             if words.hasPrefix("request timed out") { return (.timedOut, words) }

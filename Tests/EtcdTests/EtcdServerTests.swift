@@ -289,6 +289,32 @@ struct EtcdServerTests {
         #expect(untrusted.message.contains("the member's certificate is not trusted (CERTIFICATE_VERIFY_FAILED)"))
     }
 
+    @Test("a member that lost its leader refuses at once (hasleader) and ends open watches, retryably")
+    func memberWithoutLeader() throws {
+        // Two members: stopping one leaves the other without quorum, so without a leader.
+        let etcd = try EtcdServer(
+            members: 2, extraArguments: ["--heartbeat-interval", "50", "--election-timeout", "250"])
+        let client = try etcd.probe()
+        let prefix = "/drawbridge/v1/grants/host/a/"
+        let start = try client.put(prefix + "1", "one") + 1
+        let watch = try client.watch([prefix: start])
+        #expect(try client.nextWatchResponse(watch)?.kind == "created")
+
+        etcd.stop(member: 1)
+        let ended = try #require(throws: ProbeFailure.self) {
+            while try client.nextWatchResponse(watch, timeout: 20) != nil {}
+        }
+        #expect(ended.code == "unavailable")
+        #expect(ended.retryable)
+        #expect(ended.message.hasPrefix("etcd 192.0.2.10:2379: unavailable watching \(prefix) from revision \(start)"))
+
+        let asked = Date()
+        let refused = try #require(throws: ProbeFailure.self) { try client.range(prefix) }
+        #expect(Date().timeIntervalSince(asked) < 2, "refused at once, not after the 5 s request timeout")
+        #expect(refused.retryable)
+        #expect(refused.message == "etcd 192.0.2.10:2379: unavailable reading \(prefix): no leader")
+    }
+
     @Test("an endpoint nobody listens on fails fast, named and retryable")
     func unreachableEndpoint() throws {
         let etcd = try EtcdServer()

@@ -95,6 +95,7 @@ import Testing
             ("etcdserver: request timed out", .timedOut, true),
             ("etcdserver: mvcc: database space exceeded", .noSpace, false),
             ("etcdserver: too many requests", .unavailable, true),
+            ("etcdserver: watch canceled", .unavailable, true),
             ("etcdserver: something new", .other, false),
             // etcd 3.4 puts a watch's refusal in its cancel reason with the gRPC status around it.
             ("rpc error: code = PermissionDenied desc = etcdserver: permission denied", .permissionDenied, false),

@@ -6,13 +6,14 @@ import TestSupport
     import Glibc
 #endif
 
-/// A single-member etcd (Debian's etcd-server 3.4) started by a test in a network namespace of its own.
+/// An etcd cluster (Debian's etcd-server 3.4; one member unless asked for more) started by a test in a network
+/// namespace of its own.
 ///
-/// The namespace has only `lo`, with 192.0.2.10/32 (a documentation address) added to it (the kernel here has no
-/// dummy interfaces, and a second device would add nothing); etcd listens for clients there and for peers on
-/// 127.0.0.1, both inside the namespace. Nothing touches the machine's own network.
-/// etcd runs under `nsenter --net=` (which execs it, so the pid is etcd's) and is stopped by that pid only; its data
-/// directory is in a temporary directory removed with this object.
+/// The namespace has only `lo`, with member N's documentation address 192.0.2.(10+N)/32 added to it (the kernel
+/// here has no dummy interfaces, and a second device would add nothing); each member listens there for clients
+/// (port 2379) and peers (2380). Nothing touches the machine's own network. Each member runs under
+/// `nsenter --net=` (which execs it, so the pid is etcd's) and is stopped by that pid only; data directories are in
+/// a temporary directory removed with this object.
 final class EtcdServer: @unchecked Sendable {
     static let address = "192.0.2.10"
     static let port = 2379
@@ -20,24 +21,34 @@ final class EtcdServer: @unchecked Sendable {
     let namespace: NetworkNamespace
     let directory: String
     let tls: TestCertificates?
+    let members: Int
     let extraArguments: [String]
-    private var process: Process?
+    private var processes: [Int: Process] = [:]
 
-    var endpoint: String { "\(tls == nil ? "http" : "https")://\(Self.address):\(Self.port)" }
+    /// The first member's client URL.
+    var endpoint: String { endpoint(member: 0) }
     var logPath: String { directory + "/etcd.log" }
+
+    static func address(member: Int) -> String { "192.0.2.\(10 + member)" }
+
+    func endpoint(member: Int) -> String {
+        "\(tls == nil ? "http" : "https")://\(Self.address(member: member)):\(Self.port)"
+    }
 
     /// Starts etcd, with TLS and client certificate authentication when `tls` is set, and `extraArguments` (for
     /// example a shorter `--experimental-watch-progress-notify-interval` or `--auth-token-ttl`).
-    init(tls: Bool = false, extraArguments: [String] = []) throws {
+    init(tls: Bool = false, members: Int = 1, extraArguments: [String] = []) throws {
         namespace = try NetworkNamespace.createAnonymous()
         let template = NSTemporaryDirectory() + "drawbridge-etcd-XXXXXX"
         var buffer = Array(template.utf8CString)
         guard let made = mkdtemp(&buffer) else { throw POSIXError(errno: errno, "mkdtemp") }
         directory = String(cString: made)
+        self.members = members
         self.extraArguments = extraArguments
-        self.tls = tls ? try TestCertificates(directory: directory + "/pki", serverAddress: Self.address) : nil
+        let addresses = (0..<members).map(Self.address(member:))
+        self.tls = tls ? try TestCertificates(directory: directory + "/pki", serverAddresses: addresses) : nil
         try run(["ip", "link", "set", "lo", "up"], in: namespace)
-        try run(["ip", "addr", "add", "\(Self.address)/32", "dev", "lo"], in: namespace)
+        for address in addresses { try run(["ip", "addr", "add", "\(address)/32", "dev", "lo"], in: namespace) }
         try start()
     }
 
@@ -46,58 +57,71 @@ final class EtcdServer: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    /// Starts etcd on its data directory (new or kept from before) and waits until it answers.
+    /// Starts every member that is not running, on its data directory (new or kept from before), and waits until
+    /// each answers.
     func start() throws {
-        var arguments = [
-            "--net=\(namespace.path)", "/usr/bin/etcd", "--name", "test", "--data-dir", directory + "/data",
-            "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
-            "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-            "--initial-cluster", "test=http://127.0.0.1:2380", "--logger", "zap", "--log-outputs", "stderr",
-            "--log-level", "warn",
-        ]
-        if let tls {
-            arguments += [
-                "--cert-file", tls.serverCertificate, "--key-file", tls.serverKey, "--trusted-ca-file", tls.authority,
-                "--client-cert-auth",
+        let cluster = (0..<members).map { "m\($0)=http://\(Self.address(member: $0)):2380" }.joined(separator: ",")
+        for member in 0..<members where processes[member]?.isRunning != true {
+            let peer = "http://\(Self.address(member: member)):2380"
+            var arguments = [
+                "--net=\(namespace.path)", "/usr/bin/etcd", "--name", "m\(member)", "--data-dir",
+                directory + "/data-\(member)", "--listen-client-urls", endpoint(member: member),
+                "--advertise-client-urls", endpoint(member: member), "--listen-peer-urls", peer,
+                "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster, "--logger", "zap",
+                "--log-outputs", "stderr", "--log-level", "warn",
             ]
-        }
-        arguments += extraArguments
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        process.arguments = arguments
-        if !FileManager.default.fileExists(atPath: logPath) {
-            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        }
-        let log = FileHandle(forWritingAtPath: logPath)!
-        log.seekToEndOfFile()
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        self.process = process
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline {
-            guard process.isRunning else {
-                throw EtcdServerFailed("etcd exited with \(process.terminationStatus): \(logTail())")
+            if let tls {
+                arguments += [
+                    "--cert-file", tls.serverCertificate, "--key-file", tls.serverKey, "--trusted-ca-file",
+                    tls.authority, "--client-cert-auth",
+                ]
             }
-            if let health = try? etcdctl(["endpoint", "health"], check: false), health.succeeded { return }
+            arguments += extraArguments
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            process.arguments = arguments
+            if !FileManager.default.fileExists(atPath: logPath) {
+                _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+            }
+            let log = FileHandle(forWritingAtPath: logPath)!
+            log.seekToEndOfFile()
+            process.standardOutput = log
+            process.standardError = log
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            processes[member] = process
+        }
+        let deadline = Date().addingTimeInterval(20)
+        var waiting = Array(0..<members)
+        while Date() < deadline {
+            for (member, process) in processes where !process.isRunning {
+                throw EtcdServerFailed("etcd m\(member) exited with \(process.terminationStatus): \(logTail())")
+            }
+            waiting.removeAll { member in
+                let health = try? etcdctl(["endpoint", "health"], member: member, check: false)
+                return health?.succeeded == true
+            }
+            if waiting.isEmpty { return }
             usleep(100_000)
         }
         throw EtcdServerFailed("etcd did not become healthy within 20 s: \(logTail())")
     }
 
-    /// SIGTERM to the etcd this object started, and waits for it to exit.
-    func stop() {
-        guard let process, process.isRunning else { return }
-        Glibc.kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
+    /// SIGTERM to the members this object started (or only to `member`), and waits for them to exit.
+    func stop(member: Int? = nil) {
+        for (index, process) in processes where member == nil || member == index {
+            guard process.isRunning else { continue }
+            Glibc.kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+        }
     }
 
-    /// SIGKILL to the etcd this object started, and waits.
+    /// SIGKILL to the members this object started, and waits.
     func kill() {
-        guard let process, process.isRunning else { return }
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        for process in processes.values where process.isRunning {
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
     }
 
     func restart() throws {
@@ -108,8 +132,10 @@ final class EtcdServer: @unchecked Sendable {
     /// Runs etcdctl inside the namespace, as root (certificate CN root, or user root with its password once
     /// authentication is on).
     @discardableResult
-    func etcdctl(_ arguments: [String], check: Bool = true) throws -> CommandResult {
-        var command = ["etcdctl", "--endpoints", endpoint, "--dial-timeout", "2s", "--command-timeout", "5s"]
+    func etcdctl(_ arguments: [String], member: Int = 0, check: Bool = true) throws -> CommandResult {
+        var command = [
+            "etcdctl", "--endpoints", endpoint(member: member), "--dial-timeout", "2s", "--command-timeout", "5s",
+        ]
         if let tls {
             let root = try tls.client("root")
             command += ["--cacert", tls.authority, "--cert", root.certificate, "--key", root.key]

@@ -1,7 +1,7 @@
 import Foundation
 import TestSupport
 
-/// A throwaway certificate authority made with `openssl` at test time, a server certificate for etcd's address, and
+/// A throwaway certificate authority made with `openssl` at test time, a server certificate for etcd's addresses, and
 /// client certificates whose common name is the etcd user. Everything lives in `directory` and is valid for a day.
 final class TestCertificates: @unchecked Sendable {
     let directory: String
@@ -10,7 +10,7 @@ final class TestCertificates: @unchecked Sendable {
     var serverKey: String { directory + "/server-key.pem" }
     private let lock = NSLock()
 
-    init(directory: String, serverAddress: String) throws {
+    init(directory: String, serverAddresses: [String]) throws {
         self.directory = directory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try run([
@@ -19,7 +19,8 @@ final class TestCertificates: @unchecked Sendable {
         ])
         try issue(
             name: "server", commonName: "etcd test server",
-            extensions: "subjectAltName=IP:\(serverAddress)\nextendedKeyUsage=serverAuth,clientAuth\n")
+            extensions: "subjectAltName=\(serverAddresses.map { "IP:\($0)" }.joined(separator: ","))\n"
+                + "extendedKeyUsage=serverAuth,clientAuth\n")
     }
 
     /// The certificate and key for user `name` (CN=name), made on first use.
