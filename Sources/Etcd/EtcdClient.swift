@@ -21,6 +21,7 @@ import Synchronization
 public final class EtcdClient: Sendable {
     /// The member this client talks to.
     public let endpoint: EtcdEndpoint
+    /// What the client was made with.
     public let configuration: EtcdConfiguration
     /// The etcd user requests run as: the password user, or the common name of the client certificate.
     public let user: String?
@@ -209,7 +210,7 @@ public final class EtcdClient: Sendable {
     }
 
     /// Keeps `lease` alive until the calling task is cancelled (then it returns normally), renewing it every third
-    /// of its TTL; `onRenewal` receives the TTL etcd reset it to.
+    /// of its TTL (the TTL etcd answers with, once it has); `onRenewal` receives the TTL etcd reset it to.
     ///
     /// Throws ``EtcdError/Code/leaseNotFound`` when etcd no longer knows the lease (it expired or was revoked), and
     /// a retryable error when the connection fails: keep-alive again soon, before the TTL runs out.
@@ -217,7 +218,7 @@ public final class EtcdClient: Sendable {
         async throws(EtcdError)
     {
         let operation = "keeping lease \(lease) alive"
-        let interval = max(lease.ttl / 3, .milliseconds(500))
+        let interval = SharedValue(max(lease.ttl / 3, .milliseconds(500)))
         let leases = Etcdserverpb_Lease.Client(wrapping: grpc)
         let metadata = try await requestMetadata(operation: operation)
         let request = Etcdserverpb_LeaseKeepAliveRequest.with { $0.id = lease.id }
@@ -226,12 +227,13 @@ public final class EtcdClient: Sendable {
             expired = try await leases.leaseKeepAlive(metadata: metadata, options: streamOptions) { writer in
                 while !Task.isCancelled {
                     try await writer.write(request)
-                    try await Task.sleep(for: interval)
+                    try await Task.sleep(for: interval.value)
                 }
             } onResponse: { response in
                 for try await message in response.messages {
                     // etcd answers TTL 0 (or less) for a lease it does not have.
                     if message.ttl <= 0 { return true }
+                    interval.value = max(.seconds(message.ttl) / 3, .milliseconds(500))
                     onRenewal(.seconds(message.ttl))
                 }
                 return false
@@ -301,7 +303,7 @@ public final class EtcdClient: Sendable {
         return metadata
     }
 
-    /// Forgets a token etcd rejected (it restarted, or the token expired), so the next request authenticates anew.
+    /// Forgets a token etcd rejected (it expired, or etcd lost it), so the next request authenticates anew.
     func forgetToken() {
         token.withLock { $0 = nil }
     }
@@ -359,6 +361,20 @@ public final class EtcdClient: Sendable {
             end.removeLast()
         }
         return (Data(prefix.utf8), Data([0]))
+    }
+}
+
+/// A value the closures of one call share (a `Mutex` itself cannot be captured: it is not copyable).
+final class SharedValue<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+
+    init(_ value: Value) {
+        mutex = Mutex(value)
+    }
+
+    var value: Value {
+        get { mutex.withLock { $0 } }
+        set { mutex.withLock { $0 = newValue } }
     }
 }
 

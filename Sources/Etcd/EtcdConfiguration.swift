@@ -16,11 +16,14 @@ public struct EtcdEndpoint: Sendable, Hashable, CustomStringConvertible {
         case name
     }
 
+    /// `http` or `https`.
     public var scheme: Scheme
     /// The host without brackets: `192.0.2.10`, `2001:db8::10`, `etcd-1.example.net`.
     public var host: String
+    /// The client port, 2379 by etcd's convention.
     public var port: Int
 
+    /// An endpoint from its parts; the host without brackets.
     public init(scheme: Scheme, host: String, port: Int) {
         self.scheme = scheme
         self.host = host
@@ -111,6 +114,7 @@ public struct EtcdConfiguration: Sendable {
         /// PEM private key of `certificateFile`.
         public var keyFile: String?
 
+        /// TLS files by path; all optional.
         public init(certificateAuthorityFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil) {
             self.certificateAuthorityFile = certificateAuthorityFile
             self.certificateFile = certificateFile
@@ -120,9 +124,12 @@ public struct EtcdConfiguration: Sendable {
 
     /// An etcd user name and password, exchanged for a token (sent as the metadata `token`).
     public struct Credentials: Sendable, Hashable {
+        /// The etcd user name.
         public var user: String
+        /// The user's password, sent once per token (Authenticate), never with every request.
         public var password: String
 
+        /// A user and its password.
         public init(user: String, password: String) {
             self.user = user
             self.password = password
@@ -144,6 +151,7 @@ public struct EtcdConfiguration: Sendable {
     /// How long to wait for a ping's answer before the connection counts as lost.
     public var keepaliveTimeout: Duration
 
+    /// A configuration from parsed endpoints; timeouts have defaults.
     public init(
         endpoints: [EtcdEndpoint], tls: TLS? = nil, credentials: Credentials? = nil,
         requestTimeout: Duration = .seconds(5), keepaliveInterval: Duration = .seconds(10),

@@ -18,8 +18,8 @@ extension EtcdError {
         self.init(code, endpoint: endpoint, operation: operation, user: user, detail: detail, prefix: prefix)
     }
 
-    /// Whether etcd refused the token itself (as opposed to what the user may do): after a restart or the token's
-    /// expiry. The remedy is to authenticate again.
+    /// Whether etcd refused the token itself (as opposed to what the user may do): after the token's expiry, or a
+    /// change of the auth store. The remedy is to authenticate again.
     static func isTokenRejection(_ error: any Error) -> Bool {
         guard let error = error as? RPCError else { return false }
         return isTokenRejection(message: error.message)

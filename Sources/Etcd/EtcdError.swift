@@ -40,6 +40,7 @@ public struct EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
         case other
     }
 
+    /// What kind of failure it is.
     public var code: Code
     /// The member that failed, when one was involved.
     public var endpoint: EtcdEndpoint?
@@ -54,6 +55,7 @@ public struct EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The prefix a watch failure concerns.
     public var prefix: String?
 
+    /// An error from its parts; the client makes them, tests and fakes may too.
     public init(
         _ code: Code, endpoint: EtcdEndpoint? = nil, operation: String, user: String? = nil, detail: String? = nil,
         compactRevision: Int64? = nil, prefix: String? = nil
@@ -76,6 +78,8 @@ public struct EtcdError: Error, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// One line for a person: "etcd MEMBER: WHAT OPERATION (user USER): DETAIL", and for a compaction or a full
+    /// database what to do next.
     public var description: String {
         var text = endpoint.map { "etcd \($0): " } ?? "etcd: "
         switch code {

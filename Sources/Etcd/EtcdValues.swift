@@ -2,6 +2,7 @@
 public struct EtcdKeyValue: Sendable, Hashable {
     /// The key, decoded as UTF-8 (bytes that are not UTF-8 become U+FFFD; Drawbridge's keys are ASCII paths).
     public var key: String
+    /// The value's bytes (Drawbridge stores JSON).
     public var value: [UInt8]
     /// The revision that created the key (0 in a delete event).
     public var createRevision: Int64
@@ -12,6 +13,7 @@ public struct EtcdKeyValue: Sendable, Hashable {
     /// The lease the key is attached to, if any: the key goes when the lease does.
     public var leaseID: Int64?
 
+    /// A key-value pair from its parts.
     public init(
         key: String, value: [UInt8], createRevision: Int64, modRevision: Int64, version: Int64,
         leaseID: Int64? = nil
@@ -32,6 +34,7 @@ public struct EtcdRange: Sendable, Hashable {
     /// Sorted by key.
     public var keyValues: [EtcdKeyValue]
 
+    /// A range from its parts.
     public init(revision: Int64, keyValues: [EtcdKeyValue]) {
         self.revision = revision
         self.keyValues = keyValues
@@ -40,22 +43,27 @@ public struct EtcdRange: Sendable, Hashable {
 
 /// One change seen by a watch.
 public struct EtcdEvent: Sendable, Hashable {
+    /// A write or a removal.
     public enum Kind: Sendable, Hashable {
         case put
         case delete
     }
 
+    /// Whether the key was written or removed.
     public var kind: Kind
     /// The key as it is after the change; for a delete, only key and ``EtcdKeyValue/modRevision`` (the revision of
     /// the delete) are set.
     public var keyValue: EtcdKeyValue
 
+    /// An event from its parts.
     public init(kind: Kind, keyValue: EtcdKeyValue) {
         self.kind = kind
         self.keyValue = keyValue
     }
 
+    /// The key that changed.
     public var key: String { keyValue.key }
+    /// The new value; empty for a delete.
     public var value: [UInt8] { keyValue.value }
     /// The revision of this change.
     public var modRevision: Int64 { keyValue.modRevision }
@@ -64,6 +72,7 @@ public struct EtcdEvent: Sendable, Hashable {
 /// One response of a watch: every event etcd sent together (one revision's changes are never split), or a sign of
 /// progress.
 public struct EtcdWatchResponse: Sendable, Hashable {
+    /// What the response says.
     public enum Kind: Sendable, Hashable {
         /// etcd accepted the watch of ``EtcdWatchResponse/prefix``; events from its start revision follow.
         case created
@@ -73,6 +82,7 @@ public struct EtcdWatchResponse: Sendable, Hashable {
         case progress
     }
 
+    /// Created, events, or progress.
     public var kind: Kind
     /// The watched prefix this response is about.
     public var prefix: String
@@ -85,6 +95,7 @@ public struct EtcdWatchResponse: Sendable, Hashable {
     /// from there may still be on their way.
     public var nextRevision: Int64
 
+    /// A response from its parts.
     public init(kind: Kind, prefix: String, events: [EtcdEvent], revision: Int64, nextRevision: Int64) {
         self.kind = kind
         self.prefix = prefix
@@ -96,10 +107,12 @@ public struct EtcdWatchResponse: Sendable, Hashable {
 
 /// A lease: keys attached to it are deleted when it is revoked or expires.
 public struct EtcdLease: Sendable, Hashable, CustomStringConvertible {
+    /// etcd's lease ID.
     public var id: Int64
     /// The time to live etcd granted (it may round up: a TTL of 1 s is granted as 2 s).
     public var ttl: Duration
 
+    /// A lease from its ID and TTL (the TTL only paces ``EtcdClient/keepAlive(_:onRenewal:)``).
     public init(id: Int64, ttl: Duration) {
         self.id = id
         self.ttl = ttl

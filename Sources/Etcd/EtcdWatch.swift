@@ -30,6 +30,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
     let client: EtcdClient
     let starts: [Start]
 
+    /// Opens the watch stream; each iterator has a stream of its own.
     public func makeAsyncIterator() -> Iterator {
         // Unbounded: a response is never dropped, and a watch of grants carries little.
         let (stream, continuation) = AsyncThrowingStream<EtcdWatchResponse, any Error>.makeStream()
@@ -39,11 +40,13 @@ public struct EtcdWatch: AsyncSequence, Sendable {
         return Iterator(base: stream.makeAsyncIterator())
     }
 
+    /// Hands out the responses of one watch stream.
     public struct Iterator: AsyncIteratorProtocol {
         public typealias Failure = EtcdError
 
         var base: AsyncThrowingStream<EtcdWatchResponse, any Error>.AsyncIterator
 
+        /// The next response; nil once the iterating task is cancelled.
         public mutating func next(isolation actor: isolated (any Actor)?) async throws(EtcdError) -> EtcdWatchResponse?
         {
             do {
@@ -55,6 +58,7 @@ public struct EtcdWatch: AsyncSequence, Sendable {
             }
         }
 
+        /// The next response; nil once the iterating task is cancelled.
         public mutating func next() async throws(EtcdError) -> EtcdWatchResponse? {
             try await next(isolation: nil)
         }
@@ -108,7 +112,8 @@ private final class WatchSession: Sendable {
                 if !renewedToken, client.configuration.credentials != nil,
                     EtcdError.isTokenRejection(message: reason)
                 {
-                    // etcd restarted or the token expired: authenticate again and reopen, once.
+                    // The token expired (simple tokens do after --auth-token-ttl unused) or etcd lost it:
+                    // authenticate again and reopen, once.
                     client.forgetToken()
                     renewedToken = true
                     continue
@@ -125,12 +130,17 @@ private final class WatchSession: Sendable {
                         throwing: EtcdError(
                             .compacted, endpoint: client.endpoint, operation: operation([start]), user: client.user,
                             compactRevision: compactRevision, prefix: start.prefix))
+                } else if reason.isEmpty {
+                    // Cancelled without a word: nothing says the watch cannot simply be resumed.
+                    continuation.finish(
+                        throwing: EtcdError(
+                            .unavailable, endpoint: client.endpoint, operation: operation([start]), user: client.user,
+                            detail: "the member cancelled the watch", prefix: start.prefix))
                 } else {
                     continuation.finish(
                         throwing: EtcdError(
-                            cancelReason: reason.isEmpty ? "the member cancelled the watch" : reason,
-                            endpoint: client.endpoint, operation: operation([start]), user: client.user,
-                            prefix: start.prefix))
+                            cancelReason: reason, endpoint: client.endpoint, operation: operation([start]),
+                            user: client.user, prefix: start.prefix))
                 }
             case .ended:
                 continuation.finish(
