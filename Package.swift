@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 /// Every Swift target: a file sees only the members of modules it imports itself, so no module borrows another's
@@ -19,6 +19,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.7.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.90.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        // No traits: the default ones import full Foundation (binary-delimited streams), which no binary of ours may
+        // carry. This is why the tools version is 6.1.
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
     ],
     targets: [
         // C libraries and the small shim for what Swift cannot import. Only Netfilter imports CNftnl and CMnl; only
@@ -63,6 +69,26 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings),
+        // etcd's v3 gRPC API: messages and client stubs generated from its .proto files by Protos/generate.sh and
+        // committed, so no build runs protoc.
+        .target(
+            name: "EtcdAPI",
+            dependencies: [
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["Protos"]),
+        // An etcd client: range, watch, put, delete, leases; no protobuf type in its API.
+        .target(
+            name: "Etcd",
+            dependencies: [
+                "EtcdAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
             ],
             swiftSettings: swiftSettings),
 
@@ -114,6 +140,15 @@ let package = Package(
             swiftSettings: swiftSettings),
         .testTarget(
             name: "EndToEndTests", dependencies: ["DrawbridgeCore", "NetfilterModel", "Netfilter", "TestSupport"],
+            swiftSettings: swiftSettings),
+        // The etcd tests run etcd and etcd-probe (the Etcd client driven over stdin/stdout) inside a throwaway
+        // network namespace; the two share the message types of EtcdProbeProtocol.
+        .target(name: "EtcdProbeProtocol", path: "Tests/EtcdProbeProtocol", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "etcd-probe", dependencies: ["Etcd", "EtcdProbeProtocol"], path: "Tests/EtcdProbe",
+            swiftSettings: swiftSettings),
+        .testTarget(
+            name: "EtcdTests", dependencies: ["Etcd", "EtcdProbeProtocol", "Netfilter", "TestSupport"],
             swiftSettings: swiftSettings),
     ]
 )
