@@ -10,6 +10,7 @@ let package = Package(
     products: [
         .executable(name: "drawbridged", targets: ["drawbridged"]),
         .executable(name: "drawbridge", targets: ["drawbridge"]),
+        .executable(name: "drawbridge-etcd", targets: ["drawbridge-etcd"]),
         .executable(name: "drawbridge-bench", targets: ["drawbridge-bench"]),
     ],
     dependencies: [
@@ -107,6 +108,17 @@ let package = Package(
                 "DrawbridgeCore", "NetfilterModel", "HostSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings),
+        // Fleet grants through etcd, in a process of its own: `sync` follows this host's keys and hands each change to
+        // the agent over the local socket (as an unprivileged user: the TLS, HTTP/2 and gRPC code never runs in the
+        // agent, which stays small); `grant`, `revoke` and `list` write and read the keys for whoever requests access.
+        .executableTarget(
+            name: "drawbridge-etcd",
+            dependencies: [
+                "Etcd", "DrawbridgeCore", "HostSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings),
         .executableTarget(

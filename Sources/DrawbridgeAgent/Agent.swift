@@ -149,6 +149,8 @@ public actor Agent {
         case .revoke(let target): return await revoke(target, caller)
         case .list: return await list()
         case .status: return status()
+        case .etcdSync, .etcdConnection:
+            return .failure(.init(code: .internal, message: "etcd sync is not wired in yet"))
         }
     }
 

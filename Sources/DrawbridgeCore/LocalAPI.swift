@@ -13,6 +13,9 @@ public enum LocalAPI {
 
     public enum Verb: String, Codable, Sendable, CaseIterable {
         case grant, revoke, list, status
+        /// From `drawbridge-etcd sync` only (root or the policy's etcd.sync_user): see ``EtcdUpdate``.
+        case etcdSync = "etcd-sync"
+        case etcdConnection = "etcd-connection"
     }
 
     /// A request as the client sends it.
@@ -53,6 +56,8 @@ public enum LocalAPI {
         case revoke(RevokeTarget)
         case list
         case status
+        case etcdSync(EtcdUpdate)
+        case etcdConnection(EtcdConnectionReport)
 
         /// Whether the command only closes access (served ahead of and apart from what opens it).
         public var isClosing: Bool {
@@ -84,6 +89,8 @@ public enum LocalAPI {
         let allowed: [Verb: Set<String>] = [
             .grant: ["command", "ports", "source", "duration_seconds", "reason"],
             .revoke: ["command", "id", "source"], .list: ["command"], .status: ["command"],
+            .etcdSync: ["command", "revision", "complete", "changes"],
+            .etcdConnection: ["command", "connected", "endpoint", "revision", "error"],
         ]
         do throws(FieldError) {
             let probe = try JSONFields(value, path: "request", allowed: Set(allowed.values.flatMap { $0 }))
@@ -97,6 +104,8 @@ public enum LocalAPI {
             switch verb {
             case .list: return .success(.list)
             case .status: return .success(.status)
+            case .etcdSync: return .success(try decodeEtcdSync(fields))
+            case .etcdConnection: return .success(try decodeEtcdConnection(fields))
             case .revoke:
                 let id = try fields.string("id")
                 let source = try fields.string("source")
@@ -227,11 +236,13 @@ public enum LocalAPI {
         public var audit: String
         /// Warnings an operator should act on (a clock step, a grants file kept at its last good state, …).
         public var warnings: [String]
+        /// Grants from etcd, when the policy has an etcd section.
+        public var etcd: EtcdStatus?
 
         public init(
             version: String, policyPath: String, managedPorts: [GrantedPort], onExpiry: SessionMode, activeGrants: Int,
             kernelRelease: String, table: String = "enforcing", lastRepair: String? = nil, repairs: Int = 0,
-            storage: String = "ok", audit: String = "ok", warnings: [String] = []
+            storage: String = "ok", audit: String = "ok", warnings: [String] = [], etcd: EtcdStatus? = nil
         ) {
             self.version = version
             self.policyPath = policyPath
@@ -245,6 +256,7 @@ public enum LocalAPI {
             self.storage = storage
             self.audit = audit
             self.warnings = warnings
+            self.etcd = etcd
         }
 
         enum CodingKeys: String, CodingKey {
@@ -256,7 +268,7 @@ public enum LocalAPI {
             case kernelRelease = "kernel_release"
             case table
             case lastRepair = "last_repair"
-            case repairs, storage, audit, warnings
+            case repairs, storage, audit, warnings, etcd
         }
     }
 
@@ -270,10 +282,12 @@ public enum LocalAPI {
         public var status: AgentStatus?
         /// What went through but should be known: a revocation applied in the kernel that could not be stored yet.
         public var warnings: [String]?
+        /// etcd-sync: what became of each key.
+        public var etcd: EtcdReport?
 
         public init(
             ok: Bool, error: Failure? = nil, grants: [GrantStatus]? = nil, outcome: String? = nil,
-            status: AgentStatus? = nil, warnings: [String]? = nil
+            status: AgentStatus? = nil, warnings: [String]? = nil, etcd: EtcdReport? = nil
         ) {
             self.ok = ok
             self.error = error
@@ -281,6 +295,7 @@ public enum LocalAPI {
             self.outcome = outcome
             self.status = status
             self.warnings = warnings
+            self.etcd = etcd
         }
 
         public static func failure(_ failure: Failure) -> Response { Response(ok: false, error: failure) }

@@ -13,6 +13,14 @@ import YAML
 ///   - { group: drawbridge-admins, ports: [ssh, postgres], max_duration: 3h }
 ///   - { group: developers,        ports: [ssh],           max_duration: 1h }
 /// grant_files: ["/etc/drawbridge/grants.json"]   # optional: watched JSON files of grants
+/// etcd:                             # optional: grants for this host and its groups from etcd (drawbridge-etcd)
+///   endpoints: ["https://192.0.2.1:2379"]
+///   host: web-1                     # default: the machine's host name
+///   groups: [web, eu-west]
+///   prefix: /drawbridge             # default
+///   tls: { ca: /etc/drawbridge/etcd-ca.pem, cert: /etc/drawbridge/etcd.pem, key: /etc/drawbridge/etcd.key }
+///   # or user: web-1 and password_file: /etc/drawbridge/etcd.password
+///   sync_user: drawbridge-etcd      # default: the local account whose drawbridge-etcd may hand grants to the agent
 /// ```
 ///
 /// Validation is strict: an unknown key, a value of the wrong kind or a prefix with host bits set is an error with
@@ -65,16 +73,19 @@ public struct Policy: Sendable, Equatable {
     public var roles: [Role]
     /// Absolute paths of JSON files of grants that the agent watches.
     public var grantFiles: [String]
+    /// Where this host's grants from etcd come from; nil when the host takes none.
+    public var etcd: EtcdSettings?
 
     public init(
         ports: [ManagedPort], alwaysAllow: [IPPrefix] = [], onExpiry: SessionMode = .keepSessions, roles: [Role] = [],
-        grantFiles: [String] = []
+        grantFiles: [String] = [], etcd: EtcdSettings? = nil
     ) {
         self.ports = ports
         self.alwaysAllow = alwaysAllow
         self.onExpiry = onExpiry
         self.roles = roles
         self.grantFiles = grantFiles
+        self.etcd = etcd
     }
 
     /// The longest `max_duration` a policy may set: seven days. A grant is meant to be short; a port that must stay
@@ -110,6 +121,11 @@ public struct Policy: Sendable, Equatable {
     /// its first bad byte.
     public static func parse(utf8 bytes: [UInt8], file: String) throws(PolicyError) -> Policy {
         try PolicyReader(file: file).read { () throws(YAMLError) in try Document(parsingUTF8: bytes) }
+    }
+
+    /// Parses a requester's etcd client configuration (`etcd:` with endpoints, tls, user and password_file).
+    public static func parseEtcdClient(_ text: String, file: String) throws(PolicyError) -> EtcdSettings {
+        try PolicyReader(file: file).readEtcdClient { () throws(YAMLError) in try Document(parsing: text) }
     }
 
     /// Files larger than this are refused: a policy is a page of text, and a huge file is the wrong file.
@@ -158,7 +174,9 @@ private struct PolicyReader {
     let file: String
 
     private enum Keys {
-        static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files"]
+        static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files", "etcd"]
+        static let etcd = ["endpoints", "host", "groups", "prefix", "tls", "user", "password_file", "sync_user"]
+        static let tls = ["ca", "cert", "key"]
         static let port = ["port", "protocol", "max_duration", "allowed_sources"]
         static let role = ["group", "ports", "max_duration"]
     }
@@ -206,7 +224,32 @@ private struct PolicyReader {
         if let entry = entries["grant_files"] {
             grantFiles = try readGrantFiles(entry.value)
         }
-        return Policy(ports: ports, alwaysAllow: alwaysAllow, onExpiry: onExpiry, roles: roles, grantFiles: grantFiles)
+        var etcd: EtcdSettings?
+        if let entry = entries["etcd"], !isEmptyValue(entry.value) {
+            etcd = try readEtcd(entry.value, requireHostIdentity: true)
+        }
+        return Policy(
+            ports: ports, alwaysAllow: alwaysAllow, onExpiry: onExpiry, roles: roles, grantFiles: grantFiles, etcd: etcd)
+    }
+
+    /// Reads a document whose only key is `etcd` (a requester's client configuration: no host, groups or sync user).
+    func readEtcdClient(_ parse: () throws(YAMLError) -> Document) throws(PolicyError) -> EtcdSettings {
+        let root: Node?
+        do {
+            root = try parse().root
+        } catch {
+            throw failure(at: error.position, error.message, hint: error.hint)
+        }
+        guard let root, case .mapping(let top) = root.content else {
+            throw PolicyError(
+                file: file, line: 1, column: 1, message: "the configuration must be a mapping with the key etcd",
+                hint: "write it like etcd: { endpoints: [\"https://192.0.2.1:2379\"] }")
+        }
+        let entries = try fields(of: top, allowed: ["etcd"], context: "at the top level of the configuration")
+        guard let entry = entries["etcd"] else {
+            throw failure(at: root, "the configuration has no etcd key")
+        }
+        return try readEtcd(entry.value, requireHostIdentity: false)
     }
 
     // MARK: Sections
@@ -377,6 +420,129 @@ private struct PolicyReader {
             paths.append(path)
         }
         return paths
+    }
+
+    private func readEtcd(_ node: Node, requireHostIdentity: Bool) throws(PolicyError) -> EtcdSettings {
+        let example = "write it like etcd: { endpoints: [\"https://192.0.2.1:2379\"], groups: [web] }"
+        guard case .mapping(let mapping) = node.content else {
+            throw failure(at: node, "etcd must be a mapping; found \(describe(node))", hint: example)
+        }
+        let allowed = requireHostIdentity ? Keys.etcd : Keys.etcd.filter { !["host", "groups", "sync_user"].contains($0) }
+        let entries = try fields(of: mapping, allowed: allowed, context: "in etcd")
+        guard let endpointsEntry = entries["endpoints"] else {
+            throw failure(at: node, "etcd has no endpoints", hint: example)
+        }
+        var settings = EtcdSettings(endpoints: try etcdEndpoints(endpointsEntry.value))
+        if let entry = entries["host"] {
+            let host = try string(entry.value, named: "etcd host")
+            if let problem = EtcdSettings.nameProblem(host, kind: "host") { throw failure(at: entry.value, problem) }
+            settings.host = host
+        }
+        if let entry = entries["groups"], !isEmptyValue(entry.value) {
+            guard case .sequence(let items) = entry.value.content else {
+                throw failure(
+                    at: entry.value, "etcd groups must be a list of group names; found \(describe(entry.value))",
+                    hint: "write it like groups: [web, eu-west]")
+            }
+            for item in items {
+                let group = try string(item, named: "an etcd group")
+                if let problem = EtcdSettings.nameProblem(group, kind: "group") { throw failure(at: item, problem) }
+                guard !settings.groups.contains(group) else {
+                    throw failure(at: item, "etcd groups lists '\(group)' twice")
+                }
+                settings.groups.append(group)
+            }
+            guard settings.groups.count <= EtcdSettings.maximumGroups else {
+                throw failure(
+                    at: entry.value, "etcd groups lists \(settings.groups.count) groups; at most "
+                        + "\(EtcdSettings.maximumGroups) are allowed")
+            }
+        }
+        if let entry = entries["prefix"] {
+            let prefix = try string(entry.value, named: "etcd prefix")
+            if let problem = EtcdSettings.prefixProblem(prefix) {
+                throw failure(at: entry.value, problem, hint: "write it like prefix: /drawbridge")
+            }
+            settings.prefix = prefix
+        }
+        if let entry = entries["tls"] {
+            guard case .mapping(let tlsMapping) = entry.value.content else {
+                throw failure(
+                    at: entry.value, "etcd tls must be a mapping of ca, cert and key; found \(describe(entry.value))",
+                    hint: "write it like tls: { ca: /etc/drawbridge/etcd-ca.pem, cert: /etc/drawbridge/etcd.pem, "
+                        + "key: /etc/drawbridge/etcd.key }")
+            }
+            let tlsEntries = try fields(of: tlsMapping, allowed: Keys.tls, context: "in etcd tls")
+            var tls = EtcdSettings.TLS()
+            tls.ca = try tlsEntries["ca"].map { (pair: Pair) throws(PolicyError) in try absolutePath(pair.value, named: "etcd tls ca") }
+            tls.cert = try tlsEntries["cert"].map { (pair: Pair) throws(PolicyError) in try absolutePath(pair.value, named: "etcd tls cert") }
+            tls.key = try tlsEntries["key"].map { (pair: Pair) throws(PolicyError) in try absolutePath(pair.value, named: "etcd tls key") }
+            guard (tls.cert == nil) == (tls.key == nil) else {
+                throw failure(
+                    at: entry.value, "etcd tls names a \(tls.cert == nil ? "key" : "cert") without a "
+                        + "\(tls.cert == nil ? "cert" : "key")",
+                    hint: "a client certificate needs its key: give both cert and key, or neither")
+            }
+            settings.tls = tls
+        }
+        if let entry = entries["user"] {
+            let user = try string(entry.value, named: "etcd user")
+            if let problem = TextCheck.identifierProblem(user, field: "etcd user") {
+                throw failure(at: entry.value, problem)
+            }
+            settings.user = user
+        }
+        if let entry = entries["password_file"] {
+            settings.passwordFile = try absolutePath(entry.value, named: "etcd password_file")
+        }
+        guard (settings.user == nil) == (settings.passwordFile == nil) else {
+            throw failure(
+                at: node, "etcd names a \(settings.user == nil ? "password_file" : "user") without a "
+                    + "\(settings.user == nil ? "user" : "password_file")",
+                hint: "password authentication needs both user and password_file")
+        }
+        if settings.user != nil, settings.tls?.cert != nil {
+            throw failure(
+                at: node, "etcd names both a client certificate and a user with a password",
+                hint: "choose one: the certificate's common name is the etcd user")
+        }
+        let plain = settings.endpoints.filter { $0.hasPrefix("http://") }
+        if settings.tls != nil, !plain.isEmpty {
+            throw failure(
+                at: endpointsEntry.value, "etcd tls is set but endpoint \(plain[0]) is plain http://",
+                hint: "write https:// endpoints, or drop tls on a private test network")
+        }
+        if let entry = entries["sync_user"] {
+            let user = try string(entry.value, named: "etcd sync_user")
+            guard Self.isGroupName(user) else {
+                throw failure(at: entry.value, "'\(user)' is not a valid Unix user name")
+            }
+            settings.syncUser = user
+        }
+        return settings
+    }
+
+    private func etcdEndpoints(_ node: Node) throws(PolicyError) -> [String] {
+        let example = "write it like endpoints: [\"https://192.0.2.1:2379\"]"
+        guard case .sequence(let items) = node.content, !items.isEmpty else {
+            throw failure(at: node, "etcd endpoints must be a non-empty list of URLs; found \(describe(node))", hint: example)
+        }
+        var endpoints: [String] = []
+        for item in items {
+            let url = try string(item, named: "an etcd endpoint")
+            if let problem = EtcdSettings.endpointProblem(url) { throw failure(at: item, problem, hint: example) }
+            guard !endpoints.contains(url) else { throw failure(at: item, "etcd endpoints lists \(url) twice") }
+            endpoints.append(url)
+        }
+        return endpoints
+    }
+
+    private func absolutePath(_ node: Node, named name: String) throws(PolicyError) -> String {
+        let path = try string(node, named: name)
+        guard path.hasPrefix("/"), !path.contains("\0") else {
+            throw failure(at: node, "\(name) '\(TextCheck.escaped(path))' is not an absolute path")
+        }
+        return path
     }
 
     // MARK: Values

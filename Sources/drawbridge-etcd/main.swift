@@ -1,0 +1,2 @@
+// Placeholder until the sync and requester commands land.
+print("drawbridge-etcd: not built yet")
