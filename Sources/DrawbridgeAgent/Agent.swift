@@ -61,14 +61,20 @@ public actor Agent {
     let disk: NIOThreadPool
 
     private(set) var policy: Policy
-    private var book = GrantBook()
-    private var planner = AccessPlanner()
+    var book = GrantBook()
+    var planner = AccessPlanner()
+    /// This machine's name: its etcd keys' host unless the policy names another.
+    let hostName: String
+    /// Who may hand the agent grants from etcd (read by the socket server).
+    public nonisolated let etcdAuthority = EtcdSyncAuthority()
+    var etcd = EtcdView()
     private var settings: [String: String] = [:]
 
     public init(configuration: AgentConfiguration, policy: Policy, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
         self.policy = policy
+        hostName = SystemClock.hostName()
         store = try GrantStore(directory: configuration.stateDirectory, bootID: SystemClock.bootID())
         audit = try AuditTrail(path: configuration.auditLogPath, logger: logger)
         kernel = try KernelLink(canDestroyElements: configuration.canDestroyElements)
@@ -113,6 +119,8 @@ public actor Agent {
             applyFile(path, readGrantsFile(path, policy: policy, now: now), now: now, initial: true)
             fileStamps[path] = stamp ?? .missing
         }
+        updateEtcdAuthority()
+        dropEtcdGrantsOutsideLayout(reason: "no longer among this host's etcd keys", starting: true)
         let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the policy")
         planner.reset(book: book, now: now.monotonic)
         let elements = planner.elements(book: book, now: now.monotonic)
@@ -149,8 +157,8 @@ public actor Agent {
         case .revoke(let target): return await revoke(target, caller)
         case .list: return await list()
         case .status: return status()
-        case .etcdSync, .etcdConnection:
-            return .failure(.init(code: .internal, message: "etcd sync is not wired in yet"))
+        case .etcdSync(let update): return await etcdSync(update, caller)
+        case .etcdConnection(let report): return etcdConnection(report, caller)
         }
     }
 
@@ -227,7 +235,7 @@ public actor Agent {
     }
 
     /// Takes back a grant whose change failed (if nothing changed it since).
-    private func withdraw(_ grant: Grant, restoring previous: Grant?, because reason: String) {
+    func withdraw(_ grant: Grant, restoring previous: Grant?, because reason: String) {
         guard book[grant.id] == grant else { return }
         let changed: [AccessKey]
         if let previous {
@@ -274,9 +282,12 @@ public actor Agent {
         for grant in matching {
             changed += book.remove(id: grant.id).changed
             records.append(.remove(id: grant.id))
-            if case .file = grant.origin {
+            switch grant.origin {
+            case .file, .etcd:
+                // Revoked here, it stays revoked while its file entry or etcd key says the same.
                 book.tombstone(grant.id)
                 records.append(.tombstone(id: grant.id))
+            case .local, .knock: break
             }
         }
         let targets = planner.update(changed, book: book, now: now.monotonic)
@@ -356,7 +367,7 @@ public actor Agent {
                 onExpiry: policy.onExpiry, activeGrants: book.count, kernelRelease: SystemClock.kernelRelease(),
                 table: tableHealth, lastRepair: lastRepair, repairs: repairs,
                 storage: store.problem ?? (pendingRecords.isEmpty ? "ok" : "revocations waiting to be stored"),
-                audit: audit.problem ?? "ok", warnings: warnings))
+                audit: audit.problem ?? "ok", warnings: warnings, etcd: etcdStatus))
     }
 
     // MARK: Kernel queue
@@ -376,7 +387,7 @@ public actor Agent {
 
     /// Hands targets to the kernel owner and waits for them to be applied (with everything queued at the time, in
     /// one transaction).
-    private func submit(_ targets: [ElementTarget]) async -> KernelOutcome {
+    func submit(_ targets: [ElementTarget]) async -> KernelOutcome {
         guard !targets.isEmpty else { return .applied }
         return await withCheckedContinuation { continuation in
             queue.append(QueuedChange(targets: targets, waiter: continuation))
@@ -385,12 +396,12 @@ public actor Agent {
     }
 
     /// Like `submit`, returning at once with a task that finishes when they are applied.
-    private func enqueue(_ targets: [ElementTarget]) -> Task<KernelOutcome, Never> {
+    func enqueue(_ targets: [ElementTarget]) -> Task<KernelOutcome, Never> {
         Task { await self.submit(targets) }
     }
 
     /// Queues targets nobody waits for (expiry sweeps, withdrawals).
-    private func submitLater(_ targets: [ElementTarget]) {
+    func submitLater(_ targets: [ElementTarget]) {
         guard !targets.isEmpty else { return }
         queue.append(QueuedChange(targets: targets, waiter: nil))
         startPump()
@@ -443,7 +454,7 @@ public actor Agent {
     private var durabilityWaiters: [(JournalPosition, CheckedContinuation<Result<Void, SystemError>, Never>)] = []
 
     /// Waits until the journal is on disk up to `position`; one fdatasync serves every request waiting at the time.
-    private func waitDurable(_ position: JournalPosition) async -> Result<Void, SystemError> {
+    func waitDurable(_ position: JournalPosition) async -> Result<Void, SystemError> {
         if position <= durable { return .success(()) }
         return await withCheckedContinuation { continuation in
             durabilityWaiters.append((position, continuation))
@@ -489,7 +500,7 @@ public actor Agent {
     ///
     /// - Returns: a warning when they could not be written now.
     @discardableResult
-    private func appendClosing(_ records: [StateRecord]) -> String? {
+    func appendClosing(_ records: [StateRecord]) -> String? {
         guard !records.isEmpty else { return nil }
         flushPendingRecords()
         if pendingRecords.isEmpty {
@@ -516,7 +527,7 @@ public actor Agent {
 
     private var compacting = false
 
-    private func compactIfWanted() {
+    func compactIfWanted() {
         guard !compacting, store.wantsCompaction else { return }
         compacting = true
         do {
@@ -545,7 +556,7 @@ public actor Agent {
     private var armedDeadline: MonotonicInstant?
 
     /// Makes sure a timer wakes the agent at the next deadline (and only then: no periodic ticks).
-    private func armExpiry() {
+    func armExpiry() {
         guard let next = book.nextDeadline() else {
             expiryTask?.cancel()
             expiryTask = nil
@@ -564,7 +575,7 @@ public actor Agent {
                     return
                 }
             }
-            await self.sweepExpired()
+            self.sweepExpired()
         }
     }
 
@@ -775,6 +786,8 @@ public actor Agent {
                 fileProblems[filePath] = nil
             }
         }
+        updateEtcdAuthority()
+        dropEtcdGrantsOutsideLayout(reason: "no longer among this host's etcd keys after the reload")
         let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the reloaded policy")
         fileStamps = [:]
         await refreshGrantFiles()

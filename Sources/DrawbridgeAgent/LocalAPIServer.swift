@@ -12,7 +12,7 @@ import SystemPackage
 ///
 /// A slow, silent or hostile client cannot hold the agent or lock others out:
 /// - the whole request must arrive within ``requestDeadline`` (not per read: a byte every second does not keep a
-///   connection), and be at most 64 KiB;
+///   connection), and be at most 64 KiB (64 MiB from root and the etcd sync user, whose snapshots can be large);
 /// - a connection lives at most ``connectionDeadline``, answer included, so a client that never reads its answer
 ///   is dropped;
 /// - each non-root user may hold ``perUserLimit`` connections at once, all non-root users together
@@ -75,6 +75,7 @@ public final class LocalAPIServer: Sendable {
     /// Serves until graceful shutdown; then stops accepting, lets requests in progress finish, and removes the
     /// socket file.
     public func run(until shutdown: Shutdown) async throws {
+        let agent = self.agent
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             // A client may send its request and close its side at once (`nc -N`): the answer must still go out.
@@ -88,8 +89,11 @@ public final class LocalAPIServer: Sendable {
                         guard let read else { throw SystemError("getsockopt(SO_PEERCRED)", errno: .notSupported) }
                         return try read.get()
                     }
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(LineDecoder(limit: LocalAPI.maximumRequestBytes)))
+                    // Only root and the etcd sync user may send a large request (a snapshot of etcd's grants).
+                    let limit =
+                        (try? peer.get()).map { agent.etcdAuthority.maySync($0.uid) } == true
+                        ? LocalAPI.maximumSyncRequestBytes : LocalAPI.maximumRequestBytes
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineDecoder(limit: limit)))
                     return Connection(
                         channel: try NIOAsyncChannel(wrappingChannelSynchronously: channel), peer: peer)
                 }

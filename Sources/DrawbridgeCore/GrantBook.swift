@@ -95,6 +95,16 @@ public struct GrantBook: Sendable {
     public var accessKeys: [AccessKey] { Array(contributor.keys) }
 
     /// The ids of the grants that came from `origin` (not kept for local grants: always empty for them).
+    /// The ids of every grant from etcd (each key is an origin of its own).
+    public var idsFromEtcd: [String] {
+        var ids: [String] = []
+        for (origin, members) in byOrigin {
+            guard case .etcd = origin else { continue }
+            ids += members.compactMap { slots[Int($0)]?.id }
+        }
+        return ids
+    }
+
     public func ids(from origin: GrantOrigin) -> Set<String> {
         Set((byOrigin[origin] ?? []).compactMap { slots[Int($0)]?.id })
     }

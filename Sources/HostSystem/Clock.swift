@@ -54,4 +54,11 @@ public enum SystemClock {
     public static func kernelRelease() -> String {
         (try? Files.readSmallText("/proc/sys/kernel/osrelease")) ?? "unknown"
     }
+
+    /// The machine's host name (`uname -n`), without a domain part: the name a host has in etcd keys unless its
+    /// policy names another.
+    public static func hostName() -> String {
+        let name = (try? Files.readSmallText("/proc/sys/kernel/hostname")) ?? "localhost"
+        return String(name.prefix { $0 != "." })
+    }
 }

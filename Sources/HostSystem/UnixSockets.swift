@@ -177,6 +177,16 @@ public enum Accounts {
         }
     }
 
+    /// The id of a user by name, or nil when there is none.
+    public static func userID(named name: String) -> uid_t? {
+        lookup { buffer, size in
+            var entry = passwd()
+            var result: UnsafeMutablePointer<passwd>?
+            let status = getpwnam_r(name, &entry, buffer, size, &result)
+            return (status, result != nil ? entry.pw_uid : nil)
+        }
+    }
+
     /// The name of this process's user.
     public static var currentUser: String { userName(geteuid()) }
 
