@@ -165,14 +165,17 @@ let package = Package(
             name: "EndToEndTests", dependencies: ["DrawbridgeCore", "NetfilterModel", "Netfilter", "TestSupport"],
             swiftSettings: swiftSettings),
         // The etcd tests run etcd and etcd-probe (the Etcd client driven over stdin/stdout) inside a throwaway
-        // network namespace; the two share the message types of EtcdProbeProtocol.
+        // network namespace; the two share the message types of EtcdProbeProtocol. drawbridge-etcd runs there too,
+        // its sync handing updates to a fake agent socket in the test process.
         .target(name: "EtcdProbeProtocol", path: "Tests/EtcdProbeProtocol", swiftSettings: swiftSettings),
         .executableTarget(
             name: "etcd-probe", dependencies: ["Etcd", "EtcdProbeProtocol"], path: "Tests/EtcdProbe",
             swiftSettings: swiftSettings),
         .testTarget(
             name: "EtcdTests",
-            dependencies: ["Etcd", "EtcdSync", "EtcdProbeProtocol", "DrawbridgeCore", "HostSystem", "Netfilter", "TestSupport"],
+            dependencies: [
+                "Etcd", "EtcdSync", "EtcdProbeProtocol", "DrawbridgeCore", "HostSystem", "Netfilter", "TestSupport",
+            ],
             swiftSettings: swiftSettings),
     ]
 )

@@ -121,10 +121,10 @@ public struct ClientSettings: Sendable, Equatable {
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw FleetProblem("the password file \(path) is not UTF-8 text")
         }
-        let line = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        let password = line.hasSuffix("\r") ? line.dropLast() : line
+        // By scalars: "\r\n" is one Character.
+        let password = String(String.UnicodeScalarView(text.unicodeScalars.prefix { $0 != "\n" && $0 != "\r" }))
         guard !password.isEmpty else { throw FleetProblem("the password file \(path) is empty") }
-        return String(password)
+        return password
     }
 }
 

@@ -35,14 +35,14 @@ struct DrawbridgeEtcd: AsyncParsableCommand {
             Keys under the prefix (default /drawbridge):
               <prefix>/v1/grants/host/<host>/<id>     a grant for one host
               <prefix>/v1/grants/group/<group>/<id>   a grant for every host of the group
-              <prefix>/v1/status/<host>               what the host applied and refused (kept alive by its sync)
+              <prefix>/v1/status/<host>               what the host applied and refused
 
             Examples:
-              drawbridge-etcd grant ssh --from 203.0.113.7 --for 2h --group web --reason "hotfix"
+              drawbridge-etcd grant ssh --from 203.0.113.7 --for 2h --group web
               drawbridge-etcd list --group web
               drawbridge-etcd revoke g-k3v9q2x7mz --group web
               drawbridge-etcd status
-              drawbridge-etcd sync --config /etc/drawbridge/policy.yaml     (the service, one per host)
+              drawbridge-etcd sync --config /etc/drawbridge/policy.yaml   (the service)
 
             Why a process of its own: privilege separation. The agent runs as root with CAP_NET_ADMIN; it never \
             links TLS, HTTP/2, gRPC or protobuf code and never parses what arrives from the network. \
@@ -125,7 +125,8 @@ struct EtcdOptions: ParsableArguments {
         do {
             return try ClientSettings.merge(file: file, options: commandLine)
         } catch {
-            throw ValidationError(error.message)
+            Output.error(error.message)
+            throw ExitCode.validationFailure
         }
     }
 
