@@ -92,6 +92,16 @@ let package = Package(
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
             ],
             swiftSettings: swiftSettings),
+        // drawbridge-etcd's logic: the sync that follows a host's keys and hands each change to the agent, the host
+        // status it writes, and the values and settings of the requester commands.
+        .target(
+            name: "EtcdSync",
+            dependencies: [
+                "Etcd", "DrawbridgeCore", "HostSystem",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings),
 
         .executableTarget(
             name: "drawbridged",
@@ -116,9 +126,10 @@ let package = Package(
         .executableTarget(
             name: "drawbridge-etcd",
             dependencies: [
-                "Etcd", "DrawbridgeCore", "HostSystem",
+                "EtcdSync", "Etcd", "DrawbridgeCore", "HostSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings),
         .executableTarget(
@@ -154,13 +165,17 @@ let package = Package(
             name: "EndToEndTests", dependencies: ["DrawbridgeCore", "NetfilterModel", "Netfilter", "TestSupport"],
             swiftSettings: swiftSettings),
         // The etcd tests run etcd and etcd-probe (the Etcd client driven over stdin/stdout) inside a throwaway
-        // network namespace; the two share the message types of EtcdProbeProtocol.
+        // network namespace; the two share the message types of EtcdProbeProtocol. drawbridge-etcd runs there too,
+        // its sync handing updates to a fake agent socket in the test process.
         .target(name: "EtcdProbeProtocol", path: "Tests/EtcdProbeProtocol", swiftSettings: swiftSettings),
         .executableTarget(
             name: "etcd-probe", dependencies: ["Etcd", "EtcdProbeProtocol"], path: "Tests/EtcdProbe",
             swiftSettings: swiftSettings),
         .testTarget(
-            name: "EtcdTests", dependencies: ["Etcd", "EtcdProbeProtocol", "Netfilter", "TestSupport"],
+            name: "EtcdTests",
+            dependencies: [
+                "Etcd", "EtcdSync", "EtcdProbeProtocol", "DrawbridgeCore", "HostSystem", "Netfilter", "TestSupport",
+            ],
             swiftSettings: swiftSettings),
     ]
 )

@@ -221,7 +221,9 @@ public final class EtcdClient: Sendable {
         let interval = SharedValue(max(lease.ttl / 3, .milliseconds(500)))
         let leases = Etcdserverpb_Lease.Client(wrapping: grpc)
         let metadata = try await requestMetadata(operation: operation)
-        let request = Etcdserverpb_LeaseKeepAliveRequest.with { $0.id = lease.id }
+        var message = Etcdserverpb_LeaseKeepAliveRequest()
+        message.id = lease.id
+        let request = message
         let expired: Bool
         do {
             expired = try await leases.leaseKeepAlive(metadata: metadata, options: streamOptions) { writer in

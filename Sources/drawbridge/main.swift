@@ -21,6 +21,7 @@ struct Drawbridge: ParsableCommand {
     /// the command with SIGPIPE.
     static func main() {
         signal(SIGPIPE, SIG_IGN)
+        if Fleet.isFleetCommand(CommandLine.arguments) { Fleet.runHelper(CommandLine.arguments) }
         main(nil)
     }
 
@@ -37,6 +38,10 @@ struct Drawbridge: ParsableCommand {
               drawbridge list
               drawbridge revoke g-k3v9q2x7mz
               drawbridge check /etc/drawbridge/policy.yaml
+
+            Fleet commands: grant, revoke and list with --host NAME or --group NAME write and read grants in etcd \
+            for other hosts; they run drawbridge-etcd (its own package) with the same arguments. See \
+            drawbridge-etcd --help.
 
             Exit status: 0 done; 1 failed (kernel, storage or agent error); 2 no such grant; 64 bad arguments; \
             65 invalid policy file; 69 the agent is not running or the socket is not reachable; 75 the agent is \
@@ -66,6 +71,9 @@ extension Drawbridge {
                 port's allowed sources and the duration within both the port's and your role's longest duration: \
                 a request that asks for more is refused, never trimmed. Granting what is already granted extends \
                 it (same grant id, one kernel element).
+
+                With --host NAME or --group NAME the grant is written to etcd for those hosts instead, by \
+                drawbridge-etcd grant (see drawbridge-etcd grant --help).
                 """)
 
         @Argument(help: ArgumentHelp("Managed ports: policy names or NUMBER/PROTO.", valueName: "port"))
@@ -135,7 +143,10 @@ extension Drawbridge {
         static let configuration = CommandConfiguration(
             commandName: "revoke",
             abstract: "End grants now.",
-            discussion: "Give a grant id (from `drawbridge list`), or --from to end every grant from inside a prefix.")
+            discussion: """
+                Give a grant id (from `drawbridge list`), or --from to end every grant from inside a prefix. With \
+                --host NAME or --group NAME the grant is deleted from etcd instead (drawbridge-etcd revoke).
+                """)
 
         @Argument(help: "The grant to end.")
         var id: String?
@@ -174,7 +185,8 @@ extension Drawbridge {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "list",
-            abstract: "Show active grants, with the time the kernel still gives each.")
+            abstract: "Show active grants, with the time the kernel still gives each.",
+            discussion: "With --host NAME, --group NAME or --all: the grants in etcd instead (drawbridge-etcd list).")
 
         @OptionGroup var connection: ConnectionOptions
 
@@ -394,6 +406,48 @@ enum PolicyReview {
     }
 }
 
+// MARK: Fleet commands
+
+/// `grant`, `revoke` and `list` with `--host` or `--group` (and `list --all`) act on grants in etcd for a fleet. This
+/// binary has no gRPC, HTTP/2 or TLS code (it stays within its size budget, and a requester's command needs no
+/// agent), so it hands such a command line to drawbridge-etcd, unchanged.
+enum Fleet {
+    static let options = ["--host", "--group"]
+
+    /// Whether the arguments are a fleet command: one of the three commands with a fleet option before any `--`.
+    static func isFleetCommand(_ arguments: [String]) -> Bool {
+        guard arguments.count > 2, ["grant", "revoke", "list"].contains(arguments[1]) else { return false }
+        for argument in arguments.dropFirst(2) {
+            if argument == "--" { return false }
+            let name = String(argument.prefix { $0 != "=" })
+            if options.contains(name) || (arguments[1] == "list" && argument == "--all") { return true }
+        }
+        return false
+    }
+
+    /// Replaces this process with drawbridge-etcd (beside this executable, else /usr/bin), or exits 69 saying
+    /// which package is missing.
+    static func runHelper(_ arguments: [String]) -> Never {
+        var candidates = ["/usr/bin/drawbridge-etcd"]
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if length > 0 {
+            let executable = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if let slash = executable.lastIndex(of: "/") {
+                candidates.insert(String(executable[..<slash]) + "/drawbridge-etcd", at: 0)
+            }
+        }
+        for path in candidates where access(path, X_OK) == 0 {
+            let argv = (["drawbridge-etcd"] + arguments.dropFirst()).map { strdup($0) } + [nil]
+            execv(path, argv)
+            Output.error("cannot run \(path): \(String(cString: strerror(errno)))")
+            exit(ExitStatus.unavailable.rawValue)
+        }
+        Output.error("fleet commands need drawbridge-etcd (package drawbridge-etcd)")
+        exit(ExitStatus.unavailable.rawValue)
+    }
+}
+
 // MARK: Talking to the agent
 
 struct Client {
@@ -432,65 +486,17 @@ struct Client {
     }
 
     private func exchange(_ request: LocalAPI.Request) throws -> [UInt8] {
-        let path = options.socket
-        let descriptor: Int32
         do {
-            descriptor = try UnixSocket.connect(path)
+            return try AgentSocket.exchange(request, path: options.socket).answer
         } catch {
-            switch error.errno {
-            case .noSuchFileOrDirectory:
-                throw ClientError(
-                    message: "the agent is not running: no socket at \(path) (start it: systemctl start drawbridge)",
-                    exit: ExitStatus.unavailable)
-            case .connectionRefused:
-                throw ClientError(
-                    message: "the agent is not running: nothing answers at \(path) (systemctl status drawbridge)",
-                    exit: ExitStatus.unavailable)
-            case .permissionDenied, .notPermitted:
-                throw ClientError(
-                    message: "permission denied on \(path): \(Self.permissionHint(path))", exit: ExitStatus.unavailable)
-            case .fileNameTooLong:
-                throw ClientError(
-                    message: "socket path too long (at most 107 bytes): \(path)", exit: .validationFailure)
-            default:
-                throw ClientError(message: "cannot reach the agent at \(path): \(error)", exit: ExitStatus.unavailable)
-            }
+            let exit: ExitCode =
+                switch error.kind {
+                case .notRunning, .permissionDenied, .unreachable: ExitStatus.unavailable
+                case .pathTooLong: .validationFailure
+                case .noAnswer: .failure
+                }
+            throw ClientError(message: error.message, exit: exit)
         }
-        defer { close(descriptor) }
-        var timeout = timeval(tv_sec: 30, tv_usec: 0)
-        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var data = try LocalAPI.encoder().encode(request)
-        data.append(0x0a)
-        do {
-            try Files.writeAll(descriptor, Array(data), path: path)
-        } catch {
-            // The agent answers before it reads everything when it refuses a connection (busy): read that answer.
-            if error.errno != .brokenPipe && error.errno != .connectionReset {
-                throw ClientError(message: "cannot send to the agent: \(error)", exit: ExitStatus.unavailable)
-            }
-        }
-        let answer: [UInt8]
-        do {
-            answer = try Files.readAll(descriptor, path: path, maximumBytes: 1 << 30)
-        } catch {
-            let reason = error.errno == .resourceTemporarilyUnavailable ? "no answer within 30 seconds" : "\(error)"
-            throw ClientError(message: "the agent did not answer: \(reason)", exit: .failure)
-        }
-        var line = answer[...]
-        if let newline = line.firstIndex(of: 0x0a) { line = line[..<newline] }
-        guard !line.isEmpty else {
-            throw ClientError(message: "the agent closed the connection without an answer", exit: .failure)
-        }
-        return Array(line)
-    }
-
-    /// Who may use the socket, from the socket file itself (its group, whatever it is named).
-    static func permissionHint(_ path: String) -> String {
-        var info = stat()
-        guard stat(path, &info) == 0 else { return "ask an administrator for access to it" }
-        let group = Accounts.groupName(info.st_gid)
-        return "members of group \(group) may use it (sudo adduser \(Accounts.currentUser) \(group), then log in again)"
     }
 }
 
@@ -514,16 +520,5 @@ enum Format {
         return seconds > 0 ? "in \(GrantDuration.format(seconds))" : "expired"
     }
 
-    static func table(_ rows: [[String]]) -> String {
-        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
-        return rows.map { row in
-            var line = ""
-            for (index, cell) in row.enumerated() {
-                line += cell
-                if index < row.count - 1 { line += String(repeating: " ", count: widths[index] - cell.count + 2) }
-            }
-            while line.hasSuffix(" ") { line.removeLast() }
-            return line
-        }.joined(separator: "\n") + "\n"
-    }
+    static func table(_ rows: [[String]]) -> String { TextTable.render(rows) }
 }

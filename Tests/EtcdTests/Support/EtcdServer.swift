@@ -132,7 +132,23 @@ final class EtcdServer: @unchecked Sendable {
     /// Runs etcdctl inside the namespace, as root (certificate CN root, or user root with its password once
     /// authentication is on).
     @discardableResult
-    func etcdctl(_ arguments: [String], member: Int = 0, check: Bool = true) throws -> CommandResult {
+    func etcdctl(_ arguments: [String], member: Int = 0, check: Bool = true, input: String? = nil) throws
+        -> CommandResult
+    {
+        try run(etcdctlCommand(member: member) + arguments, in: namespace, input: input, check: check)
+    }
+
+    /// Writes `value` at `key` byte for byte (etcdctl reads a value it is not given from its standard input), for
+    /// values a String cannot carry.
+    @discardableResult
+    func put(_ key: String, bytes value: [UInt8]) throws -> CommandResult {
+        let file = directory + "/value-\(UUID().uuidString)"
+        try Data(value).write(to: URL(fileURLWithPath: file))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        return try run(["sh", "-c", "exec \"$@\" < \"$0\"", file] + etcdctlCommand() + ["put", key], in: namespace)
+    }
+
+    private func etcdctlCommand(member: Int = 0) throws -> [String] {
         var command = [
             "etcdctl", "--endpoints", endpoint(member: member), "--dial-timeout", "2s", "--command-timeout", "5s",
         ]
@@ -142,7 +158,7 @@ final class EtcdServer: @unchecked Sendable {
         } else if authenticationEnabled {
             command += ["--user", "root:\(Self.rootPassword)"]
         }
-        return try run(command + arguments, in: namespace, check: check)
+        return command
     }
 
     static let rootPassword = "root-password"

@@ -1,2 +1,0 @@
-// Placeholder until the sync and requester commands land.
-print("drawbridge-etcd: not built yet")
