@@ -27,7 +27,10 @@ public struct Backoff: Sendable, Equatable {
         let base = min(seconds(initial) * pow(multiplier, failures), seconds(maximum))
         failures += 1
         let spread = base * jitter
-        let wait = spread > 0 ? Double.random(in: (base - spread)...(base + spread), using: &generator) : base
+        // One draw, used as a fraction in [0, 1): no rejection sampling, so any generator (even one that repeats a
+        // value) gives an answer, and the extremes are reachable on purpose in tests.
+        let fraction = Double(generator.next() >> 11) * 0x1p-53
+        let wait = base - spread + 2 * spread * fraction
         return .milliseconds(Int64((min(wait, seconds(maximum)) * 1000).rounded()))
     }
 

@@ -240,6 +240,17 @@ extension Drawbridge {
             print("repairs since start: \(status.repairs)" + (status.lastRepair.map { ", last \($0)" } ?? ""))
             print("storage: \(status.storage)")
             print("audit trail: \(status.audit)")
+            if let etcd = status.etcd {
+                var line = "etcd: \(etcd.connection)" + (etcd.endpoint.map { " to \(TextCheck.escaped($0))" } ?? "")
+                if let applied = etcd.appliedRevision {
+                    line += ", applied revision \(applied)"
+                    if let latest = etcd.latestRevision { line += ", \(max(0, latest - applied)) behind" }
+                }
+                if let seconds = etcd.secondsSinceContact { line += ", last report \(Int(seconds))s ago" }
+                print(line)
+                print("etcd host \(etcd.host): \(etcd.grants) grants from etcd, \(etcd.refused) keys refused")
+                if let error = etcd.error { print("etcd error: \(TextCheck.escaped(error))") }
+            }
             for warning in status.warnings { print("warning: \(TextCheck.escaped(warning))") }
         }
     }

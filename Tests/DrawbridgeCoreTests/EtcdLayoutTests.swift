@@ -47,15 +47,15 @@ struct EtcdPolicyTests {
             ("etcd: { endpoints: [\"https://192.0.2.1\"] }", "3:21", "must name its port"),
             ("etcd: { endpoints: [\"https://192.0.2.1:99999\"] }", "3:21", "no valid port"),
             ("etcd: { endpoints: [\"https://192.0.2.1:2379/v3\"] }", "3:21", "no valid port"),
-            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], host: \"web/1\" }", "3:52", "not a valid etcd host name"),
-            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], groups: [web, web] }", "3:62", "lists 'web' twice"),
-            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], prefix: drawbridge }", "3:54", "must start with '/'"),
-            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], prefix: /a//b }", "3:54", "empty, '.' or '..'"),
-            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], tls: { cert: /c.pem } }", "3:51", "without a key"),
-            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], tls: { ca: ca.pem } }", "3:60", "not an absolute path"),
-            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], tls: { ca: /ca.pem } }", "3:21", "plain http://"),
+            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], host: \"web/1\" }", "3:53", "not a valid etcd host name"),
+            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], groups: [web, web] }", "3:61", "lists 'web' twice"),
+            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], prefix: drawbridge }", "3:55", "must start with '/'"),
+            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], prefix: /a//b }", "3:55", "empty, '.' or '..'"),
+            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], tls: { cert: /c.pem } }", "3:52", "without a key"),
+            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], tls: { ca: ca.pem } }", "3:58", "not an absolute path"),
+            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], tls: { ca: /ca.pem } }", "3:20", "plain http://"),
             ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], user: web-1 }", "3:7", "without a password_file"),
-            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], groupz: [web] }", "3:46", "did you mean groups?"),
+            ("etcd: { endpoints: [\"http://192.0.2.1:2379\"], groupz: [web] }", "3:47", "did you mean groups?"),
         ])
     func refuses(section: String, position: String, message: String) {
         do {

@@ -205,13 +205,16 @@ final class SyncProcess: @unchecked Sendable {
 
     static var executable: String { BuiltProducts.directory + "/drawbridge-etcd" }
 
-    init(etcd: EtcdServer, policy: String, socket: String, arguments: [String] = []) throws {
+    /// Runs in `namespace` (etcd's own when nil: the sync reaches it over `lo`).
+    init(
+        etcd: EtcdServer, policy: String, socket: String, namespace: NetworkNamespace? = nil, arguments: [String] = []
+    ) throws {
         logPath = etcd.directory + "/sync-\(UUID().uuidString.prefix(8)).log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
         process.arguments =
             [
-                "--net=\(etcd.namespace.path)", Self.executable, "sync", "--config", policy, "--socket", socket,
+                "--net=\((namespace ?? etcd.namespace).path)", Self.executable, "sync", "--config", policy, "--socket", socket,
                 "--log-level", "debug",
             ] + arguments
         let log = FileHandle(forWritingAtPath: logPath)!
