@@ -137,8 +137,9 @@ struct SyncTests {
         try etcd.etcdctl(["put", Self.group + "b", Self.value("b")])
         let groupRevision = try fixture.revision()
         try etcd.etcdctl(["del", Self.host + "old"])
-        // One transaction: two keys in one revision, so one watch response, so one update.
-        try etcd.etcdctl(["txn"], input: "\n\nput \(Self.host)c c-value\nput \(Self.host)d d-value\n\n")
+        // One transaction: two keys in one revision, so one watch response, so one update. (etcdctl txn reads the
+        // comparisons, the requests on success and those on failure, each section ended by a blank line.)
+        try etcd.etcdctl(["txn"], input: "\nput \(Self.host)c c-value\nput \(Self.host)d d-value\n\n\n")
         let transaction = try fixture.revision()
         try etcd.etcdctl(["put", Self.otherGroup + "not-followed", Self.value("x")])
         let expected = try fixture.followed()
