@@ -96,6 +96,8 @@ struct BadInputTests {
         var name: String
         var payload: String
         var answer: String
+        /// Who sends it (root when nil).
+        var user: String? = nil
         var testDescription: String { name }
     }
 
@@ -143,9 +145,10 @@ struct BadInputTests {
         SocketCase(
             name: "wrong types", payload: #"{"command":"grant","ports":"ssh","source":7}"# + "\n",
             answer: "grant.ports must be a list of strings"),
+        // Root (and the etcd sync user) may send up to 64 MiB, for etcd snapshots; every other user 64 KiB.
         SocketCase(
             name: "oversized request", payload: String(repeating: "x", count: 100_000) + "\n",
-            answer: "larger than 65536 bytes"),
+            answer: "larger than 65536 bytes", user: TestAccounts.developer),
         SocketCase(
             name: "no newline, then hang up", payload: #"{"command":"list""#, answer: "the text ends inside an object"),
     ]
@@ -156,7 +159,10 @@ struct BadInputTests {
         let agent = fixture.setup.agent
         let kernelBefore = try kernelSnapshot(agent.namespace)
         let stateBefore = agent.storedState()
-        let answer = try run(["nc", "-U", "-N", "-w", "8", agent.socketPath], input: example.payload, check: false)
+        let command =
+            (example.user.map { ["setpriv", "--reuid=\($0)", "--regid=\($0)", "--init-groups"] } ?? [])
+            + ["nc", "-U", "-N", "-w", "8", agent.socketPath]
+        let answer = try run(command, input: example.payload, check: false)
         #expect(answer.output.contains("\"ok\":false"), "\(answer.output)")
         #expect(answer.output.contains(example.answer), "\(answer.output)")
         #expect(try kernelSnapshot(agent.namespace) == kernelBefore)
