@@ -227,6 +227,9 @@ public final class NetfilterConnection {
         try request(
             type: NFT_MSG_GETSETELEM, family: UInt16(NFPROTO_INET), dump: false, operation: "get elements",
             table: table, object: set, bufferSize: 64 + elements.count * 96,
+            // The kernel answers each element with a reply of its own, a page-sized skb, all queued before the first
+            // is read: the receive buffer must hold them (`reserve` counts about a kilobyte per reply).
+            replies: elements.count * 8,
             build: { header in
                 let container = makeSetReference(table: table, name: set)
                 defer { nftnl_set_free(container) }
@@ -313,9 +316,11 @@ public final class NetfilterConnection {
         table: String? = nil,
         object: String? = nil,
         bufferSize: Int = 4096,
+        replies: Int = 0,
         build: (UnsafeMutablePointer<nlmsghdr>) -> Void,
         handle: (UnsafePointer<nlmsghdr>) -> Void
     ) throws(NetfilterError) {
+        if replies > 0 { socket.reserve(sendBytes: bufferSize, replies: replies) }
         try discardStaleReplies()
         let requestSequence = nextSequence()
         var buffer = [UInt8](repeating: 0, count: max(4096, bufferSize))

@@ -232,7 +232,7 @@ public final class TableDriver {
     // MARK: Reading
 
     /// Seconds the kernel still gives each element, read with point queries (no dump), in one request per set and
-    /// a few hundred elements; nil for an element it does not hold.
+    /// 32 elements at a time; nil for an element it does not hold.
     public func remaining(_ keys: [AccessKey]) throws(NetfilterError) -> [AccessKey: Double] {
         var result: [AccessKey: Double] = [:]
         var bySet: [SetDefinition: [AccessKey]] = [:]
@@ -240,7 +240,8 @@ public final class TableDriver {
         for (set, setKeys) in bySet {
             var index = 0
             while index < setKeys.count {
-                let chunk = Array(setKeys[index..<min(index + 256, setKeys.count)])
+                // 32 replies fit even a receive buffer that cannot be raised past the default rmem_max (208 KiB).
+                let chunk = Array(setKeys[index..<min(index + 32, setKeys.count)])
                 index += chunk.count
                 // A query for a missing element fails the whole request (ENOENT): fall back to one at a time.
                 do {

@@ -29,6 +29,23 @@ struct TransactionTests {
         try enforcer.elements()[key].map { $0.timeIntervalSinceNow }
     }
 
+    @Test("remaining time of thousands of elements is read with point queries, however many replies they make")
+    func remainingOfManyElements() throws {
+        // Each element of a point query is answered by a reply of its own (a page-sized skb); a few hundred of them
+        // once overflowed the socket's default receive buffer, and `drawbridge list` failed with ENOBUFS.
+        let (namespace, enforcer) = try Self.installed()
+        let keys = try (0..<3000).map { index in
+            try Self.key("2001:db8:7::\(String(index + 1, radix: 16))")
+        } + (1...250).map { try Self.key("198.51.100.\($0)") }
+        let expiry = Date().addingTimeInterval(1800)
+        try enforcer.put(Dictionary(uniqueKeysWithValues: keys.map { ($0, expiry) }))
+        // A connection of its own, whose buffers no large commit has grown: as the agent's after small changes.
+        let reader = TableDriver(connection: try NetfilterConnection(namespace: namespace))
+        let remaining = try reader.remaining(keys)
+        #expect(remaining.count == keys.count)
+        #expect(remaining.values.allSatisfy { abs($0 - 1800) < 5 })
+    }
+
     @Test("remaining expiry is read back from the kernel for every kind of grant set")
     func dumpReportsRemainingTime() throws {
         let (_, enforcer) = try Self.installed()
