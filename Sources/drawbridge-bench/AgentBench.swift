@@ -387,8 +387,11 @@ final class AgentMeasurements {
         let before = rig.contextSwitches()
         usleep(UInt32(options.idleSeconds) * 1_000_000)
         let after = rig.contextSwitches()
+        // A thread that began in between counts from zero; one that ended counts what it did before it ended only
+        // as far as the first reading saw (its last switches are lost with it, so this is a lower bound then).
+        let wakeups = after.reduce(0) { total, thread in total + thread.value - (before[thread.key] ?? 0) }
         return AgentReport.Idle(
-            seconds: options.idleSeconds, threads: after.threads, wakeups: after.switches - before.switches,
+            seconds: options.idleSeconds, threads: after.count, wakeups: wakeups,
             safetyChecks: options.idleSeconds / 60)
     }
 
@@ -607,19 +610,23 @@ final class AgentMeasurements {
             return (Double(line.split(separator: " ")[1]) ?? 0) / 1024
         }
 
-        func contextSwitches() -> (threads: Int, switches: Int) {
+        /// Context switches so far, per thread (voluntary + involuntary): compare two readings thread by thread,
+        /// since threads that end in between take their counts with them.
+        func contextSwitches() -> [String: Int] {
             let tasks = (try? FileManager.default.contentsOfDirectory(atPath: procPath + "/task")) ?? []
-            var total = 0
+            var counts: [String: Int] = [:]
             for task in tasks {
                 guard let text = try? String(contentsOfFile: "\(procPath)/task/\(task)/status", encoding: .utf8) else {
                     continue
                 }
+                var total = 0
                 for line in text.split(separator: "\n")
                 where line.hasPrefix("voluntary_ctxt_switches:") || line.hasPrefix("nonvoluntary_ctxt_switches:") {
                     total += Int(line.split(separator: "\t").last ?? "0") ?? 0
                 }
+                counts[task] = total
             }
-            return (tasks.count, total)
+            return counts
         }
 
         func journalBytes() -> Int {
