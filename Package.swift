@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // C libraries and the small shim for what Swift cannot import. Only Netfilter imports CNftnl and CMnl.
@@ -23,6 +24,14 @@ let package = Package(
 
         // Pure logic: addresses, policy, grants, authorization, the diff between desired and actual kernel state.
         .target(name: "DrawbridgeCore", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // Knocking with SSH keys: keys, SSHSIG, the ssh-agent protocol, the knock packet, replay nonces. Bytes in,
+        // values or typed errors out; no sockets, no files, no Foundation (FoundationEssentials at most).
+        .target(
+            name: "Knock",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+            ]),
         // The one OS layer for nftables: netlink connection, transactions, the drawbridge table.
         .target(name: "Netfilter", dependencies: ["DrawbridgeCore", "CNftnl", "CMnl", "CDrawbridgeLinux"]),
         // The agent's services: local API, grant store, audit, grants files, tamper repair.
