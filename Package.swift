@@ -64,6 +64,8 @@ let package = Package(
 
         .target(name: "TestSupport", dependencies: ["Netfilter", "DrawbridgeCore"], path: "Tests/TestSupport"),
         .testTarget(name: "DrawbridgeCoreTests", dependencies: ["DrawbridgeCore"]),
+        .testTarget(
+            name: "KnockTests", dependencies: ["Knock", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "DrawbridgeCore", "TestSupport"]),
         .testTarget(
             name: "EndToEndTests", dependencies: ["DrawbridgeCore", "Netfilter", "TestSupport"]),
