@@ -10,12 +10,14 @@
 ///   ignoring them would let a key restricted for SSH open ports without the restriction.
 /// - unknown options refuse the line, as sshd refuses them.
 public struct AuthorizedKey: Hashable, Sendable {
+    /// The key the line holds.
     public var key: SSHPublicKey
     /// The text after the key, often `user@host`; empty when there is none.
     public var comment: String
     /// The options the line carried that a knock ignores, as written (`no-pty`, `permitopen="host:22"`).
     public var ignoredOptions: [String]
 
+    /// A key with its comment, as if read from a line.
     public init(key: SSHPublicKey, comment: String = "", ignoredOptions: [String] = []) {
         self.key = key
         self.comment = comment

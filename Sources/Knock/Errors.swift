@@ -58,11 +58,14 @@ public struct SSHKeyError: Error, Hashable, Sendable {
         case padding = "private key padding"
     }
 
+    /// Which part of the key is wrong.
     public var field: Field
+    /// What is wrong with it.
     public var problem: FormatProblem
     /// The 1-based line of a multi-line text (an authorized_keys file) the error is on, when there is one.
     public var line: Int?
 
+    /// An error about `field`, on `line` of a multi-line text if given.
     public init(_ field: Field, _ problem: FormatProblem, line: Int? = nil) {
         self.field = field
         self.problem = problem
@@ -111,9 +114,12 @@ public struct SSHSignatureError: Error, Hashable, Sendable {
         case end = "end"
     }
 
+    /// Which part of the signature is wrong.
     public var field: Field
+    /// What is wrong with it.
     public var problem: FormatProblem
 
+    /// An error about `field`.
     public init(_ field: Field, _ problem: FormatProblem) {
         self.field = field
         self.problem = problem
@@ -150,11 +156,14 @@ public struct KnockPacketError: Error, Hashable, Sendable {
         case packet
     }
 
+    /// Which field is wrong.
     public var field: Field
     /// Where the field starts in the packet; 0 when encoding.
     public var offset: Int
+    /// What is wrong with it.
     public var problem: FormatProblem
 
+    /// An error about `field`, which starts at byte `offset` of the packet.
     public init(_ field: Field, at offset: Int = 0, _ problem: FormatProblem) {
         self.field = field
         self.offset = offset
@@ -189,6 +198,7 @@ extension KnockPacketError: CustomStringConvertible {
 
 /// A failed exchange with ssh-agent: a malformed or unexpected answer, a refusal, or a transport failure.
 public struct SSHAgentError: Error, Hashable, Sendable {
+    /// What went wrong.
     public enum Code: Hashable, Sendable {
         /// The agent answered SSH_AGENT_FAILURE: it refused (no such key, a confirmation was declined, a locked
         /// agent, a security key that was not touched).
@@ -201,10 +211,12 @@ public struct SSHAgentError: Error, Hashable, Sendable {
         case transport(String)
     }
 
+    /// What went wrong.
     public var code: Code
     /// What was being asked: "list identities", "sign".
     public var operation: String
 
+    /// An error in `operation`.
     public init(_ code: Code, operation: String) {
         self.code = code
         self.operation = operation

@@ -31,16 +31,22 @@ public struct KnockPacket: Hashable, Sendable {
 
     /// `DBKN`.
     public static let magic: [UInt8] = [0x44, 0x42, 0x4B, 0x4E]
+    /// The layout version this module reads and writes.
     public static let version: UInt8 = 1
     /// The largest datagram: 1280 (IPv6's minimum MTU) − 40 (IPv6 header) − 8 (UDP header), so a knock is never
     /// fragmented. Ed25519, P-256 and security-key knocks take 270–360 bytes, RSA-2048 about 700; an RSA-4096
     /// knock takes about 1200, so with such a key a long reason does not fit and ``sign(_:with:hashAlgorithm:)``
     /// says so.
     public static let maximumSize = 1232
+    /// The longest host name in bytes, as DNS allows.
     public static let maximumHostLength = 253
+    /// The most ports one knock may ask for.
     public static let maximumPortCount = 16
+    /// The longest port spelling in bytes (a policy port name is at most 32 characters).
     public static let maximumPortLength = 32
+    /// The longest duration a knock may ask for, 30 days; the agent's policy caps it further.
     public static let maximumDurationSeconds: UInt32 = 30 * 24 * 60 * 60
+    /// The longest reason in bytes.
     public static let maximumReasonLength = 200
 
     /// The bytes the signature covers.

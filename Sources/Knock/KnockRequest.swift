@@ -17,6 +17,7 @@ public struct KnockRequest: Hashable, Sendable {
     /// Why, in the user's words, for the audit log; nil for none (an empty reason is encoded as none).
     public var reason: String?
 
+    /// A request; the nonce is fresh from the system's random source unless given.
     public init(
         host: String, ports: [KnockPort], durationSeconds: UInt32, clientAddress: KnockAddress? = nil,
         timestampMilliseconds: Int64, nonce: KnockNonce = .random(), reason: String? = nil
@@ -105,6 +106,7 @@ public enum KnockTransport: String, Hashable, Sendable, CaseIterable {
 
 /// An IPv4 or IPv6 address as 4 or 16 bytes in network order.
 public struct KnockAddress: Hashable, Sendable {
+    /// The address in network order.
     public let bytes: [UInt8]
 
     /// nil unless `bytes` holds 4 (IPv4) or 16 (IPv6) bytes.
@@ -113,6 +115,7 @@ public struct KnockAddress: Hashable, Sendable {
         self.bytes = Array(bytes)
     }
 
+    /// Whether the address is IPv6 (16 bytes) rather than IPv4.
     public var isIPv6: Bool { bytes.count == 16 }
 }
 
@@ -141,11 +144,14 @@ extension KnockAddress: CustomStringConvertible {
 
 /// The 16 random bytes of a knock.
 public struct KnockNonce: Hashable, Sendable {
+    /// A nonce is 16 bytes.
     public static let byteCount = 16
-    /// The first and last 8 bytes, big-endian: two words hash and compare faster than an array.
+    /// The first 8 bytes, big-endian (two words hash and compare faster than an array of 16 bytes).
     public let high: UInt64
+    /// The last 8 bytes, big-endian.
     public let low: UInt64
 
+    /// A nonce from its two halves.
     public init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low
@@ -166,6 +172,7 @@ public struct KnockNonce: Hashable, Sendable {
         self.low = words.low
     }
 
+    /// The 16 bytes as they go on the wire.
     public var bytes: [UInt8] {
         var writer = WireWriter()
         writer.uint64(high)
@@ -179,6 +186,7 @@ public struct KnockNonce: Hashable, Sendable {
         return random(using: &generator)
     }
 
+    /// A nonce from `generator` (tests use a seeded one).
     public static func random(using generator: inout some RandomNumberGenerator) -> KnockNonce {
         KnockNonce(high: generator.next(), low: generator.next())
     }

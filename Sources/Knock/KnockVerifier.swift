@@ -89,7 +89,9 @@ public enum KnockVerdict: Hashable, Sendable {
 public struct KnockAcceptance: Hashable, Sendable {
     /// The allowed key that signed.
     public let key: SSHPublicKey
+    /// The key's fingerprint, as the policy and the audit log name it.
     public let fingerprint: SSHFingerprint
+    /// The packet as decoded.
     public let packet: KnockPacket
 
     /// The signed fields.

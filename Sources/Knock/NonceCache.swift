@@ -191,6 +191,7 @@ public struct NonceCache: Hashable, Sendable {
 
 /// A serialized ``NonceCache`` that could not be read.
 public struct NonceCacheError: Error, Hashable, Sendable {
+    /// A field of the serialized cache.
     public enum Field: Hashable, Sendable {
         case magic
         case version
@@ -201,9 +202,12 @@ public struct NonceCacheError: Error, Hashable, Sendable {
         case end
     }
 
+    /// Which field is wrong.
     public var field: Field
+    /// What is wrong with it.
     public var problem: FormatProblem
 
+    /// An error about `field`.
     public init(_ field: Field, _ problem: FormatProblem) {
         self.field = field
         self.problem = problem

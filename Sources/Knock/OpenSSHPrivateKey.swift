@@ -8,6 +8,7 @@ import CryptoExtras
 /// passphrases, and the agent already holds the decrypted key. A security-key (`-sk`) file is refused the same way,
 /// since its private part never leaves the token.
 public struct OpenSSHPrivateKey: SSHSigner, Sendable {
+    /// The public half, as stored in the file and checked against the private half.
     public let publicKey: SSHPublicKey
     /// The comment stored in the file (often `user@host`).
     public let comment: String
@@ -169,6 +170,7 @@ public struct OpenSSHPrivateKey: SSHSigner, Sendable {
         return (.rsa(key, modulusBytes: n.count), writer.bytes)
     }
 
+    /// Signs as OpenSSH does: Ed25519, ECDSA P-256 with SHA-256, RSA as `rsa-sha2-512`.
     public func signatureBlob(for data: [UInt8]) throws -> [UInt8] {
         var writer = WireWriter()
         switch secret {

@@ -10,8 +10,10 @@ public protocol SSHAgentTransport {
 /// Asks ssh-agent for its keys and for signatures: one framed request written, one framed answer read, over a
 /// transport the caller owns.
 public struct SSHAgentClient {
+    /// The connection to the agent.
     public let transport: any SSHAgentTransport
 
+    /// A client that talks over `transport`.
     public init(transport: any SSHAgentTransport) {
         self.transport = transport
     }
@@ -54,14 +56,18 @@ public struct SSHAgentClient {
 
 /// Signs with a key held by ssh-agent: keys on security keys and forwarded agents work without touching key files.
 public struct SSHAgentSigner: SSHSigner {
+    /// The agent to ask.
     public let client: SSHAgentClient
+    /// The agent's key to sign with (one of ``SSHAgentClient/identities()``).
     public let publicKey: SSHPublicKey
 
+    /// A signer that asks `client` to sign with `publicKey`.
     public init(client: SSHAgentClient, publicKey: SSHPublicKey) {
         self.client = client
         self.publicKey = publicKey
     }
 
+    /// Asks the agent to sign; throws ``SSHAgentError``.
     public func signatureBlob(for data: [UInt8]) throws -> [UInt8] {
         try client.sign(data, with: publicKey)
     }

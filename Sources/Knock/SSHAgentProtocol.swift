@@ -21,7 +21,9 @@ public enum SSHAgentMessageType: UInt8, Hashable, Sendable {
 
 /// Flags of a sign request: which hash an RSA key signs with. Other keys take no flags.
 public struct SSHAgentSignFlags: OptionSet, Hashable, Sendable {
+    /// The flags word as sent.
     public let rawValue: UInt32
+    /// Flags from the word as sent.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// SSH_AGENT_RSA_SHA2_256: sign as `rsa-sha2-256`.
@@ -41,6 +43,7 @@ public struct SSHAgentIdentity: Hashable, Sendable {
     /// Why ``key`` is nil.
     public let unusableBecause: SSHKeyError?
 
+    /// An identity as the agent listed it; the blob is parsed here.
     public init(keyBlob: [UInt8], comment: String) {
         self.keyBlob = keyBlob
         self.comment = comment

@@ -22,6 +22,7 @@ public struct SSHPublicKey: Hashable, Sendable {
     /// RSA keys longer than this are refused, as OpenSSH refuses them (its SSHBUF_MAX_BIGNUM).
     public static let maximumRSABits = 16384
 
+    /// The key's type.
     public let algorithm: Algorithm
     /// The key in SSH wire encoding: what a key line carries in base64, what ssh-agent lists, what SSHSIG embeds.
     public let wireBlob: [UInt8]

@@ -54,6 +54,7 @@ public struct SSHSignature: Hashable, Sendable {
     public let publicKey: SSHPublicKey
     /// The namespace the signature was made for.
     public let namespace: String
+    /// The hash applied to the message.
     public let hashAlgorithm: HashAlgorithm
     /// The algorithm of the inner SSH signature: `ssh-ed25519`, `ecdsa-sha2-nistp256`, `rsa-sha2-256`,
     /// `rsa-sha2-512` or `sk-ssh-ed25519@openssh.com`.
