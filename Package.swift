@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "drawbridged", targets: ["drawbridged"]),
         .executable(name: "drawbridge", targets: ["drawbridge"]),
         .executable(name: "drawbridge-etcd", targets: ["drawbridge-etcd"]),
+        .executable(name: "drawbridge-knock", targets: ["drawbridge-knock"]),
         .executable(name: "drawbridge-bench", targets: ["drawbridge-bench"]),
     ],
     dependencies: [
@@ -26,6 +27,7 @@ let package = Package(
         // No traits: the default ones import full Foundation (binary-delimited streams), which no binary of ours may
         // carry. This is why the tools version is 6.1.
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // C libraries and the small shim for what Swift cannot import. Only Netfilter imports CNftnl and CMnl; only
@@ -70,6 +72,15 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings),
+        // Knocking with SSH keys: keys, SSHSIG, the ssh-agent protocol, the knock packet, replay nonces. Bytes in,
+        // values or typed errors out; no sockets, no files (FoundationEssentials at most).
+        .target(
+            name: "Knock",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings),
         // etcd's v3 gRPC API: messages and client stubs generated from its .proto files by Protos/generate.sh and
@@ -132,6 +143,17 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings),
+        // Knocks, in a process of its own: `listen` receives the knock port's packets from the kernel (NFLOG), checks
+        // signature, freshness and replay with no capability left, and hands what verified to the agent; `send` is
+        // the client that `drawbridge knock` runs. The crypto and the packet parser never run in the agent.
+        .executableTarget(
+            name: "drawbridge-knock",
+            dependencies: [
+                "Knock", "DrawbridgeCore", "HostSystem", "Netfilter", "CDrawbridgeLinux",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings),
         .executableTarget(
             name: "drawbridge-bench",
             dependencies: [
@@ -145,6 +167,9 @@ let package = Package(
             path: "Tests/TestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"], swiftSettings: swiftSettings),
         .testTarget(name: "DrawbridgeCoreTests", dependencies: ["DrawbridgeCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "KnockTests", dependencies: ["Knock", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "HostSystemTests", dependencies: ["HostSystem", "DrawbridgeCore", "TestSupport"],
             swiftSettings: swiftSettings),

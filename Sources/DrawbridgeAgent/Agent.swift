@@ -84,7 +84,7 @@ public actor Agent {
     }
 
     var layout: TableLayout {
-        TableLayout(mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow)
+        TableLayout(policy: policy)
     }
 
     private var managedDescription: String {
@@ -159,6 +159,8 @@ public actor Agent {
         case .status: return status()
         case .etcdSync(let update): return await etcdSync(update, caller)
         case .etcdConnection(let report): return etcdConnection(report, caller)
+        case .knock(let knock): return await self.knock(knock, caller)
+        case .knockRefused(let report): return knockRefused(report, caller)
         }
     }
 
@@ -176,14 +178,22 @@ public actor Agent {
         case .failure(let refusal): return refused(caller, request, refusal)
         case .success(let value): authorized = value
         }
+        return await open(authorized, request: request, requestedBy: caller.user, uid: caller.uid, origin: .local)
+    }
+
+    /// Makes or extends the grant for an authorized request: stored and audited first, then the kernel.
+    func open(
+        _ authorized: AuthorizedGrant, request: GrantRequest, requestedBy: String, uid: UInt32?, origin: GrantOrigin,
+        auditDetail: String? = nil
+    ) async -> LocalAPI.Response {
         let now = SystemClock.now()
         // Sub-second precision end to end: the deadline is exactly the duration asked for from now.
         var grant = Grant(
             id: Grant.newIdentifier(), source: authorized.source,
             ports: authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) }, createdAt: now.wall,
             expiresAt: now.wall.addingTimeInterval(authorized.duration),
-            deadline: now.monotonic.advanced(by: authorized.duration), requestedBy: caller.user, uid: caller.uid,
-            reason: request.reason, origin: .local)
+            deadline: now.monotonic.advanced(by: authorized.duration), requestedBy: requestedBy, uid: uid,
+            reason: request.reason, origin: origin)
         var previous: Grant?
         if let existing = book.extendable(like: grant, now: now.monotonic) {
             if existing.deadline >= grant.deadline {
@@ -204,7 +214,9 @@ public actor Agent {
             return .failure(.init(code: .storage, message: "cannot store the grant, nothing changed: \(error)"))
         }
         let position = store.position
-        guard audit.record(AuditEvent(kind, grant: grant), required: true) else {
+        var event = AuditEvent(kind, grant: grant)
+        event.detail = auditDetail
+        guard audit.record(event, required: true) else {
             try? store.appendClosing([previous.map { .put($0) } ?? .remove(id: grant.id)])
             return .failure(
                 .init(

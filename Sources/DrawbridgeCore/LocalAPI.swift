@@ -16,6 +16,9 @@ public enum LocalAPI {
         /// From `drawbridge-etcd sync` only (root or the policy's etcd.sync_user): see ``EtcdUpdate``.
         case etcdSync = "etcd-sync"
         case etcdConnection = "etcd-connection"
+        /// From `drawbridge-knock listen` only (root or the policy's knock.user): see ``KnockGrant``.
+        case knock
+        case knockRefused = "knock-refused"
     }
 
     /// A request as the client sends it.
@@ -58,6 +61,8 @@ public enum LocalAPI {
         case status
         case etcdSync(EtcdUpdate)
         case etcdConnection(EtcdConnectionReport)
+        case knock(KnockGrant)
+        case knockRefused(KnockRefusalReport)
 
         /// Whether the command only closes access (served ahead of and apart from what opens it).
         public var isClosing: Bool {
@@ -91,6 +96,11 @@ public enum LocalAPI {
             .revoke: ["command", "id", "source"], .list: ["command"], .status: ["command"],
             .etcdSync: ["command", "revision", "complete", "changes"],
             .etcdConnection: ["command", "connected", "endpoint", "revision", "error"],
+            .knock: [
+                "command", "fingerprint", "key_rule", "source", "ports", "duration_seconds", "reason", "client_address",
+                "key_comment",
+            ],
+            .knockRefused: ["command", "source", "fingerprint", "problem"],
         ]
         do throws(FieldError) {
             let probe = try JSONFields(value, path: "request", allowed: Set(allowed.values.flatMap { $0 }))
@@ -106,6 +116,8 @@ public enum LocalAPI {
             case .status: return .success(.status)
             case .etcdSync: return .success(try decodeEtcdSync(fields))
             case .etcdConnection: return .success(try decodeEtcdConnection(fields))
+            case .knock: return .success(try decodeKnock(fields))
+            case .knockRefused: return .success(try decodeKnockRefused(fields))
             case .revoke:
                 let id = try fields.string("id")
                 let source = try fields.string("source")

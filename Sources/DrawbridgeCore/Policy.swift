@@ -21,6 +21,12 @@ import YAML
 ///   tls: { ca: /etc/drawbridge/etcd-ca.pem, cert: /etc/drawbridge/etcd.pem, key: /etc/drawbridge/etcd.key }
 ///   # or user: web-1 and password_file: /etc/drawbridge/etcd.password
 ///   sync_user: drawbridge-etcd      # default: the local account whose drawbridge-etcd may hand grants to the agent
+/// knock:                            # optional: open ports with one datagram signed by an SSH key (drawbridge-knock)
+///   port: 62201/udp
+///   max_skew: 30s
+///   keys:
+///     - { authorized_keys: /etc/drawbridge/knock.d/admins, ports: [ssh], max_duration: 3h }
+///     - { key: "ssh-ed25519 AAAA… alice@laptop", ports: [ssh], max_duration: 1h }
 /// ```
 ///
 /// Validation is strict: an unknown key, a value of the wrong kind or a prefix with host bits set is an error with
@@ -75,11 +81,14 @@ public struct Policy: Sendable, Equatable {
     public var grantFiles: [String]
     /// Where this host's grants from etcd come from; nil when the host takes none.
     public var etcd: EtcdSettings?
+    /// Who may open ports by knocking; nil when knocks are off (no knock rule in the table).
+    public var knock: KnockSettings?
 
     public init(
         ports: [ManagedPort], alwaysAllow: [IPPrefix] = [], onExpiry: SessionMode = .keepSessions, roles: [Role] = [],
-        grantFiles: [String] = [], etcd: EtcdSettings? = nil
+        grantFiles: [String] = [], etcd: EtcdSettings? = nil, knock: KnockSettings? = nil
     ) {
+        self.knock = knock
         self.ports = ports
         self.alwaysAllow = alwaysAllow
         self.onExpiry = onExpiry
@@ -174,7 +183,9 @@ private struct PolicyReader {
     let file: String
 
     private enum Keys {
-        static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files", "etcd"]
+        static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files", "etcd", "knock"]
+        static let knock = ["port", "max_skew", "keys", "host", "rate", "log_group", "user"]
+        static let knockKey = ["authorized_keys", "key", "ports", "max_duration"]
         static let etcd = ["endpoints", "host", "groups", "prefix", "tls", "user", "password_file", "sync_user"]
         static let tls = ["ca", "cert", "key"]
         static let port = ["port", "protocol", "max_duration", "allowed_sources"]
@@ -228,8 +239,154 @@ private struct PolicyReader {
         if let entry = entries["etcd"], !isEmptyValue(entry.value) {
             etcd = try readEtcd(entry.value, requireHostIdentity: true)
         }
+        var knock: KnockSettings?
+        if let entry = entries["knock"], !isEmptyValue(entry.value) {
+            knock = try readKnock(entry.value, ports: ports)
+        }
         return Policy(
-            ports: ports, alwaysAllow: alwaysAllow, onExpiry: onExpiry, roles: roles, grantFiles: grantFiles, etcd: etcd)
+            ports: ports, alwaysAllow: alwaysAllow, onExpiry: onExpiry, roles: roles, grantFiles: grantFiles, etcd: etcd,
+            knock: knock)
+    }
+
+    // MARK: knock
+
+    private func readKnock(_ node: Node, ports: [Policy.ManagedPort]) throws(PolicyError) -> KnockSettings {
+        let example = "write it like knock: { port: 62201/udp, keys: [{ authorized_keys: /etc/drawbridge/knock.d/admins, "
+            + "ports: [ssh], max_duration: 1h }] }"
+        guard case .mapping(let mapping) = node.content else {
+            throw failure(at: node, "knock must be a mapping; found \(describe(node))", hint: example)
+        }
+        let entries = try fields(of: mapping, allowed: Keys.knock, context: "in knock")
+        var settings = KnockSettings(keys: [])
+        if let entry = entries["port"] {
+            settings.port = try knockPort(entry.value)
+        }
+        if let clash = ports.first(where: { $0.service == settings.service }) {
+            throw failure(
+                at: entries["port"]?.value ?? node,
+                "the knock port \(settings.service) is also the managed port \(clash.name)",
+                hint: "knocks arrive on a port of their own that is never opened; choose another, e.g. 62201/udp")
+        }
+        if let entry = entries["max_skew"] {
+            let seconds = try duration(entry.value, of: "knock max_skew")
+            guard seconds <= KnockSettings.maximumSkew else {
+                throw failure(
+                    at: entry.value, "knock max_skew \(entry.value.scalar?.value ?? "") is longer than the limit of "
+                        + GrantDuration.format(KnockSettings.maximumSkew),
+                    hint: "a knock is replayable within its skew window: keep it short and the clocks in sync")
+            }
+            settings.maxSkew = seconds
+        }
+        guard let keysEntry = entries["keys"] else {
+            throw failure(at: node, "knock has no keys, so nobody could knock", hint: example)
+        }
+        guard case .sequence(let items) = keysEntry.value.content, !items.isEmpty else {
+            throw failure(
+                at: keysEntry.value, "knock keys must be a non-empty list; found \(describe(keysEntry.value))",
+                hint: example)
+        }
+        for (index, item) in items.enumerated() {
+            settings.keys.append(try readKnockKey(item, number: index + 1, ports: ports))
+        }
+        if let entry = entries["host"] {
+            var names: [String] = []
+            let nodes: [Node]
+            if case .sequence(let list) = entry.value.content { nodes = list } else { nodes = [entry.value] }
+            for item in nodes {
+                let name = try string(item, named: "knock host")
+                if let problem = KnockSettings.hostNameProblem(name) {
+                    throw failure(at: item, problem)
+                }
+                names.append(name)
+            }
+            guard !names.isEmpty else { throw failure(at: entry.value, "knock host lists no name") }
+            settings.hostNames = names
+        }
+        if let entry = entries["rate"] {
+            let text = try string(entry.value, named: "knock rate")
+            guard let rate = UInt32(text), rate >= 1, rate <= KnockSettings.maximumRate,
+                text.allSatisfy(\.isASCIIDigit), !text.hasPrefix("0")
+            else {
+                throw failure(
+                    at: entry.value,
+                    "knock rate '\(text)' is not a number of packets a second from 1 to \(KnockSettings.maximumRate)")
+            }
+            settings.rate = rate
+        }
+        if let entry = entries["log_group"] {
+            let text = try string(entry.value, named: "knock log_group")
+            guard let group = UInt16(text), text.allSatisfy(\.isASCIIDigit), !text.hasPrefix("0") else {
+                throw failure(at: entry.value, "knock log_group '\(text)' is not a number from 1 to 65535")
+            }
+            settings.logGroup = group
+        } else {
+            settings.logGroup = settings.port
+        }
+        if let entry = entries["user"] {
+            let user = try string(entry.value, named: "knock user")
+            guard Self.isGroupName(user) else {
+                throw failure(at: entry.value, "'\(user)' is not a valid Unix user name")
+            }
+            settings.user = user
+        }
+        return settings
+    }
+
+    /// `62201/udp` or `62201`; knocks are datagrams, so tcp is refused.
+    private func knockPort(_ node: Node) throws(PolicyError) -> UInt16 {
+        let example = "write it like port: 62201/udp"
+        let text = try string(node, named: "knock port")
+        var number = Substring(text)
+        if let slash = text.firstIndex(of: "/") {
+            let transport = text[text.index(after: slash)...]
+            guard transport == "udp" else {
+                throw failure(at: node, "knock port \(text) is not UDP; a knock is one UDP datagram", hint: example)
+            }
+            number = text[..<slash]
+        }
+        guard !number.isEmpty, number.allSatisfy(\.isASCIIDigit), !number.hasPrefix("0"), let value = UInt16(number),
+            value >= 1
+        else {
+            throw failure(at: node, "knock port '\(text)' is not a port number from 1 to 65535", hint: example)
+        }
+        return value
+    }
+
+    private func readKnockKey(_ node: Node, number: Int, ports: [Policy.ManagedPort]) throws(PolicyError)
+        -> KnockSettings.KeyRule
+    {
+        let context = "knock key \(number)"
+        guard case .mapping(let mapping) = node.content else {
+            throw failure(
+                at: node, "\(context) must be a mapping; found \(describe(node))",
+                hint: "write it like { key: \"ssh-ed25519 AAAA… alice@laptop\", ports: [ssh], max_duration: 1h }")
+        }
+        let entries = try fields(of: mapping, allowed: Keys.knockKey, context: "in \(context)")
+        let keys: KnockSettings.KeyRule.Keys
+        switch (entries["authorized_keys"], entries["key"]) {
+        case (let file?, nil):
+            keys = .authorizedKeys(path: try absolutePath(file.value, named: "authorized_keys of \(context)"))
+        case (nil, let line?):
+            let text = try string(line.value, named: "key of \(context)")
+            if let problem = KnockSettings.keyLineProblem(text) {
+                throw failure(at: line.value, "key of \(context): \(problem)",
+                    hint: "paste one line of a .pub file: ssh-ed25519 AAAA… comment")
+            }
+            keys = .key(line: text)
+        case (.some, .some):
+            throw failure(at: node, "\(context) names both authorized_keys and key", hint: "one rule per key source")
+        case (nil, nil):
+            throw failure(
+                at: node, "\(context) has neither authorized_keys nor key",
+                hint: "name a file of keys (authorized_keys: /etc/drawbridge/knock.d/admins) or one key line")
+        }
+        guard let portsEntry = entries["ports"] else { throw failure(at: node, "\(context) has no ports") }
+        guard let durationEntry = entries["max_duration"] else {
+            throw failure(at: node, "\(context) has no max_duration")
+        }
+        let names = try rolePorts(portsEntry.value, context: context, known: ports)
+        let maxDuration = try duration(durationEntry.value, of: context)
+        return KnockSettings.KeyRule(keys: keys, ports: names, maxDuration: maxDuration)
     }
 
     /// Reads a document whose only key is `etcd` (a requester's client configuration: no host, groups or sync user).

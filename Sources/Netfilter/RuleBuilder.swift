@@ -70,6 +70,23 @@ enum RuleBuilder {
         case .counted(let verdict):
             expressions.add("counter") { _ in }
             expressions.verdict(verdict)
+        case .knock(let port, let group, let rate):
+            expressions.matchUDPPort(port)
+            expressions.add("limit") {
+                nftnl_expr_set_u64($0, UInt16(NFTNL_EXPR_LIMIT_RATE), UInt64(rate))
+                nftnl_expr_set_u64($0, UInt16(NFTNL_EXPR_LIMIT_UNIT), 1)
+                nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_LIMIT_BURST), KnockRule.burst)
+                nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_LIMIT_TYPE), NFT_LIMIT_PKTS.rawValue)
+                nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_LIMIT_FLAGS), 0)
+            }
+            expressions.add("log") {
+                nftnl_expr_set_u16($0, UInt16(NFTNL_EXPR_LOG_GROUP), group)
+            }
+            expressions.verdict(.drop)
+        case .udpPortDrop(let port):
+            expressions.matchUDPPort(port)
+            expressions.add("counter") { _ in }
+            expressions.verdict(.drop)
         }
         return rule
     }
@@ -83,6 +100,14 @@ private struct ExpressionList {
         let expression = nftnl_expr_alloc(name)!
         configure(expression)
         nftnl_rule_add_expr(rule, expression)
+    }
+
+    /// `udp dport PORT`: the protocol is UDP and its destination port is PORT (network order in the register).
+    func matchUDPPort(_ port: UInt16) {
+        loadMeta(NFT_META_L4PROTO, into: NFT_REG_1.rawValue)
+        compare(register: NFT_REG_1.rawValue, equal: true, to: [17])
+        loadPayload(base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2, into: NFT_REG_1.rawValue)
+        compare(register: NFT_REG_1.rawValue, equal: true, to: [UInt8(port >> 8), UInt8(port & 0xff)])
     }
 
     func matchNetworkProtocol(_ family: UInt8) {

@@ -292,7 +292,7 @@ extension DrawbridgeTable {
             let wanted = Set((expectedElements[set.name] ?? []).map { "\($0.key)\($0.isIntervalEnd)" })
             if actual != wanted { problems.append("set \(set.name) holds elements the policy does not give it") }
         }
-        let rules = rules(mode: layout.mode)
+        let rules = rules(mode: layout.mode, knock: layout.knock)
         for chain in [input, gate] where chains.contains(where: { $0.name == chain.name }) {
             let wanted = rules.filter { $0.chain == chain.name }.map { RuleBuilder.signature(of: $0.rule) }
             if try connection.listRules(table: name, chain: chain.name) != wanted {

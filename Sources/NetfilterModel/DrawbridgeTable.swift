@@ -6,11 +6,39 @@ public struct TableLayout: Sendable, Equatable {
     public var mode: SessionMode
     public var managedServices: [Service]
     public var alwaysAllowed: [IPPrefix]
+    /// The knock port's rules, when the policy takes knocks.
+    public var knock: KnockRule?
 
-    public init(mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix]) {
+    public init(mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix], knock: KnockRule? = nil) {
         self.mode = mode
         self.managedServices = managedServices
         self.alwaysAllowed = alwaysAllowed
+        self.knock = knock
+    }
+}
+
+extension TableLayout {
+    /// The layout a policy asks for.
+    public init(policy: Policy) {
+        self.init(
+            mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow,
+            knock: policy.knock.map { KnockRule(port: $0.port, group: $0.logGroup, rate: $0.rate) })
+    }
+}
+
+/// How the table treats the knock port: up to `rate` packets a second go to NFLOG group `group` (where
+/// drawbridge-knock reads them) and are dropped; the rest are dropped and counted. Nothing ever answers.
+public struct KnockRule: Sendable, Equatable {
+    public var port: UInt16
+    public var group: UInt16
+    public var rate: UInt32
+    /// The packets a burst may hold beyond the rate (nft's default for packet limits).
+    public static let burst: UInt32 = 5
+
+    public init(port: UInt16, group: UInt16, rate: UInt32) {
+        self.port = port
+        self.group = group
+        self.rate = rate
     }
 }
 
@@ -51,8 +79,13 @@ public enum DrawbridgeTable {
     ///
     /// Packets reach `gate` only when their protocol and destination port are in `managed`; a packet whose port
     /// cannot be read (no transport header) never jumps, so nothing but a managed port can ever be dropped here.
-    public static func rules(mode: SessionMode) -> [(chain: String, rule: RuleDefinition)] {
-        var rules: [(String, RuleDefinition)] = [
+    public static func rules(mode: SessionMode, knock: KnockRule? = nil) -> [(chain: String, rule: RuleDefinition)] {
+        var rules: [(String, RuleDefinition)] = []
+        if let knock {
+            rules.append((input.name, .knock(port: knock.port, group: knock.group, rate: knock.rate)))
+            rules.append((input.name, .udpPortDrop(port: knock.port)))
+        }
+        rules += [
             (
                 input.name,
                 .lookup([.transportProtocol, .destinationPort], set: managed.name, verdict: .jump(gate.name))
@@ -95,7 +128,7 @@ public enum DrawbridgeTable {
         transaction.append(.createChain(table: name, gate))
         transaction.append(.flushChain(table: name, chain: input.name))
         transaction.append(.flushChain(table: name, chain: gate.name))
-        for (chain, rule) in rules(mode: layout.mode) {
+        for (chain, rule) in rules(mode: layout.mode, knock: layout.knock) {
             transaction.append(.appendRule(table: name, chain: chain, rule))
         }
         transaction.changes += replaceManaged(layout.managedServices) + replaceAlwaysAllowed(layout.alwaysAllowed)
@@ -193,7 +226,7 @@ public enum DrawbridgeTable {
     /// The table in nft syntax: exactly rules/drawbridge.nft for keep-sessions with no elements; with a policy's
     /// managed ports and break-glass prefixes, what `nft list table inet drawbridge` shows before any grant.
     public static func ruleset(
-        mode: SessionMode, managedServices: [Service] = [], alwaysAllowed: [IPPrefix] = []
+        mode: SessionMode, managedServices: [Service] = [], alwaysAllowed: [IPPrefix] = [], knock: KnockRule? = nil
     ) -> String {
         var elements: [String: [String]] = [
             managed.name: Set(managedServices).sorted().map { "\($0.transport.rawValue) . \($0.port)" }
@@ -211,7 +244,7 @@ public enum DrawbridgeTable {
             }
             text += "\t}\n\n"
         }
-        let all = rules(mode: mode)
+        let all = rules(mode: mode, knock: knock)
         for chain in [input, gate] {
             text += "\tchain \(chain.name) {\n"
             if let base = chain.base {
@@ -267,6 +300,10 @@ extension RuleDefinition {
             return "ct state established,related \(verdictText(verdict))"
         case .counted(let verdict):
             return "counter \(verdictText(verdict))"
+        case .knock(let port, let group, let rate):
+            return "udp dport \(port) limit rate \(rate)/second burst \(KnockRule.burst) packets log group \(group) drop"
+        case .udpPortDrop(let port):
+            return "udp dport \(port) counter drop"
         }
     }
 }

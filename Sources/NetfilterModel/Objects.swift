@@ -143,6 +143,11 @@ public enum RuleDefinition: Sendable, Hashable {
     case establishedOrRelated(Verdict)
     /// `counter VERDICT`.
     case counted(Verdict)
+    /// `udp dport PORT limit rate RATE/second burst 5 packets log group GROUP drop`: the knock port's packets, up to
+    /// the rate, to NFLOG and dropped.
+    case knock(port: UInt16, group: UInt16, rate: UInt32)
+    /// `udp dport PORT counter drop`: what the limit let through to here.
+    case udpPortDrop(port: UInt16)
 }
 
 /// The expiry an element carries into the kernel.

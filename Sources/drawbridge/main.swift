@@ -21,7 +21,14 @@ struct Drawbridge: ParsableCommand {
     /// the command with SIGPIPE.
     static func main() {
         signal(SIGPIPE, SIG_IGN)
-        if Fleet.isFleetCommand(CommandLine.arguments) { Fleet.runHelper(CommandLine.arguments) }
+        let arguments = CommandLine.arguments
+        if Fleet.isFleetCommand(arguments) {
+            Helper.run("drawbridge-etcd", arguments: Array(arguments.dropFirst()), need: "fleet commands need")
+        }
+        if arguments.count > 1, arguments[1] == "knock" {
+            Helper.run(
+                "drawbridge-knock", arguments: ["send"] + arguments.dropFirst(2), need: "drawbridge knock needs")
+        }
         main(nil)
     }
 
@@ -43,12 +50,18 @@ struct Drawbridge: ParsableCommand {
             for other hosts; they run drawbridge-etcd (its own package) with the same arguments. See \
             drawbridge-etcd --help.
 
+            Knocking: drawbridge knock HOST PORT --for D signs a knock with your SSH key and sends it to HOST, \
+            whose policy decides what your key may open; it runs drawbridge-knock send (see \
+            drawbridge knock --help).
+
             Exit status: 0 done; 1 failed (kernel, storage or agent error); 2 no such grant; 64 bad arguments; \
             65 invalid policy file; 69 the agent is not running or the socket is not reachable; 75 the agent is \
             busy (try again); 77 refused by the policy or your role.
             """,
         version: drawbridgeVersion,
-        subcommands: [Grant.self, Revoke.self, List.self, Check.self, Rules.self, Status.self])
+        subcommands: [
+            Grant.self, Revoke.self, List.self, Check.self, Rules.self, Status.self, KnockCommand.self,
+        ])
 }
 
 struct ConnectionOptions: ParsableArguments {
@@ -386,9 +399,11 @@ extension Drawbridge {
                 Output.error("\(error)")
                 throw ExitStatus.invalidData
             }
+            let layout = TableLayout(policy: policy)
             print(
                 DrawbridgeTable.ruleset(
-                    mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow),
+                    mode: layout.mode, managedServices: layout.managedServices, alwaysAllowed: layout.alwaysAllowed,
+                    knock: layout.knock),
                 terminator: "")
         }
     }
@@ -436,25 +451,43 @@ enum Fleet {
         return false
     }
 
-    /// Replaces this process with drawbridge-etcd (beside this executable, else /usr/bin), or exits 69 saying
-    /// which package is missing.
-    static func runHelper(_ arguments: [String]) -> Never {
-        var candidates = ["/usr/bin/drawbridge-etcd"]
+}
+
+/// `drawbridge knock`: listed here for --help; main() hands the command line to drawbridge-knock send first.
+struct KnockCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "knock",
+        abstract: "Open a port on another host with your SSH key (runs drawbridge-knock send).")
+
+    @Argument(parsing: .captureForPassthrough, help: "HOST PORT… --for DURATION [--reason TEXT] [--key FILE]")
+    var arguments: [String] = []
+
+    func run() throws {
+        Helper.run("drawbridge-knock", arguments: ["send"] + arguments, need: "drawbridge knock needs")
+    }
+}
+
+/// Commands that live in binaries of their own packages.
+enum Helper {
+    /// Replaces this process with `name` (beside this executable, else /usr/bin) run with `arguments`, or exits 69
+    /// saying which package is missing.
+    static func run(_ name: String, arguments: [String], need: String) -> Never {
+        var candidates = ["/usr/bin/\(name)"]
         var buffer = [CChar](repeating: 0, count: 4096)
         let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         if length > 0 {
             let executable = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
             if let slash = executable.lastIndex(of: "/") {
-                candidates.insert(String(executable[..<slash]) + "/drawbridge-etcd", at: 0)
+                candidates.insert(String(executable[..<slash]) + "/\(name)", at: 0)
             }
         }
         for path in candidates where access(path, X_OK) == 0 {
-            let argv = (["drawbridge-etcd"] + arguments.dropFirst()).map { strdup($0) } + [nil]
+            let argv = ([name] + arguments).map { strdup($0) } + [nil]
             execv(path, argv)
             Output.error("cannot run \(path): \(String(cString: strerror(errno)))")
             exit(ExitStatus.unavailable.rawValue)
         }
-        Output.error("fleet commands need drawbridge-etcd (package drawbridge-etcd)")
+        Output.error("\(need) \(name) (package \(name))")
         exit(ExitStatus.unavailable.rawValue)
     }
 }

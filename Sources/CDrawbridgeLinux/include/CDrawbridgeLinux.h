@@ -66,4 +66,12 @@ int drawbridge_reserve_space(int fd, off_t offset, off_t length);
 /// wall clock is set (stepped), which is how the agent learns of clock steps without polling.
 int drawbridge_arm_clock_step_timer(int fd);
 
+/// Gives up every capability of the process for good: ambient set cleared, effective, permitted and inheritable
+/// sets emptied, and no new privileges from exec. For a process that needed CAP_NET_ADMIN only to bind a socket.
+/// Returns 0, or -1 with errno.
+int drawbridge_drop_capabilities(void);
+
+/// Whether the process holds any effective capability (1), none (0), or -1 with errno.
+int drawbridge_has_capabilities(void);
+
 #endif

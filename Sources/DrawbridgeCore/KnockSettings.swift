@@ -1,0 +1,130 @@
+/// The policy's `knock:` section: who may open which ports by sending one signed UDP datagram (`drawbridge knock`).
+///
+/// ```yaml
+/// knock:
+///   port: 62201/udp                   # where knocks arrive; never answered, never open (default 62201/udp)
+///   max_skew: 30s                     # how far a knock's timestamp may be from this host's clock (default 30s)
+///   keys:                             # who may knock, mapped to what they may open, like roles
+///     - { authorized_keys: /etc/drawbridge/knock.d/admins, ports: [ssh], max_duration: 3h }
+///     - { key: "ssh-ed25519 AAAA… alice@laptop", ports: [ssh, postgres], max_duration: 1h }
+///   host: web-1.example.org           # names a knock may carry for this host (default: the host name)
+///   rate: 200                         # knock packets a second handed to drawbridge-knock; the rest are dropped
+///   log_group: 62201                  # the NFLOG group that carries them (default: the port number)
+///   user: drawbridge-knock            # the local account whose drawbridge-knock may hand knocks to the agent
+/// ```
+public struct KnockSettings: Sendable, Equatable {
+    /// Which keys may knock, and what a knock signed by one of them may open.
+    public struct KeyRule: Sendable, Equatable {
+        /// Where the rule's keys come from.
+        public enum Keys: Sendable, Equatable {
+            /// An OpenSSH authorized_keys file (read by drawbridge-knock at start and on reload).
+            case authorizedKeys(path: String)
+            /// One public key line, `ssh-ed25519 AAAA… comment`.
+            case key(line: String)
+        }
+
+        public var keys: Keys
+        /// Names of managed ports a knock by these keys may open.
+        public var ports: [String]
+        /// The longest grant such a knock may make, in seconds (each port's own limit still applies).
+        public var maxDuration: Double
+
+        public init(keys: Keys, ports: [String], maxDuration: Double) {
+            self.keys = keys
+            self.ports = ports
+            self.maxDuration = maxDuration
+        }
+    }
+
+    /// The UDP port knocks arrive on.
+    public var port: UInt16
+    /// How far a knock's timestamp may lie from this host's clock, in seconds; also how long nonces are remembered.
+    public var maxSkew: Double
+    public var keys: [KeyRule]
+    /// The host names a knock may name as its target; empty means this machine's host name.
+    public var hostNames: [String]
+    /// Knock packets per second the kernel hands on; the rest are dropped by the same table.
+    public var rate: UInt32
+    /// The NFLOG group the table sends knock packets to.
+    public var logGroup: UInt16
+    /// The local account drawbridge-knock runs as: besides root, the only caller the agent takes knocks from.
+    public var user: String
+
+    public static let defaultPort: UInt16 = 62201
+    public static let defaultMaxSkew: Double = 30
+    public static let maximumSkew: Double = 600
+    public static let defaultRate: UInt32 = 200
+    public static let maximumRate: UInt32 = 10_000
+    public static let defaultUser = "drawbridge-knock"
+
+    public init(
+        port: UInt16 = defaultPort, maxSkew: Double = defaultMaxSkew, keys: [KeyRule], hostNames: [String] = [],
+        rate: UInt32 = defaultRate, logGroup: UInt16? = nil, user: String = defaultUser
+    ) {
+        self.port = port
+        self.maxSkew = maxSkew
+        self.keys = keys
+        self.hostNames = hostNames
+        self.rate = rate
+        self.logGroup = logGroup ?? port
+        self.user = user
+    }
+
+    /// The knock port as a service (always UDP).
+    public var service: Service { Service(port: port, transport: .udp) }
+
+    /// Whether a knock naming `name` is meant for this host: one of `hostNames` (the machine's own name when the
+    /// policy names none), or the address the packet was sent to, written out. Compared without case and without
+    /// a trailing dot, as DNS names are; otherwise exactly, so a knock for web-1.example.org opens nothing on a host
+    /// that answers to web-1.example.com.
+    public func isThisHost(_ name: String, machineName: String, destination: IPAddress) -> Bool {
+        func normal(_ text: String) -> String {
+            var text = text.lowercased()
+            if text.hasSuffix(".") { text.removeLast() }
+            return text
+        }
+        if let address = IPAddress(name) { return address == destination }
+        let names = hostNames.isEmpty ? [machineName] : hostNames
+        return names.contains { normal($0) == normal(name) }
+    }
+
+    /// The origin a knock's grant carries: `knock:SHA256:…`.
+    public static func origin(fingerprint: String) -> String { "knock:\(fingerprint)" }
+
+    /// The key types a knock may be signed with.
+    public static let keyTypes = [
+        "ssh-ed25519", "sk-ssh-ed25519@openssh.com", "ecdsa-sha2-nistp256", "ssh-rsa",
+    ]
+
+    /// Why a policy's key line is not one public key line, or nil. The shape only: drawbridge-knock decodes the key.
+    public static func keyLineProblem(_ line: String) -> String? {
+        guard line.utf8.count <= 16_384 else { return "the line is longer than 16 KiB" }
+        guard !line.contains(where: { $0 == "\n" || $0 == "\r" || $0 == "\0" }) else {
+            return "the line holds a line break or NUL; give one key per rule"
+        }
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        guard fields.count >= 2 else { return "expected a key type and base64 key, found '\(TextCheck.escaped(line))'" }
+        guard keyTypes.contains(String(fields[0])) else {
+            return "key type '\(TextCheck.escaped(String(fields[0])))' is not one of \(keyTypes.joined(separator: ", "))"
+        }
+        let base64 = fields[1].unicodeScalars.allSatisfy { scalar in
+            ("A"..."Z").contains(scalar) || ("a"..."z").contains(scalar) || ("0"..."9").contains(scalar)
+                || scalar == "+" || scalar == "/" || scalar == "="
+        }
+        guard base64, fields[1].count % 4 == 0 else { return "the key after \(fields[0]) is not base64" }
+        return nil
+    }
+
+    /// Why `name` cannot be a host name a knock names, or nil: 1 to 253 characters of letters, digits, '.', '-', '_'.
+    public static func hostNameProblem(_ name: String) -> String? {
+        guard !name.isEmpty, name.utf8.count <= 253 else { return "a knock host name has 1 to 253 characters" }
+        let valid = name.unicodeScalars.allSatisfy { scalar in
+            ("a"..."z").contains(scalar) || ("A"..."Z").contains(scalar) || ("0"..."9").contains(scalar)
+                || scalar == "." || scalar == "-" || scalar == "_" || scalar == ":"
+        }
+        guard valid, !name.hasPrefix("-"), !name.hasPrefix(".") else {
+            return "'\(TextCheck.escaped(name))' is not a host name: use letters, digits, '.', '-' and '_'"
+        }
+        return nil
+    }
+}
