@@ -301,7 +301,8 @@ extension RuleDefinition {
         case .counted(let verdict):
             return "counter \(verdictText(verdict))"
         case .knock(let port, let group, let rate):
-            return "udp dport \(port) limit rate \(rate)/second burst \(KnockRule.burst) packets log group \(group) drop"
+            // nft leaves out a packet limit's burst when it is the default 5.
+            return "udp dport \(port) limit rate \(rate)/second log group \(group) drop"
         case .udpPortDrop(let port):
             return "udp dport \(port) counter drop"
         }

@@ -81,10 +81,13 @@ struct UDPSender {
     let descriptor: Int32
     let localAddress: IPAddress?
 
-    init(to target: ResolvedHost) throws {
+    init(to target: ResolvedHost, from local: IPAddress?) throws {
         let family = target.address.family == .ipv4 ? AF_INET : AF_INET6
         let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { fail("cannot open a UDP socket: \(String(cString: strerror(errno)))", .failure) }
+        if let local, !bindLocal(fd, local) {
+            fail("cannot send from \(local): \(String(cString: strerror(errno)))", ExitStatus.unavailable)
+        }
         let address = socketAddress(target.address, port: target.port)
         let connected = address.withUnsafeBytes { raw in
             connect(fd, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(raw.count))
@@ -116,22 +119,25 @@ struct UDPSender {
 
 /// Whether a TCP port answers: a full handshake, retried until a deadline.
 enum TCPProbe {
-    static func waitUntilOpen(_ address: IPAddress, port: UInt16, until deadline: MonotonicInstant) -> Bool {
+    static func waitUntilOpen(
+        _ address: IPAddress, port: UInt16, from local: IPAddress?, until deadline: MonotonicInstant
+    ) -> Bool {
         repeat {
             let started = SystemClock.monotonic()
-            if connects(address, port: port, within: 0.5) { return true }
+            if connects(address, port: port, from: local, within: 0.5) { return true }
             let spent = SystemClock.monotonic().seconds(since: started)
             if spent < 0.2 { usleep(UInt32((0.2 - spent) * 1_000_000)) }
         } while SystemClock.monotonic() < deadline
         return false
     }
 
-    static func connects(_ address: IPAddress, port: UInt16, within seconds: Double) -> Bool {
+    static func connects(_ address: IPAddress, port: UInt16, from local: IPAddress?, within seconds: Double) -> Bool {
         let family = address.family == .ipv4 ? AF_INET : AF_INET6
         let descriptor = socket(
             family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard descriptor >= 0 else { return false }
         defer { close(descriptor) }
+        if let local, !bindLocal(descriptor, local) { return false }
         let raw = socketAddress(address, port: port)
         let result = raw.withUnsafeBytes {
             connect(descriptor, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
@@ -145,4 +151,12 @@ enum TCPProbe {
         getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length)
         return error == 0
     }
+}
+
+/// Binds a socket to a local address (any port).
+func bindLocal(_ descriptor: Int32, _ address: IPAddress) -> Bool {
+    let raw = socketAddress(address, port: 0)
+    return raw.withUnsafeBytes {
+        bind(descriptor, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+    } == 0
 }

@@ -27,7 +27,7 @@ struct Send: ParsableCommand {
               drawbridge knock 2001:db8::20 ssh 5432/tcp --for 30m --key ~/.ssh/id_ed25519.pub
             """)
 
-    @Argument(help: "The host to knock at: a name or an address. The knock carries it as written.")
+    @Argument(help: "The host to knock at: a name (as the host's policy knows it) or an address; the knock carries it as written.")
     var host: String
 
     @Argument(help: "The ports to open: policy names (ssh) or NUMBER/PROTO (22/tcp).")
@@ -41,6 +41,12 @@ struct Send: ParsableCommand {
 
     @Option(help: "An unencrypted private key file, or a .pub file naming a key in ssh-agent.")
     var key: String?
+
+    @Option(help: "Send to this address instead of resolving HOST (the knock still names HOST).")
+    var address: String?
+
+    @Option(help: "Send from this local address (a host with several); the grant is for the address the host sees.")
+    var source: String?
 
     @Option(help: "The host's knock port (UDP).")
     var port: UInt16 = KnockSettings.defaultPort
@@ -93,9 +99,17 @@ struct Send: ParsableCommand {
 
         let target: ResolvedHost
         do {
-            target = try ResolvedHost(host, port: port, family: ipv4 ? AF_INET : ipv6 ? AF_INET6 : AF_UNSPEC)
+            target = try ResolvedHost(
+                address ?? host, port: port, family: ipv4 ? AF_INET : ipv6 ? AF_INET6 : AF_UNSPEC)
         } catch {
             fail("\(error)", ExitStatus.unavailable)
+        }
+        var local: IPAddress?
+        if let source {
+            guard let parsed = IPAddress(source), parsed.family == target.address.family else {
+                throw ValidationError("--source '\(source)' is not an address of the same family as \(target.address)")
+            }
+            local = parsed
         }
         let signer: any SSHSigner
         do {
@@ -103,7 +117,7 @@ struct Send: ParsableCommand {
         } catch {
             fail(error.message, error.exitCode)
         }
-        let socket = try UDPSender(to: target)
+        let socket = try UDPSender(to: target, from: local)
         let now = Int64((SystemClock.wall().timeIntervalSince1970 + clockOffset) * 1000)
         let request = KnockRequest(
             host: host, ports: knockPorts, durationSeconds: UInt32(seconds.rounded(.up)),
@@ -137,13 +151,14 @@ struct Send: ParsableCommand {
         var checks: [(port: String, number: UInt16, open: Bool?)] = []
         if wait {
             for knockPort in knockPorts {
-                guard let number = Self.tcpPortNumber(knockPort) else { continue }
+                guard let number = Self.tcpPortNumber(knockPort), !checks.contains(where: { $0.number == number })
+                else { continue }
                 checks.append((knockPort.text, number, nil))
             }
             let deadline = SystemClock.monotonic().advanced(by: timeout)
             for index in checks.indices {
                 checks[index].open = TCPProbe.waitUntilOpen(
-                    target.address, port: checks[index].number, until: deadline)
+                    target.address, port: checks[index].number, from: local, until: deadline)
                 if !json {
                     print("port \(checks[index].number) answers: \(checks[index].open == true ? "open" : "not open")")
                 }

@@ -23,6 +23,66 @@ public enum BuiltProducts {
 
     public static var agent: String { directory + "/drawbridged" }
     public static var cli: String { directory + "/drawbridge" }
+    public static var knock: String { directory + "/drawbridge-knock" }
+}
+
+/// A long-running program this test started (in a network namespace if given), its output in a log file; stopped by
+/// the pid it was started with, never by name.
+public final class BackgroundProcess: @unchecked Sendable {
+    public let arguments: [String]
+    public let logPath: String
+    private let namespace: NetworkNamespace?
+    private let environment: [String: String]
+    private var process: Process?
+
+    public init(_ arguments: [String], in namespace: NetworkNamespace? = nil, logPath: String, environment: [String: String] = [:]) {
+        self.arguments = arguments
+        self.namespace = namespace
+        self.logPath = logPath
+        self.environment = environment
+    }
+
+    deinit { stop() }
+
+    public func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = (namespace.map { ["nsenter", "--net=\($0.path)"] } ?? []) + arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
+        if !FileManager.default.fileExists(atPath: logPath) {
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        }
+        let log = FileHandle(forWritingAtPath: logPath)!
+        log.seekToEndOfFile()
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        self.process = process
+    }
+
+    public var pid: pid_t? { process.flatMap { $0.isRunning ? $0.processIdentifier : nil } }
+
+    /// SIGKILL by pid, and waits.
+    public func stop() {
+        guard let process, process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Resident memory in kB of the process (the program nsenter became: nsenter execs it).
+    public var residentKilobytes: Int? {
+        guard let pid, let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else {
+            return nil
+        }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        }
+        return nil
+    }
 }
 
 /// Unix accounts the end-to-end tests log in as. Created if missing (needs root); the same ones .ci/test makes.
