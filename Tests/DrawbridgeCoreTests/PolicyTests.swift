@@ -377,6 +377,42 @@ struct PolicyTests {
             "grant_files as a string", "ports: {}\ngrant_files: /etc/drawbridge/grants.json\n", line: 2,
             "grant_files must be a list of paths"),
         InvalidCase("empty grant file", "ports: {}\ngrant_files: [\"\"]\n", line: 2, "a path in grant_files is empty"),
+
+        // knock.
+        InvalidCase(
+            "knock without keys", KnockPolicyTests.ssh + "knock: { port: 62201/udp }\n", line: 3,
+            "knock has no keys, so nobody could knock"),
+        InvalidCase(
+            "knock port over TCP", KnockPolicyTests.ssh + "knock: { port: 62201/tcp, keys: [] }\n", line: 3,
+            "knock port 62201/tcp is not UDP"),
+        InvalidCase(
+            "knock port that is managed",
+            "ports:\n  dns: { port: 53, protocol: udp, max_duration: 1h, allowed_sources: [\"0.0.0.0/0\"] }\n"
+                + "knock: { port: 53/udp, keys: [] }\n", line: 3, "the knock port 53/udp is also the managed port dns"),
+        InvalidCase(
+            "knock key rule naming an unknown port",
+            KnockPolicyTests.ssh + "knock:\n  keys:\n    - { key: \"\(KnockPolicyTests.keyLine)\", ports: [rdp], max_duration: 1h }\n",
+            line: 5, "knock key 1 names port 'rdp', which is not under ports"),
+        InvalidCase(
+            "knock key rule with both key sources",
+            KnockPolicyTests.ssh
+                + "knock:\n  keys:\n    - { key: \"\(KnockPolicyTests.keyLine)\", authorized_keys: /etc/k, ports: [ssh], max_duration: 1h }\n",
+            line: 5, "names both authorized_keys and key"),
+        InvalidCase(
+            "knock key of an unknown type",
+            KnockPolicyTests.ssh + "knock:\n  keys:\n    - { key: \"ssh-dss AAAA\", ports: [ssh], max_duration: 1h }\n",
+            line: 5, "key type 'ssh-dss' is not one of"),
+        InvalidCase(
+            "knock authorized_keys not absolute",
+            KnockPolicyTests.ssh + "knock:\n  keys:\n    - { authorized_keys: keys/admins, ports: [ssh], max_duration: 1h }\n",
+            line: 5, "is not an absolute path"),
+        InvalidCase(
+            "knock max_skew too long",
+            KnockPolicyTests.ssh + "knock:\n  max_skew: 1h\n  keys: [{ authorized_keys: /etc/k, ports: [ssh], max_duration: 1h }]\n",
+            line: 4, "knock max_skew 1h is longer than the limit of 10m"),
+        InvalidCase(
+            "knock unknown key", KnockPolicyTests.ssh + "knock: { prt: 62201/udp }\n", line: 3,
+            "unknown key 'prt' in knock", "did you mean port?"),
     ]
 
     @Test("invalid policies are refused with the position and a clear message", arguments: invalidCases)
@@ -406,5 +442,55 @@ struct PolicyTests {
                 == "policy.yaml:4:13: max_duration '3x' is not a duration (hint: write it like 90s, 30m, 2h or 1h30m)")
         #expect(PolicyError(file: "p.yaml", line: 2, message: "bad").description == "p.yaml:2: bad")
         #expect(PolicyError(file: "/etc/p.yaml", message: "gone").description == "/etc/p.yaml: gone")
+    }
+}
+
+struct KnockPolicyTests {
+    static let ssh = "ports:\n  ssh: { port: 22, protocol: tcp, max_duration: 3h, allowed_sources: [\"0.0.0.0/0\"] }\n"
+    static let keyLine = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ alice@laptop"
+
+    @Test("the knock section: defaults, both key sources, host names; no section means no knocks")
+    func knockSection() throws {
+        let policy = try Policy.parse(
+            Self.ssh + """
+                knock:
+                  max_skew: 45s
+                  host: web-1.example.org
+                  keys:
+                    - { authorized_keys: /etc/drawbridge/knock.d/admins, ports: [ssh], max_duration: 3h }
+                    - { key: "\(Self.keyLine)", ports: [ssh], max_duration: 1h }
+
+                """, file: "policy.yaml")
+        let knock = try #require(policy.knock)
+        #expect(knock.port == 62201 && knock.logGroup == 62201 && knock.rate == 200)
+        #expect(knock.maxSkew == 45 && knock.user == "drawbridge-knock")
+        #expect(knock.hostNames == ["web-1.example.org"])
+        #expect(
+            knock.keys == [
+                .init(keys: .authorizedKeys(path: "/etc/drawbridge/knock.d/admins"), ports: ["ssh"], maxDuration: 3 * 3_600),
+                .init(keys: .key(line: Self.keyLine), ports: ["ssh"], maxDuration: 3_600),
+            ])
+        #expect(try Policy.parse(Self.ssh, file: "policy.yaml").knock == nil)
+
+        let custom = try #require(
+            try Policy.parse(
+                Self.ssh
+                    + "knock: { port: 4000, rate: 50, log_group: 7, user: knocker, keys: [{ authorized_keys: /k, ports: [ssh], max_duration: 1m }] }\n",
+                file: "p"
+            ).knock)
+        #expect(custom.port == 4000 && custom.rate == 50 && custom.logGroup == 7 && custom.user == "knocker")
+    }
+
+    @Test("a knock names this host by a listed name (any case, trailing dot) or by the address it was sent to")
+    func hostNames() {
+        let destination = IPAddress("198.51.100.20")!
+        var knock = KnockSettings(keys: [], hostNames: ["web-1.example.org"])
+        #expect(knock.isThisHost("WEB-1.example.org.", machineName: "web-1", destination: destination))
+        #expect(knock.isThisHost("198.51.100.20", machineName: "web-1", destination: destination))
+        #expect(!knock.isThisHost("198.51.100.21", machineName: "web-1", destination: destination))
+        #expect(!knock.isThisHost("web-1", machineName: "web-1", destination: destination), "listed names only")
+        #expect(!knock.isThisHost("web-1.example.com", machineName: "web-1", destination: destination))
+        knock.hostNames = []
+        #expect(knock.isThisHost("web-1", machineName: "web-1", destination: destination), "default: the host name")
     }
 }

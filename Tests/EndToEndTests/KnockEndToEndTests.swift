@@ -285,6 +285,15 @@ struct KnockEndToEndTests {
             #expect(detail.contains(refusal.expected), "\(refusal.name): \(detail)")
             #expect(try !setup.port22Open(path), "\(refusal.name): port 22 stays closed")
         }
+        // Only root and knock.user may hand the agent knocks: another local user is refused (and audited).
+        let forged = try run(
+            ["setpriv", "--reuid=\(TestAccounts.developer)", "--regid=\(TestAccounts.developer)", "--init-groups",
+             "nc", "-U", "-N", "-w", "8", setup.agent.socketPath],
+            input: #"{"command":"knock","fingerprint":"\#(setup.alice.fingerprint)","key_rule":1,"source":"192.0.2.2","ports":["ssh"],"duration_seconds":60}"#
+                + "\n", check: false)
+        #expect(forged.output.contains("only root and the knock user (drawbridge-knock)"), "\(forged.output)")
+        #expect(try !setup.port22Open(path))
+
         // No grant was made, and the table is exactly as before (no element, no rule changed).
         let madeGrants = try setup.grants()
         #expect(madeGrants.isEmpty, "\(madeGrants)")

@@ -62,6 +62,34 @@ struct GoldenTableTests {
         }
     }
 
+    @Test("with knocks: the module's knock rules are what nft loads from the printed text, and what it lists back")
+    func knockRulesMatchNft() throws {
+        let layout = TableLayout(
+            mode: .keepSessions, managedServices: [Service(port: 22, transport: .tcp)], alwaysAllowed: [],
+            knock: KnockRule(port: 62201, group: 4711, rate: 150))
+        let fromModule = try NetworkNamespace.createAnonymous()
+        let driver = TableDriver(connection: try NetfilterConnection(namespace: fromModule))
+        try driver.rebuild(layout, elements: [:])
+        #expect(try driver.verify(layout) == [], "the agent's own check finds the knock rules intact")
+
+        let text = DrawbridgeTable.ruleset(
+            mode: .keepSessions, managedServices: layout.managedServices, knock: layout.knock)
+        #expect(text.contains("udp dport 62201 limit rate 150/second log group 4711 drop"))
+        let fromText = try NetworkNamespace.createAnonymous()
+        try run(["nft", "-f", "-"], in: fromText, input: text)
+        #expect(try Self.normalizedListing(in: fromModule) == Self.normalizedListing(in: fromText))
+        let listed = try run(["nft", "list", "table", "inet", "drawbridge"], in: fromModule).output
+            .replacingOccurrences(of: "counter packets 0 bytes 0", with: "counter")
+        #expect(listed == text)
+
+        // Another rate, group or port is a changed rule; no knock section at all means no knock rules.
+        var other = layout
+        other.knock = KnockRule(port: 62201, group: 4712, rate: 150)
+        #expect(try driver.verify(other) == ["the rules of chain input were changed"])
+        other.knock = nil
+        #expect(try driver.verify(other) == ["the rules of chain input were changed"])
+    }
+
     @Test("managed ports and break-glass prefixes list as nft would load them")
     func elementsMatchNft() throws {
         let managed = [
