@@ -313,6 +313,7 @@ extension Drawbridge {
             var onExpiry: String?
             var roles: [Role]?
             var grantFiles: [String]?
+            var knock: Knock?
             var warnings: [String]?
             enum CodingKeys: String, CodingKey {
                 case valid, error, managed
@@ -320,7 +321,26 @@ extension Drawbridge {
                 case onExpiry = "on_expiry"
                 case roles
                 case grantFiles = "grant_files"
-                case warnings
+                case knock, warnings
+            }
+            struct Knock: Encodable {
+                struct KeyRule: Encodable {
+                    var keys: String
+                    var ports: [String]
+                    var maxDuration: String
+                    enum CodingKeys: String, CodingKey {
+                        case keys, ports
+                        case maxDuration = "max_duration"
+                    }
+                }
+                var port: String
+                var maxSkew: String
+                var keys: [KeyRule]
+                enum CodingKeys: String, CodingKey {
+                    case port
+                    case maxSkew = "max_skew"
+                    case keys
+                }
             }
         }
 
@@ -352,7 +372,16 @@ extension Drawbridge {
                             Report.Role(
                                 group: $0.group, ports: $0.ports, maxDuration: GrantDuration.format($0.maxDuration))
                         },
-                        grantFiles: policy.grantFiles, warnings: warnings))
+                        grantFiles: policy.grantFiles,
+                        knock: policy.knock.map { knock in
+                            Report.Knock(
+                                port: knock.service.description, maxSkew: GrantDuration.format(knock.maxSkew),
+                                keys: knock.keys.map {
+                                    Report.Knock.KeyRule(
+                                        keys: Self.describe($0.keys), ports: $0.ports,
+                                        maxDuration: GrantDuration.format($0.maxDuration))
+                                })
+                        }, warnings: warnings))
                 return
             }
             print("\(file): valid")
@@ -378,7 +407,27 @@ extension Drawbridge {
             }
             print("  root: any managed port, within each port's limits")
             if !policy.grantFiles.isEmpty { print("\ngrants files: \(policy.grantFiles.joined(separator: ", "))") }
+            if let knock = policy.knock {
+                print(
+                    "\nknocks on \(knock.service) (handed to drawbridge-knock; never answered), timestamps within "
+                        + "\(GrantDuration.format(knock.maxSkew)):")
+                for rule in knock.keys {
+                    print(
+                        "  \(Self.describe(rule.keys)): \(rule.ports.joined(separator: ", ")) for up to "
+                            + GrantDuration.format(rule.maxDuration))
+                }
+            }
             for warning in warnings { print("\nwarning: \(warning)") }
+        }
+
+        /// `keys in /etc/…/admins`, or `key ssh-ed25519 … alice@laptop` (the base64 left out).
+        static func describe(_ keys: KnockSettings.KeyRule.Keys) -> String {
+            switch keys {
+            case .authorizedKeys(let path): return "keys in \(path)"
+            case .key(let line):
+                let fields = line.split(separator: " ")
+                return "key \(fields[0])" + (fields.count > 2 ? " " + fields[2...].joined(separator: " ") : "")
+            }
         }
     }
 
