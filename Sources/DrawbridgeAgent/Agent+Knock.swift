@@ -67,6 +67,14 @@ extension Agent {
         case .failure(let refusal): return refuse(refusal)
         case .success(let value): authorized = value
         }
+        let claimed = knock.clientAddress.flatMap { IPAddress($0) }.map(IPPrefix.init(address:))
+        if settings.requireSourceAddress, claimed != request.source {
+            return refuse(
+                Refusal(
+                    reason: .sourceNotAllowed,
+                    message: "the knock came from \(request.source) but was signed for "
+                        + "\(knock.clientAddress ?? "no address") (knock.require_source_address: true)"))
+        }
         var detail = "knock key \(knock.keyRule)"
         if let client = knock.clientAddress, IPAddress(client).map(IPPrefix.init(address:)) != request.source {
             detail += "; the client saw itself as \(client) (NAT between it and this host)"

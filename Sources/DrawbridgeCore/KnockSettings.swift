@@ -11,6 +11,7 @@
 ///   rate: 200                         # knock packets a second handed to drawbridge-knock; the rest are dropped
 ///   log_group: 62201                  # the NFLOG group that carries them (default: the port number)
 ///   user: drawbridge-knock            # the local account whose drawbridge-knock may hand knocks to the agent
+///   require_source_address: false     # true: the signed client address must be the packet's source (no NAT)
 /// ```
 public struct KnockSettings: Sendable, Equatable {
     /// Which keys may knock, and what a knock signed by one of them may open.
@@ -49,6 +50,9 @@ public struct KnockSettings: Sendable, Equatable {
     public var logGroup: UInt16
     /// The local account drawbridge-knock runs as: besides root, the only caller the agent takes knocks from.
     public var user: String
+    /// Whether a knock must carry the address it is sent from (as the host sees it): no NAT between client and host,
+    /// and a captured knock re-sent from another address by someone on the path opens nothing, even first.
+    public var requireSourceAddress = false
 
     public static let defaultPort: UInt16 = 62201
     public static let defaultMaxSkew: Double = 30

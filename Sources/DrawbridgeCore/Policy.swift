@@ -184,7 +184,7 @@ private struct PolicyReader {
 
     private enum Keys {
         static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files", "etcd", "knock"]
-        static let knock = ["port", "max_skew", "keys", "host", "rate", "log_group", "user"]
+        static let knock = ["port", "max_skew", "keys", "host", "rate", "log_group", "user", "require_source_address"]
         static let knockKey = ["authorized_keys", "key", "ports", "max_duration"]
         static let etcd = ["endpoints", "host", "groups", "prefix", "tls", "user", "password_file", "sync_user"]
         static let tls = ["ca", "cert", "key"]
@@ -321,6 +321,14 @@ private struct PolicyReader {
             settings.logGroup = group
         } else {
             settings.logGroup = settings.port
+        }
+        if let entry = entries["require_source_address"] {
+            guard let scalar = entry.value.scalar, scalar.style == .plain, scalar.value == "true" || scalar.value == "false"
+            else {
+                throw failure(
+                    at: entry.value, "knock require_source_address must be true or false; found \(describe(entry.value))")
+            }
+            settings.requireSourceAddress = scalar.value == "true"
         }
         if let entry = entries["user"] {
             let user = try string(entry.value, named: "knock user")

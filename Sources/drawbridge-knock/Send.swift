@@ -48,6 +48,10 @@ struct Send: ParsableCommand {
     @Option(help: "Send from this local address (a host with several); the grant is for the address the host sees.")
     var source: String?
 
+    @Option(
+        help: "The address to sign as yours, when the host sees another one than this machine has (NAT) and its policy sets require_source_address.")
+    var clientAddress: String?
+
     @Option(help: "The host's knock port (UDP).")
     var port: UInt16 = KnockSettings.defaultPort
 
@@ -118,10 +122,17 @@ struct Send: ParsableCommand {
             fail(error.message, error.exitCode)
         }
         let socket = try UDPSender(to: target, from: local)
+        var claimed = socket.localAddress.flatMap { KnockAddress(bytes: $0.bytes) }
+        if let clientAddress {
+            guard let parsed = IPAddress(clientAddress) else {
+                throw ValidationError("--client-address '\(clientAddress)' is not an IP address")
+            }
+            claimed = KnockAddress(bytes: parsed.bytes)
+        }
         let now = Int64((SystemClock.wall().timeIntervalSince1970 + clockOffset) * 1000)
         let request = KnockRequest(
             host: host, ports: knockPorts, durationSeconds: UInt32(seconds.rounded(.up)),
-            clientAddress: socket.localAddress.flatMap { KnockAddress(bytes: $0.bytes) }, timestampMilliseconds: now,
+            clientAddress: claimed, timestampMilliseconds: now,
             reason: reason)
         let packet: KnockPacket
         do {

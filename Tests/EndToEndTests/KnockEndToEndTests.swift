@@ -55,7 +55,7 @@ struct KnockEndToEndTests {
         let sshAgent: BackgroundProcess
         let agentSocket: String
 
-        init() throws {
+        init(extraKnockSettings: String = "") throws {
             try TestAccounts.ensure()
             network = try TestNetwork()
             server = try SSHServer(in: network.host)
@@ -74,6 +74,7 @@ struct KnockEndToEndTests {
                       port: \(KnockEndToEndTests.knockPort)/udp
                       max_skew: 30s
                       host: [web-1, web-1.example.org]
+                    \(extraKnockSettings)
                       keys:
                         - { key: "\(alice.publicLine)", ports: [ssh], max_duration: 10m }
                         - { authorized_keys: \(agent.directory)/admins, ports: [ssh, postgres], max_duration: 1h }
@@ -311,6 +312,25 @@ struct KnockEndToEndTests {
             try eventually(within: .seconds(3)) {
                 try setup.grants().last?["origin"] as? String == "knock:\(setup.bob.fingerprint)"
             }, "bob's knock opened postgres: \(setup.listener.log)")
+    }
+
+    @Test("require_source_address: a knock signed for another address than it comes from opens nothing")
+    func requireSourceAddress() throws {
+        let setup = try Setup(extraKnockSettings: "  require_source_address: true")
+        defer { setup.stop() }
+        let path = Self.paths[0]
+        // As an on-path attacker would send a captured knock from its own address: signed for another one.
+        let elsewhere = try setup.knock(extra: ["--client-address", "203.0.113.9"], wait: false)
+        #expect(elsewhere.succeeded, "\(elsewhere.error)")
+        let refused = try eventually(within: .seconds(3)) {
+            try setup.refusals().contains {
+                ($0["detail"] as? String)?.contains("but was signed for 203.0.113.9") == true
+            }
+        }
+        #expect(refused, "\(setup.listener.log)")
+        #expect(try !setup.port22Open(path))
+        let knocked = try setup.knock()
+        #expect(knocked.succeeded, "signed for the address it comes from: \(knocked.output) \(knocked.error)")
     }
 
     @Test("nmap sees the knock port filtered; 100,000 junk packets leave the agent answering and memory flat")
