@@ -1,7 +1,22 @@
 import DrawbridgeCore
 import FoundationEssentials
+import HostSystem
+
+/// What the agent has seen of knocks since it started, for `drawbridge status`.
+struct KnockView {
+    var opened = 0
+    var refused = 0
+    var lastContact: MonotonicInstant?
+}
 
 extension Agent {
+    var knockStatus: LocalAPI.KnockStatus? {
+        guard let knock = policy.knock else { return nil }
+        return LocalAPI.KnockStatus(
+            port: knock.service.description, opened: knocks.opened, refused: knocks.refused,
+            secondsSinceContact: knocks.lastContact.map { SystemClock.monotonic().seconds(since: $0) })
+    }
+
     /// Whether `caller` may hand the agent knocks: root, or the policy's `knock.user`.
     private func mayKnock(_ caller: Caller) -> Bool {
         guard let knock = policy.knock else { return false }
@@ -24,10 +39,12 @@ extension Agent {
     /// audited otherwise. The grant's origin is `knock:<fingerprint>`; it lists, extends, revokes and expires like any.
     func knock(_ knock: KnockGrant, _ caller: Caller) async -> LocalAPI.Response {
         guard let settings = policy.knock, mayKnock(caller) else { return knockForbidden(caller, what: "knocks") }
+        knocks.lastContact = SystemClock.monotonic()
         let origin = GrantOrigin.knock(knock.fingerprint)
         let request = knock.request
         let who = knock.keyComment.map { "\(knock.fingerprint) (\($0))" } ?? knock.fingerprint
         func refuse(_ refusal: Refusal) -> LocalAPI.Response {
+            knocks.refused += 1
             audit.record(
                 AuditEvent(
                     .refuse, user: who, source: request.source.description, ports: request.ports,
@@ -79,13 +96,19 @@ extension Agent {
         if let client = knock.clientAddress, IPAddress(client).map(IPPrefix.init(address:)) != request.source {
             detail += "; the client saw itself as \(client) (NAT between it and this host)"
         }
-        return await open(
+        let response = await open(
             authorized, request: request, requestedBy: who, uid: nil, origin: origin, auditDetail: detail)
+        if response.ok { knocks.opened += 1 } else { knocks.refused += 1 }
+        return response
     }
 
     /// A knock drawbridge-knock refused: audited, nothing else.
     func knockRefused(_ report: KnockRefusalReport, _ caller: Caller) -> LocalAPI.Response {
         guard mayKnock(caller) else { return knockForbidden(caller, what: "knock reports") }
+        knocks.lastContact = SystemClock.monotonic()
+        // A summary stands for many refusals: "N more knocks refused …".
+        let summarized = report.problem.split(separator: " ", maxSplits: 1).first.flatMap { Int($0) }
+        knocks.refused += report.problem.contains("more knocks refused") ? (summarized ?? 1) : 1
         audit.record(
             AuditEvent(
                 .refuse, user: report.fingerprint, source: report.source,

@@ -68,6 +68,7 @@ public actor Agent {
     /// Who may hand the agent grants from etcd (read by the socket server).
     public nonisolated let etcdAuthority = EtcdSyncAuthority()
     var etcd = EtcdView()
+    var knocks = KnockView()
     private var settings: [String: String] = [:]
 
     public init(configuration: AgentConfiguration, policy: Policy, logger: Logger) throws {
@@ -379,7 +380,7 @@ public actor Agent {
                 onExpiry: policy.onExpiry, activeGrants: book.count, kernelRelease: SystemClock.kernelRelease(),
                 table: tableHealth, lastRepair: lastRepair, repairs: repairs,
                 storage: store.problem ?? (pendingRecords.isEmpty ? "ok" : "revocations waiting to be stored"),
-                audit: audit.problem ?? "ok", warnings: warnings, etcd: etcdStatus))
+                audit: audit.problem ?? "ok", warnings: warnings, etcd: etcdStatus, knock: knockStatus))
     }
 
     // MARK: Kernel queue

@@ -250,12 +250,16 @@ public enum LocalAPI {
         public var warnings: [String]
         /// Grants from etcd, when the policy has an etcd section.
         public var etcd: EtcdStatus?
+        /// Knocks, when the policy has a knock section.
+        public var knock: KnockStatus?
 
         public init(
             version: String, policyPath: String, managedPorts: [GrantedPort], onExpiry: SessionMode, activeGrants: Int,
             kernelRelease: String, table: String = "enforcing", lastRepair: String? = nil, repairs: Int = 0,
-            storage: String = "ok", audit: String = "ok", warnings: [String] = [], etcd: EtcdStatus? = nil
+            storage: String = "ok", audit: String = "ok", warnings: [String] = [], etcd: EtcdStatus? = nil,
+            knock: KnockStatus? = nil
         ) {
+            self.knock = knock
             self.version = version
             self.policyPath = policyPath
             self.managedPorts = managedPorts
@@ -280,7 +284,31 @@ public enum LocalAPI {
             case kernelRelease = "kernel_release"
             case table
             case lastRepair = "last_repair"
-            case repairs, storage, audit, warnings, etcd
+            case repairs, storage, audit, warnings, etcd, knock
+        }
+    }
+
+    /// What the agent has seen of knocks since it started.
+    public struct KnockStatus: Codable, Sendable, Equatable {
+        /// `62201/udp`.
+        public var port: String
+        /// Knocks that opened (or extended) a grant.
+        public var opened: Int
+        /// Knocks refused, by drawbridge-knock or by the agent.
+        public var refused: Int
+        /// Seconds since drawbridge-knock last handed the agent a knock or a refusal; nil when it never did.
+        public var secondsSinceContact: Double?
+
+        public init(port: String, opened: Int, refused: Int, secondsSinceContact: Double?) {
+            self.port = port
+            self.opened = opened
+            self.refused = refused
+            self.secondsSinceContact = secondsSinceContact
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case port, opened, refused
+            case secondsSinceContact = "seconds_since_contact"
         }
     }
 

@@ -45,13 +45,7 @@ enum KeySelection {
             guard let agentPath else {
                 throw KeyProblem("\(keyPath) is a public key, and no ssh-agent is running (SSH_AUTH_SOCK is not set)")
             }
-            let client = SSHAgentClient(transport: UnixAgentTransport(path: agentPath))
-            let identities: [SSHAgentIdentity]
-            do {
-                identities = try client.identities()
-            } catch {
-                throw KeyProblem("cannot ask ssh-agent at \(agentPath) for its keys: \(error)")
-            }
+            let (client, identities) = try agentKeys(agentPath)
             guard identities.contains(where: { $0.key == wanted }) else {
                 throw KeyProblem("ssh-agent holds no key \(wanted.fingerprint) (\(keyPath)); add it with ssh-add")
             }
@@ -61,13 +55,7 @@ enum KeySelection {
             throw KeyProblem(
                 "no key to sign with: start ssh-agent and add a key (ssh-add), or name a key file with --key")
         }
-        let client = SSHAgentClient(transport: UnixAgentTransport(path: agentPath))
-        let identities: [SSHAgentIdentity]
-        do {
-            identities = try client.identities()
-        } catch {
-            throw KeyProblem("cannot ask ssh-agent at \(agentPath) for its keys: \(error)")
-        }
+        let (client, identities) = try agentKeys(agentPath)
         guard let usable = identities.first(where: { $0.key != nil })?.key else {
             throw KeyProblem(
                 identities.isEmpty
@@ -75,6 +63,16 @@ enum KeySelection {
                     : "ssh-agent holds no Ed25519, ECDSA P-256 or RSA key (2048 bits or more)")
         }
         return SSHAgentSigner(client: client, publicKey: usable)
+    }
+
+    /// A client for the ssh-agent at `path`, and the keys it holds.
+    static func agentKeys(_ path: String) throws(KeyProblem) -> (SSHAgentClient, [SSHAgentIdentity]) {
+        let client = SSHAgentClient(transport: UnixAgentTransport(path: path))
+        do {
+            return (client, try client.identities())
+        } catch {
+            throw KeyProblem("cannot ask ssh-agent at \(path) for its keys: \(error)")
+        }
     }
 }
 

@@ -33,45 +33,12 @@ struct ResolvedHost {
         var found: IPAddress?
         var entry: UnsafeMutablePointer<addrinfo>? = first
         while let current = entry, found == nil {
-            if let raw = current.pointee.ai_addr { found = Self.address(raw) }
+            if let raw = current.pointee.ai_addr { found = InternetSocket.address(of: raw) }
             entry = current.pointee.ai_next
         }
         guard let found else { throw Problem(description: "\(host) has no IPv4 or IPv6 address") }
         address = found
         self.port = port
-    }
-
-    static func address(_ raw: UnsafePointer<sockaddr>) -> IPAddress? {
-        switch Int32(raw.pointee.sa_family) {
-        case AF_INET:
-            return raw.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { pointer in
-                withUnsafeBytes(of: pointer.pointee.sin_addr) { IPAddress(bytes: $0) }
-            }
-        case AF_INET6:
-            return raw.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { pointer in
-                withUnsafeBytes(of: pointer.pointee.sin6_addr) { IPAddress(bytes: $0) }
-            }
-        default: return nil
-        }
-    }
-}
-
-/// `sockaddr_in` or `sockaddr_in6` bytes for an address and port.
-func socketAddress(_ address: IPAddress, port: UInt16) -> [UInt8] {
-    let bytes = address.bytes
-    switch address {
-    case .v4:
-        var value = sockaddr_in()
-        value.sin_family = sa_family_t(AF_INET)
-        value.sin_port = port.bigEndian
-        withUnsafeMutableBytes(of: &value.sin_addr) { for index in 0..<4 { $0[index] = bytes[index] } }
-        return withUnsafeBytes(of: value) { Array($0) }
-    case .v6:
-        var value = sockaddr_in6()
-        value.sin6_family = sa_family_t(AF_INET6)
-        value.sin6_port = port.bigEndian
-        withUnsafeMutableBytes(of: &value.sin6_addr) { for index in 0..<16 { $0[index] = bytes[index] } }
-        return withUnsafeBytes(of: value) { Array($0) }
     }
 }
 
@@ -88,10 +55,7 @@ struct UDPSender {
         if let local, !bindLocal(fd, local) {
             fail("cannot send from \(local): \(String(cString: strerror(errno)))", ExitStatus.unavailable)
         }
-        let address = socketAddress(target.address, port: target.port)
-        let connected = address.withUnsafeBytes { raw in
-            connect(fd, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(raw.count))
-        }
+        let connected = InternetSocket.with(target.address, port: target.port) { connect(fd, $0, $1) }
         guard connected == 0 else {
             fail("cannot reach \(target.address): \(String(cString: strerror(errno)))", ExitStatus.unavailable)
         }
@@ -107,7 +71,7 @@ struct UDPSender {
         }
         guard named == 0 else { return nil }
         return withUnsafePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { ResolvedHost.address($0) }
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { InternetSocket.address(of: $0) }
         }
     }
 
@@ -138,10 +102,7 @@ enum TCPProbe {
         guard descriptor >= 0 else { return false }
         defer { close(descriptor) }
         if let local, !bindLocal(descriptor, local) { return false }
-        let raw = socketAddress(address, port: port)
-        let result = raw.withUnsafeBytes {
-            connect(descriptor, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
-        }
+        let result = InternetSocket.with(address, port: port) { connect(descriptor, $0, $1) }
         if result == 0 { return true }
         guard errno == EINPROGRESS else { return false }
         var entry = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
@@ -155,8 +116,5 @@ enum TCPProbe {
 
 /// Binds a socket to a local address (any port).
 func bindLocal(_ descriptor: Int32, _ address: IPAddress) -> Bool {
-    let raw = socketAddress(address, port: 0)
-    return raw.withUnsafeBytes {
-        bind(descriptor, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
-    } == 0
+    InternetSocket.with(address, port: 0) { bind(descriptor, $0, $1) } == 0
 }

@@ -176,19 +176,12 @@ struct Send: ParsableCommand {
             }
         }
         if json {
-            var fields: [String] = [
-                "\"host\":\(jsonString(host))", "\"address\":\(jsonString(target.address.description))",
-                "\"fingerprint\":\(jsonString(key.fingerprint.description))",
-                "\"ports\":[\(knockPorts.map { jsonString($0.text) }.joined(separator: ","))]",
-                "\"duration_seconds\":\(Int(seconds.rounded(.up)))",
-                "\"nonce\":\(jsonString(request.nonce.description))",
-            ]
-            if let local = socket.localAddress { fields.append("\"client_address\":\(jsonString(local.description))") }
-            if wait {
-                let items = checks.map { "{\"port\":\($0.number),\"open\":\($0.open == true)}" }
-                fields.append("\"checked\":[\(items.joined(separator: ","))]")
-            }
-            print("{" + fields.joined(separator: ",") + "}")
+            let outcome = Outcome(
+                host: host, address: target.address.description, clientAddress: socket.localAddress?.description,
+                fingerprint: key.fingerprint.description, ports: knockPorts.map(\.text),
+                durationSeconds: Int(seconds.rounded(.up)), nonce: request.nonce.description,
+                checked: wait ? checks.map { Outcome.Check(port: Int($0.number), open: $0.open == true) } : nil)
+            if let data = try? LocalAPI.encoder().encode(outcome) { print(String(decoding: data, as: UTF8.self)) }
         }
         if checks.contains(where: { $0.open != true }) {
             let closed = checks.filter { $0.open != true }.map { String($0.number) }.joined(separator: ", ")
@@ -199,6 +192,30 @@ struct Send: ParsableCommand {
         }
         if wait && checks.isEmpty && !knockPorts.isEmpty && !json {
             print("(no TCP port number known to check; the knock was sent)")
+        }
+    }
+
+    /// What `--json` prints.
+    struct Outcome: Encodable {
+        struct Check: Encodable {
+            var port: Int
+            var open: Bool
+        }
+        var host: String
+        var address: String
+        var clientAddress: String?
+        var fingerprint: String
+        var ports: [String]
+        var durationSeconds: Int
+        var nonce: String
+        var checked: [Check]?
+
+        enum CodingKeys: String, CodingKey {
+            case host, address
+            case clientAddress = "client_address"
+            case fingerprint, ports
+            case durationSeconds = "duration_seconds"
+            case nonce, checked
         }
     }
 
@@ -216,18 +233,4 @@ struct Send: ParsableCommand {
 func fail(_ message: String, _ code: ExitCode) -> Never {
     StandardError.write("drawbridge-knock: \(TextCheck.escaped(message))\n")
     Glibc.exit(code.rawValue)
-}
-
-func jsonString(_ text: String) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
-        default: out.unicodeScalars.append(scalar)
-        }
-    }
-    return out + "\""
 }

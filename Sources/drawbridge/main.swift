@@ -264,6 +264,12 @@ extension Drawbridge {
                 print("etcd host \(etcd.host): \(etcd.grants) grants from etcd, \(etcd.refused) keys refused")
                 if let error = etcd.error { print("etcd error: \(TextCheck.escaped(error))") }
             }
+            if let knock = status.knock {
+                let contact =
+                    knock.secondsSinceContact.map { "last report from drawbridge-knock \(Int($0))s ago" }
+                    ?? "no report from drawbridge-knock since the agent started (systemctl status drawbridge-knock)"
+                print("knock: \(knock.port); \(knock.opened) opened, \(knock.refused) refused since start; \(contact)")
+            }
             for warning in status.warnings { print("warning: \(TextCheck.escaped(warning))") }
         }
     }

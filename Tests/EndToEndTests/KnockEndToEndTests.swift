@@ -176,6 +176,8 @@ struct KnockEndToEndTests {
         #expect(grant["origin"] as? String == "knock:\(setup.alice.fingerprint)")
         #expect(grant["source"] as? String == path.source.description)
         #expect((grant["user"] as? String)?.contains("alice@knock-test") == true)
+        let status = try setup.agent.cli(["status"]).output
+        #expect(status.contains("knock: 62201/udp; 1 opened, 0 refused since start; last report from drawbridge-knock"), "\(status)")
         let listing = try setup.agent.cli(["list", "--json"])
         #expect(listing.output.contains("knock:\(setup.alice.fingerprint)"), "drawbridge list shows it: \(listing.output)")
 

@@ -1,5 +1,6 @@
 import DrawbridgeCore
 import Foundation
+import HostSystem
 import Netfilter
 
 #if canImport(Glibc)
@@ -192,16 +193,10 @@ public func canConnect(
     guard descriptor >= 0 else { throw POSIXError(errno: errno, "socket") }
     defer { close(descriptor) }
     if let source {
-        let storage = socketAddress(source, port: 0)
-        let bound = storage.withUnsafeBytes { raw in
-            bind(descriptor, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(raw.count))
-        }
+        let bound = InternetSocket.with(source, port: 0) { bind(descriptor, $0, $1) }
         guard bound == 0 else { throw POSIXError(errno: errno, "bind to \(source)") }
     }
-    let destination = socketAddress(address, port: port)
-    let started = destination.withUnsafeBytes { raw in
-        connect(descriptor, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(raw.count))
-    }
+    let started = InternetSocket.with(address, port: port) { connect(descriptor, $0, $1) }
     if started == 0 { return true }
     guard errno == EINPROGRESS else { return false }
     var poller = pollfd(fd: descriptor, events: Int16(POLLOUT), revents: 0)
@@ -211,26 +206,6 @@ public func canConnect(
     var length = socklen_t(MemoryLayout<Int32>.size)
     getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &error, &length)
     return error == 0
-}
-
-/// A sockaddr_in or sockaddr_in6 as raw bytes.
-func socketAddress(_ address: IPAddress, port: UInt16) -> [UInt8] {
-    switch address {
-    case .v4:
-        var value = sockaddr_in()
-        value.sin_family = sa_family_t(AF_INET)
-        value.sin_port = port.bigEndian
-        let bytes = address.bytes
-        withUnsafeMutableBytes(of: &value.sin_addr) { for index in 0..<4 { $0[index] = bytes[index] } }
-        return withUnsafeBytes(of: value) { Array($0) }
-    case .v6:
-        var value = sockaddr_in6()
-        value.sin6_family = sa_family_t(AF_INET6)
-        value.sin6_port = port.bigEndian
-        let bytes = address.bytes
-        withUnsafeMutableBytes(of: &value.sin6_addr) { for index in 0..<16 { $0[index] = bytes[index] } }
-        return withUnsafeBytes(of: value) { Array($0) }
-    }
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
