@@ -202,5 +202,16 @@ let package = Package(
                 "Etcd", "EtcdSync", "EtcdProbeProtocol", "DrawbridgeCore", "HostSystem", "Netfilter", "TestSupport",
             ],
             swiftSettings: swiftSettings),
+        // A libFuzzer target for the knock parsers and verifier: Tests/Fuzz/run-knock-fuzz builds it alone with
+        // -sanitize=fuzzer,address -DKNOCK_FUZZ. Built like any other target, it is a regression runner over corpus
+        // files (and writes the seed corpus), so CI's debug build compiles it too.
+        .executableTarget(
+            name: "knock-fuzz",
+            dependencies: [
+                "Knock",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+            ],
+            path: "Tests/Fuzz/knock", exclude: ["corpus", "knock.dict"], swiftSettings: swiftSettings),
     ]
 )

@@ -27,7 +27,7 @@ public struct AuthorizedKey: Hashable, Sendable {
     /// Parses one line. A blank line or a `#` comment is an error here; ``parseFile(_:)`` skips them.
     public init(line: some StringProtocol) throws(SSHKeyError) {
         var rest = Substring(line).drop { $0 == " " || $0 == "\t" }
-        while let last = rest.last, last == " " || last == "\t" || last == "\r" || last == "\n" { rest.removeLast() }
+        while let last = rest.last, last == " " || last == "\t" || last.isNewline { rest.removeLast() }
         if rest.isEmpty { throw SSHKeyError(.line, .invalid("the line is empty")) }
         if rest.first == "#" { throw SSHKeyError(.line, .invalid("the line is a comment")) }
         for scalar in rest.unicodeScalars where !isPrintable(scalar) && scalar != "\t" {

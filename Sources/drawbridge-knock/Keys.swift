@@ -36,7 +36,7 @@ enum KeySelection {
             }
             let wanted: SSHPublicKey
             do {
-                wanted = try AuthorizedKey(line: text.split(separator: "\n").first ?? "").key
+                wanted = try AuthorizedKey(line: text.split(whereSeparator: \.isNewline).first ?? "").key
             } catch {
                 throw KeyProblem(
                     "\(keyPath) is neither an OpenSSH private key nor a public key line: \(error)",

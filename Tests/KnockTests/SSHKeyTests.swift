@@ -16,6 +16,9 @@ import Testing
         let authorized = try AuthorizedKey(line: line)
         #expect(authorized.comment == "id@knock-tests")
         #expect(authorized.line + "\n" == line)
+        // A .pub file saved with Windows line endings reads the same ("\r\n" is one Character in Swift).
+        let windows = try AuthorizedKey(line: line.replacingOccurrences(of: "\n", with: "\r\n"))
+        #expect(windows == authorized)
         let expectedAlgorithm: SSHPublicKey.Algorithm =
             switch kind {
             case .ed25519: .ed25519

@@ -22,7 +22,7 @@ enum FuzzKeys {
     static let securityKey = FuzzSigner(
         securityKey: try! Curve25519.Signing.PrivateKey(rawRepresentation: seed("sk-ed25519")), flags: 0x01,
         counter: 7)
-    static let rsa = FuzzSigner(rsa: try! _RSA.Signing.PrivateKey(derRepresentation: rsaDER), algorithm: "rsa-sha2-512")
+    static let rsa = FuzzSigner(rsa: try! _RSA.Signing.PrivateKey(derRepresentation: rsaDER))
     /// Not allowed by the fuzz verifier.
     static let unknown = FuzzSigner(
         ed25519: try! Curve25519.Signing.PrivateKey(rawRepresentation: seed("unknown ed25519")))
@@ -33,7 +33,7 @@ enum FuzzKeys {
     static let verifier = KnockVerifier(allowedKeys: allowed.map(\.publicKey), maximumSkew: skew)
 
     /// The allowed signer holding `key`, if any.
-    static func signer(for key: SSHPublicKey) -> FuzzSigner? { allowed.first { $0.publicKey == key } }
+    static func signer(for key: SSHPublicKey) -> FuzzSigner? { allowed.first { $0.publicKeyBlob == key.wireBlob } }
 
     /// A fixed 32-byte private key seed: SHA-256 of a label.
     static func seed(_ label: String) -> [UInt8] {
@@ -66,23 +66,44 @@ enum FuzzKeys {
 }
 
 /// Signs as OpenSSH and ssh-agent do, with one of the fixed keys.
+///
+/// The keys are kept in optionals of plain structs, never in an enum with payloads, and the public key as its wire
+/// blob rather than as an `SSHPublicKey`: Swift stores an enum's case in the spare bits of the class references in
+/// its payload, where LeakSanitizer does not recognise them as pointers, so the static keys would be reported as
+/// leaked when the fuzzer exits.
 struct FuzzSigner: SSHSigner, Sendable {
-    enum Secret: Sendable {
-        case ed25519(Curve25519.Signing.PrivateKey)
-        case p256(P256.Signing.PrivateKey)
-        case securityKey(Curve25519.Signing.PrivateKey, application: [UInt8], flags: UInt8, counter: UInt32)
-        /// `algorithm` is `rsa-sha2-512` or `rsa-sha2-256`.
-        case rsa(_RSA.Signing.PrivateKey, algorithm: String, modulusBytes: Int)
+    enum Kind: Sendable {
+        case ed25519
+        case p256
+        /// `sk-ssh-ed25519@openssh.com`, as a FIDO token signs (OpenSSH PROTOCOL.u2f).
+        case securityKey
+        case rsa
     }
 
-    let secret: Secret
-    let publicKey: SSHPublicKey
+    let kind: Kind
+    private var curve25519: Curve25519.Signing.PrivateKey?
+    private var p256: P256.Signing.PrivateKey?
+    private var rsa: _RSA.Signing.PrivateKey?
+    /// The security key's FIDO flags and counter.
+    private(set) var flags: UInt8 = 0
+    private(set) var counter: UInt32 = 0
+    /// `rsa-sha2-256` rather than OpenSSH's `rsa-sha2-512`.
+    private(set) var rsaSHA256 = false
+    private var modulusBytes = 0
+    /// The public key's wire blob.
+    let publicKeyBlob: [UInt8]
+
+    var publicKey: SSHPublicKey { try! SSHPublicKey(wireBlob: publicKeyBlob) }
+
+    static let application = Array("ssh:".utf8)
 
     init(ed25519 key: Curve25519.Signing.PrivateKey) {
         var blob = WireBytes()
         blob.string("ssh-ed25519")
         blob.string(Array(key.publicKey.rawRepresentation))
-        self.init(secret: .ed25519(key), blob: blob.bytes)
+        kind = .ed25519
+        curve25519 = key
+        publicKeyBlob = blob.bytes
     }
 
     init(p256 key: P256.Signing.PrivateKey) {
@@ -90,86 +111,86 @@ struct FuzzSigner: SSHSigner, Sendable {
         blob.string("ecdsa-sha2-nistp256")
         blob.string("nistp256")
         blob.string(Array(key.publicKey.x963Representation))
-        self.init(secret: .p256(key), blob: blob.bytes)
+        kind = .p256
+        p256 = key
+        publicKeyBlob = blob.bytes
     }
 
-    init(securityKey key: Curve25519.Signing.PrivateKey, application: String = "ssh:", flags: UInt8, counter: UInt32) {
+    init(securityKey key: Curve25519.Signing.PrivateKey, flags: UInt8, counter: UInt32) {
         var blob = WireBytes()
         blob.string("sk-ssh-ed25519@openssh.com")
         blob.string(Array(key.publicKey.rawRepresentation))
-        blob.string(application)
-        self.init(
-            secret: .securityKey(key, application: Array(application.utf8), flags: flags, counter: counter),
-            blob: blob.bytes)
+        blob.string(Self.application)
+        kind = .securityKey
+        curve25519 = key
+        self.flags = flags
+        self.counter = counter
+        publicKeyBlob = blob.bytes
     }
 
-    init(rsa key: _RSA.Signing.PrivateKey, algorithm: String) {
+    init(rsa key: _RSA.Signing.PrivateKey) {
         let primitives = try! key.publicKey.getKeyPrimitives()
-        let modulus = Array(primitives.modulus).drop { $0 == 0 }
+        let modulus = Array(Array(primitives.modulus).drop { $0 == 0 })
         var blob = WireBytes()
         blob.string("ssh-rsa")
         blob.mpint(Array(primitives.publicExponent))
-        blob.mpint(Array(modulus))
-        self.init(secret: .rsa(key, algorithm: algorithm, modulusBytes: modulus.count), blob: blob.bytes)
+        blob.mpint(modulus)
+        kind = .rsa
+        rsa = key
+        modulusBytes = modulus.count
+        publicKeyBlob = blob.bytes
     }
 
-    private init(secret: Secret, blob: [UInt8]) {
-        self.secret = secret
-        self.publicKey = try! SSHPublicKey(wireBlob: blob)
-    }
-
-    /// The same key with other security-key flags and counter, or another RSA signature algorithm.
+    /// The same security key signing with other flags and counter.
     func with(flags: UInt8, counter: UInt32) -> FuzzSigner {
-        guard case .securityKey(let key, let application, _, _) = secret else { return self }
-        return FuzzSigner(
-            secret: .securityKey(key, application: application, flags: flags, counter: counter), blob: publicKey.wireBlob)
+        var signer = self
+        signer.flags = flags
+        signer.counter = counter
+        return signer
     }
 
+    /// The same RSA key signing `rsa-sha2-256` or `rsa-sha2-512`.
     func with(rsaAlgorithm algorithm: String) -> FuzzSigner {
-        guard case .rsa(let key, _, let modulusBytes) = secret else { return self }
-        return FuzzSigner(secret: .rsa(key, algorithm: algorithm, modulusBytes: modulusBytes), blob: publicKey.wireBlob)
+        var signer = self
+        signer.rsaSHA256 = algorithm == "rsa-sha2-256"
+        return signer
     }
 
     /// Whether signing the same data twice gives the same signature (all but ECDSA).
-    var isDeterministic: Bool {
-        if case .p256 = secret { return false }
-        return true
-    }
+    var isDeterministic: Bool { kind != .p256 }
 
     func signatureBlob(for data: [UInt8]) throws -> [UInt8] {
         var writer = WireBytes()
-        switch secret {
-        case .ed25519(let key):
+        switch kind {
+        case .ed25519:
             writer.string("ssh-ed25519")
-            writer.string(Array(try key.signature(for: data)))
-        case .p256(let key):
-            let raw = Array(try key.signature(for: data).rawRepresentation)
+            writer.string(Array(try curve25519!.signature(for: data)))
+        case .p256:
+            let raw = Array(try p256!.signature(for: data).rawRepresentation)
             var numbers = WireBytes()
             numbers.mpint(Array(raw.prefix(32)))
             numbers.mpint(Array(raw.suffix(32)))
             writer.string("ecdsa-sha2-nistp256")
             writer.string(numbers.bytes)
-        case .securityKey(let key, let application, let flags, let counter):
+        case .securityKey:
             // PROTOCOL.u2f: Ed25519 over SHA256(application) || flags || counter || SHA256(data).
-            var signed = Array(SHA256.hash(data: application))
+            var signed = Array(SHA256.hash(data: Self.application))
             signed.append(flags)
             var counterBytes = WireBytes()
             counterBytes.uint32(counter)
             signed += counterBytes.bytes
             signed += Array(SHA256.hash(data: data))
             writer.string("sk-ssh-ed25519@openssh.com")
-            writer.string(Array(try key.signature(for: signed)))
+            writer.string(Array(try curve25519!.signature(for: signed)))
             writer.byte(flags)
             writer.uint32(counter)
-        case .rsa(let key, let algorithm, let modulusBytes):
-            let signature: _RSA.Signing.RSASignature
-            if algorithm == "rsa-sha2-256" {
-                signature = try key.signature(for: SHA256.hash(data: data), padding: .insecurePKCS1v1_5)
-            } else {
-                signature = try key.signature(for: SHA512.hash(data: data), padding: .insecurePKCS1v1_5)
-            }
+        case .rsa:
+            let signature =
+                rsaSHA256
+                ? try rsa!.signature(for: SHA256.hash(data: data), padding: .insecurePKCS1v1_5)
+                : try rsa!.signature(for: SHA512.hash(data: data), padding: .insecurePKCS1v1_5)
             let raw = Array(signature.rawRepresentation)
-            writer.string(algorithm)
+            writer.string(rsaSHA256 ? "rsa-sha2-256" : "rsa-sha2-512")
             writer.string([UInt8](repeating: 0, count: max(0, modulusBytes - raw.count)) + raw)
         }
         return writer.bytes

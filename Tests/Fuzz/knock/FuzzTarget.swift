@@ -80,11 +80,11 @@ enum KnockFuzz {
     /// again gives: any other bytes that verify would be a malleable encoding or a forgery.
     static func resign(_ packet: KnockPacket, with signer: FuzzSigner, _ input: [UInt8]) {
         guard signer.isDeterministic else { return }
-        let again = signer.with(flags: packet.signature.securityKeyFlags ?? 0, counter: packet.signature.securityKeyCounter ?? 0)
-            .with(rsaAlgorithm: packet.signature.signatureAlgorithm)
+        let signature = packet.signature
+        let again = signer.with(flags: signature.securityKeyFlags ?? 0, counter: signature.securityKeyCounter ?? 0)
+            .with(rsaAlgorithm: signature.signatureAlgorithm)
         do {
-            let signed = try KnockPacket.sign(
-                packet.request, with: again, hashAlgorithm: packet.signature.hashAlgorithm)
+            let signed = try KnockPacket.sign(packet.request, with: again, hashAlgorithm: signature.hashAlgorithm)
             guard signed.bytes == input else {
                 violated("an accepted packet differs from its request signed again: \(signed.bytes)", input)
             }
