@@ -51,31 +51,39 @@ extension Agent {
                     reason: request.reason, origin: origin.description, detail: refusal.message))
             return .failure(.init(code: .refused, reason: refusal.reason.rawValue, message: refusal.message))
         }
-        guard knock.keyRule <= settings.keys.count else {
-            return refuse(
-                Refusal(
-                    reason: .notPermitted,
-                    message: "knock key rule \(knock.keyRule) does not exist (the policy has \(settings.keys.count))"))
+        // The key must be listed by this policy now, whatever the listener was started with.
+        let (numbers, unreadable) = Self.rules(listing: knock.key, in: settings)
+        guard let firstNumber = numbers.first else {
+            var message = "key \(knock.fingerprint) is not in this host's knock policy (any more): no rule of knock.keys "
+                + "lists it"
+            if !unreadable.isEmpty { message += "; could not read \(unreadable.joined(separator: "; "))" }
+            return refuse(Refusal(reason: .notPermitted, message: message))
         }
-        let rule = settings.keys[knock.keyRule - 1]
         let resolved: [Policy.ManagedPort]
         switch policy.resolvePorts(request.ports) {
         case .failure(let refusal): return refuse(refusal)
         case .success(let ports): resolved = ports
         }
+        // The first rule listing the key that allows every port and the duration; else the first rule's reasons.
+        let number =
+            numbers.first { number in
+                let rule = settings.keys[number - 1]
+                return request.duration <= rule.maxDuration && resolved.allSatisfy { rule.ports.contains($0.name) }
+            } ?? firstNumber
+        let rule = settings.keys[number - 1]
         for port in resolved where !rule.ports.contains(port.name) {
             return refuse(
                 Refusal(
                     reason: .notPermitted,
                     message: "key \(knock.fingerprint) may not open \(port.name) by knocking; its rule (knock key "
-                        + "\(knock.keyRule)) allows \(rule.ports.joined(separator: ", "))"))
+                        + "\(number)) allows \(rule.ports.joined(separator: ", "))"))
         }
         if request.duration > rule.maxDuration {
             return refuse(
                 Refusal(
                     reason: .durationTooLong,
                     message: "key \(knock.fingerprint) may open ports for at most "
-                        + "\(GrantDuration.format(rule.maxDuration)) (knock key \(knock.keyRule)); asked for "
+                        + "\(GrantDuration.format(rule.maxDuration)) (knock key \(number)); asked for "
                         + GrantDuration.format(request.duration)))
         }
         // Each port's own limits (allowed sources, max_duration) as for any grant; the key rule stood in for a role.
@@ -92,7 +100,7 @@ extension Agent {
                     message: "the knock came from \(request.source) but was signed for "
                         + "\(knock.clientAddress ?? "no address") (knock.require_source_address: true)"))
         }
-        var detail = "knock key \(knock.keyRule)"
+        var detail = "knock key \(number)"
         if let client = knock.clientAddress, IPAddress(client).map(IPPrefix.init(address:)) != request.source {
             detail += "; the client saw itself as \(client) (NAT between it and this host)"
         }
@@ -102,13 +110,35 @@ extension Agent {
         return response
     }
 
+    /// The rules (1-based) of the knock section that list `key`: `key:` lines compared by key, authorized_keys files
+    /// read afresh (as files that grant access: owned by root and writable by nobody else), so that a key taken out
+    /// of the policy or its file opens nothing from the next knock on. Also the files that could not be read.
+    static func rules(listing key: KnockKeyIdentity, in settings: KnockSettings) -> (numbers: [Int], unreadable: [String]) {
+        var numbers: [Int] = []
+        var unreadable: [String] = []
+        for (index, rule) in settings.keys.enumerated() {
+            switch rule.keys {
+            case .key(let line):
+                if KnockKeyIdentity(line) == key { numbers.append(index + 1) }
+            case .authorizedKeys(let path):
+                do {
+                    let bytes = try Files.readTrusted(path, maximumBytes: 1 << 20)
+                    if KnockKeyIdentity.keys(inAuthorizedKeys: String(decoding: bytes, as: UTF8.self)).contains(key) {
+                        numbers.append(index + 1)
+                    }
+                } catch {
+                    unreadable.append("\(path) (knock key \(index + 1)): \(error.message)")
+                }
+            }
+        }
+        return (numbers, unreadable)
+    }
+
     /// A knock drawbridge-knock refused: audited, nothing else.
     func knockRefused(_ report: KnockRefusalReport, _ caller: Caller) -> LocalAPI.Response {
         guard mayKnock(caller) else { return knockForbidden(caller, what: "knock reports") }
         knocks.lastContact = SystemClock.monotonic()
-        // A summary stands for many refusals: "N more knocks refused …".
-        let summarized = report.problem.split(separator: " ", maxSplits: 1).first.flatMap { Int($0) }
-        knocks.refused += report.problem.contains("more knocks refused") ? (summarized ?? 1) : 1
+        knocks.refused += report.count
         audit.record(
             AuditEvent(
                 .refuse, user: report.fingerprint, source: report.source,

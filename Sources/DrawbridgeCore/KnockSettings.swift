@@ -1,3 +1,5 @@
+import FoundationEssentials
+
 /// The policy's `knock:` section: who may open which ports by sending one signed UDP datagram (`drawbridge knock`).
 ///
 /// ```yaml
@@ -130,5 +132,71 @@ public struct KnockSettings: Sendable, Equatable {
             return "'\(TextCheck.escaped(name))' is not a host name: use letters, digits, '.', '-' and '_'"
         }
         return nil
+    }
+}
+
+/// A public key as the agent compares keys: its type and its key bytes (the base64 after the type, decoded).
+///
+/// The agent links no SSH code: drawbridge-knock decodes keys and verifies signatures. What the agent checks itself is
+/// that the key a knock was verified with is listed by its own policy *now*: a `key:` line of a rule, or a line of a
+/// rule's authorized_keys file (read afresh for each knock). So a key removed from the policy or from its file opens
+/// nothing from the next knock on, even while a listener started with the old policy still accepts it.
+public struct KnockKeyIdentity: Hashable, Sendable, CustomStringConvertible {
+    /// The key type, one of ``KnockSettings/keyTypes``.
+    public let type: String
+    /// The key in SSH wire format (what the base64 encodes).
+    public let blob: [UInt8]
+
+    /// Reads `type base64 [comment]`; nil unless the type is a knock key type and the base64 decodes to a blob that
+    /// names the same type (as every OpenSSH public key blob starts with its type).
+    public init?(_ text: some StringProtocol) {
+        let fields = text.split(omittingEmptySubsequences: true, whereSeparator: { $0 == " " || $0 == "\t" })
+        guard fields.count >= 2, KnockSettings.keyTypes.contains(String(fields[0])), fields[1].utf8.count <= 16_384,
+            let data = Data(base64Encoded: String(fields[1]))
+        else { return nil }
+        let blob = [UInt8](data)
+        let type = Array(fields[0].utf8)
+        let prefix = [UInt8(type.count >> 24 & 0xff), UInt8(type.count >> 16 & 0xff), UInt8(type.count >> 8 & 0xff),
+            UInt8(type.count & 0xff)] + type
+        guard blob.count > prefix.count, blob.starts(with: prefix) else { return nil }
+        self.type = String(fields[0])
+        self.blob = blob
+    }
+
+    /// `type base64`, as in a .pub file without the comment.
+    public var description: String { "\(type) \(Data(blob).base64EncodedString())" }
+
+    /// The keys on an authorized_keys file's lines. Options before the key type are skipped (double-quoted values may
+    /// hold spaces); blank lines, `#` comments and lines that hold no knock key are left out (drawbridge-knock refuses
+    /// those, and options that restrict a key, itself).
+    public static func keys(inAuthorizedKeys text: some StringProtocol) -> Set<KnockKeyIdentity> {
+        var keys = Set<KnockKeyIdentity>()
+        for line in text.split(omittingEmptySubsequences: true, whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+            var rest = line.drop { $0 == " " || $0 == "\t" }
+            if rest.isEmpty || rest.first == "#" { continue }
+            let firstWord = rest.prefix { $0 != " " && $0 != "\t" }
+            if !KnockSettings.keyTypes.contains(String(firstWord)) {
+                // Options: up to the first space or tab outside double quotes (a backslash escapes a quote inside).
+                var inQuotes = false
+                var escaped = false
+                var end = rest.endIndex
+                for index in rest.indices {
+                    let character = rest[index]
+                    if escaped {
+                        escaped = false
+                    } else if character == "\\" && inQuotes {
+                        escaped = true
+                    } else if character == "\"" {
+                        inQuotes.toggle()
+                    } else if !inQuotes && (character == " " || character == "\t") {
+                        end = index
+                        break
+                    }
+                }
+                rest = rest[end...]
+            }
+            if let key = KnockKeyIdentity(rest) { keys.insert(key) }
+        }
+        return keys
     }
 }

@@ -97,10 +97,10 @@ public enum LocalAPI {
             .etcdSync: ["command", "revision", "complete", "changes"],
             .etcdConnection: ["command", "connected", "endpoint", "revision", "error"],
             .knock: [
-                "command", "fingerprint", "key_rule", "source", "ports", "duration_seconds", "reason", "client_address",
+                "command", "fingerprint", "key", "source", "ports", "duration_seconds", "reason", "client_address",
                 "key_comment",
             ],
-            .knockRefused: ["command", "source", "fingerprint", "problem"],
+            .knockRefused: ["command", "source", "fingerprint", "problem", "count"],
         ]
         do throws(FieldError) {
             let probe = try JSONFields(value, path: "request", allowed: Set(allowed.values.flatMap { $0 }))

@@ -18,10 +18,12 @@ struct Listen: ParsableCommand {
             in this order: a knock packet at all, signed in the knock namespace by a key of knock.keys, a valid \
             signature, a timestamp within knock.max_skew, meant for this host, a nonce not seen before (nonces are \
             kept in --state across restarts, written before the agent is asked). What verified goes to the agent \
-            as a knock from the key's rule; the agent checks ports, duration and sources against the policy. Every \
+            with the key that signed it; the agent looks the key up in its own current policy (key lines, and \
+            authorized_keys files read afresh) and checks ports, duration and sources. Every \
             refusal is reported to the agent's audit log, at most 20 a second one by one, the rest as a count.
 
-            Keys are read at start; restart the service after changing knock.keys or an authorized_keys file.
+            Keys are read at start: restart the service after adding a key, to knock.keys or an authorized_keys \
+            file. A key taken away opens nothing from the next knock on, without a restart.
             """)
 
     @Option(help: "The policy file (the same the agent reads).")
@@ -239,32 +241,15 @@ struct KnockListener {
                 "cannot store the nonce, so the knock could be replayed after a restart: \(error)")
             return
         }
-        let ruleNumbers = keys.rules[fingerprint] ?? []
-        let rule = chooseRule(ruleNumbers, request: request) ?? ruleNumbers.first ?? 1
         let message = AgentMessage(
             command: "knock", source: datagram.source.description, fingerprint: fingerprint.description,
-            keyRule: rule, ports: request.ports.map(\.text), durationSeconds: Int(request.durationSeconds),
+            key: acceptance.key.openSSHText, ports: request.ports.map(\.text), durationSeconds: Int(request.durationSeconds),
             reason: request.reason, clientAddress: request.clientAddress?.description,
             keyComment: keys.comments[fingerprint])
         let outcome = send(message)
         StandardError.write(
             "drawbridge-knock: knock from \(datagram.source) by \(fingerprint) for "
                 + "\(request.ports.map(\.text).joined(separator: ",")) \(request.durationSeconds)s: \(outcome)\n")
-    }
-
-    /// The first rule listing the key that allows every port named (numbers matched to the policy's names) and the
-    /// duration; nil when none does (the agent then refuses with the first rule's reasons).
-    private func chooseRule(_ numbers: [Int], request: KnockRequest) -> Int? {
-        numbers.first { number in
-            let rule = settings.keys[number - 1]
-            guard Double(request.durationSeconds) <= rule.maxDuration else { return false }
-            return request.ports.allSatisfy { port in
-                switch port {
-                case .named(let name): return rule.ports.contains(name)
-                case .number: return true
-                }
-            }
-        }
     }
 
     private mutating func refuse(source: IPAddress?, fingerprint: SSHFingerprint?, kind: String, _ problem: String) {
@@ -295,7 +280,8 @@ struct KnockListener {
         let problem = "\(total) more knocks refused without a record each (\(parts.joined(separator: ", ")))"
         suppressed = [:]
         overflows = 0
-        let outcome = send(AgentMessage(command: "knock-refused", source: "0.0.0.0", problem: problem))
+        // No one source: the count says how many refusals the record stands for (0 when only packets were lost).
+        let outcome = send(AgentMessage(command: "knock-refused", problem: problem, count: total))
         StandardError.write("drawbridge-knock: \(problem) (\(outcome))\n")
     }
 
@@ -317,25 +303,26 @@ struct KnockListener {
 /// A `knock` or `knock-refused` request to the agent (see ``KnockGrant``); absent fields are left out.
 struct AgentMessage: Encodable {
     var command: String
-    var source: String
+    var source: String?
     var fingerprint: String?
-    var keyRule: Int?
+    var key: String?
     var ports: [String]?
     var durationSeconds: Int?
     var reason: String?
     var clientAddress: String?
     var keyComment: String?
     var problem: String?
+    var count: Int?
 
     enum CodingKeys: String, CodingKey {
         case command, source, fingerprint
-        case keyRule = "key_rule"
+        case key
         case ports
         case durationSeconds = "duration_seconds"
         case reason
         case clientAddress = "client_address"
         case keyComment = "key_comment"
-        case problem
+        case problem, count
     }
 }
 

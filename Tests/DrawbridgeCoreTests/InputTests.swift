@@ -137,6 +137,76 @@ struct LocalAPIDecodingTests {
     }
 }
 
+struct KnockRequestDecodingTests {
+    static let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
+    static let fingerprint = "SHA256:l6cFg0s9iPmRWksLekeNd1Y/ipa3Jtb2eB42NqQNl1c"
+
+    static func knock(key: String = key) -> String {
+        #"{"command":"knock","fingerprint":"\#(fingerprint)","key":"\#(key)","source":"192.0.2.2","ports":["ssh"],"duration_seconds":60}"#
+    }
+
+    @Test("a knock carries the key it was verified with, which the agent looks up itself")
+    func knockCarriesKey() throws {
+        guard case .knock(let grant) = try LocalAPI.decode(Array(Self.knock().utf8)).get() else {
+            Issue.record("not a knock")
+            return
+        }
+        #expect(grant.key == KnockKeyIdentity(Self.key + " alice@laptop"))
+        #expect(grant.key.description == Self.key)
+        #expect(grant.request.source == IPPrefix(address: IPAddress("192.0.2.2")!))
+    }
+
+    @Test("a refusal summary has a count and no source; a single refusal has a source and counts one")
+    func refusalReports() throws {
+        let summary = try LocalAPI.decode(
+            Array(#"{"command":"knock-refused","count":310,"problem":"310 more knocks refused"}"#.utf8)).get()
+        #expect(summary == .knockRefused(KnockRefusalReport(source: nil, problem: "310 more knocks refused", count: 310)))
+        let single = try LocalAPI.decode(
+            Array(#"{"command":"knock-refused","source":"203.0.113.9","problem":"stale"}"#.utf8)).get()
+        #expect(single == .knockRefused(KnockRefusalReport(source: "203.0.113.9", problem: "stale", count: 1)))
+    }
+
+    @Test(
+        "malformed knock requests are refused with a reason",
+        arguments: [
+            (knock().replacing(#""key":"\#(key)","#, with: ""), "needs the key it was verified with"),
+            (knock(key: "ssh-ed25519 not-base64!"), "knock.key must be a public key"),
+            (knock(key: "ssh-dss AAAAB3NzaC1kc3MAAACBAP"), "knock.key must be a public key"),
+            // The blob names another type than the line does.
+            (knock(key: "ecdsa-sha2-nistp256 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"),
+             "knock.key must be a public key"),
+            (knock().replacing(#""key""#, with: #""key_rule":1,"key""#), "unknown key"),
+            (#"{"command":"knock-refused","count":-1,"problem":"x"}"#, "count must be a whole number"),
+            (#"{"command":"knock-refused","count":1.5,"problem":"x"}"#, "count must be a whole number"),
+            (#"{"command":"knock-refused","source":"0.0.0.0/0","problem":"x"}"#, "source must be one IP address"),
+        ])
+    func refuses(text: String, problem: String) {
+        switch LocalAPI.decode(Array(text.utf8)) {
+        case .success(let command): Issue.record("decoded \(command)")
+        case .failure(let failure):
+            #expect(failure.code == .badRequest)
+            #expect(failure.message.contains(problem), "\(failure.message)")
+        }
+    }
+
+    @Test("an authorized_keys file's keys: options skipped (quoted spaces too), comments and other lines left out")
+    func authorizedKeysText() {
+        let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8eHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgEA"
+        let file = """
+            # admins
+            no-pty,permitopen="host:22",environment="A=b c" \(Self.key) alice@laptop
+
+              \(other)
+            ssh-dss AAAAB3NzaC1kc3MAAACBAP old
+            not a key line at all
+            """
+        let keys = KnockKeyIdentity.keys(inAuthorizedKeys: file)
+        #expect(keys == [KnockKeyIdentity(Self.key)!, KnockKeyIdentity(other)!])
+        #expect(KnockKeyIdentity.keys(inAuthorizedKeys: "# \(Self.key)\n").isEmpty)
+        #expect(KnockKeyIdentity(Self.key) != KnockKeyIdentity(other))
+    }
+}
+
 struct TextCheckTests {
     @Test("printable text passes; control and formatting characters are refused and escaped on output")
     func checks() {

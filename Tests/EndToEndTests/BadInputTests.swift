@@ -152,17 +152,17 @@ struct BadInputTests {
         SocketCase(
             name: "a knock to a host whose policy takes none",
             payload:
-                #"{"command":"knock","fingerprint":"SHA256:l6cFg0s9iPmRWksLekeNd1Y/ipa3Jtb2eB42NqQNl1c","key_rule":1,"source":"192.0.2.2","ports":["ssh"],"duration_seconds":60}"#
+                #"{"command":"knock","fingerprint":"SHA256:l6cFg0s9iPmRWksLekeNd1Y/ipa3Jtb2eB42NqQNl1c","key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f","source":"192.0.2.2","ports":["ssh"],"duration_seconds":60}"#
                 + "\n", answer: "has no knock section", user: TestAccounts.developer),
         SocketCase(
             name: "a knock with a made-up fingerprint",
             payload:
-                #"{"command":"knock","fingerprint":"MD5:00:11","key_rule":1,"source":"192.0.2.2","ports":["ssh"],"duration_seconds":60}"#
+                #"{"command":"knock","fingerprint":"MD5:00:11","key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f","source":"192.0.2.2","ports":["ssh"],"duration_seconds":60}"#
                 + "\n", answer: "a fingerprint is SHA256: and 43 base64 characters"),
         SocketCase(
             name: "a knock for a prefix",
             payload:
-                #"{"command":"knock","fingerprint":"SHA256:l6cFg0s9iPmRWksLekeNd1Y/ipa3Jtb2eB42NqQNl1c","key_rule":1,"source":"192.0.2.0/24","ports":["ssh"],"duration_seconds":60}"#
+                #"{"command":"knock","fingerprint":"SHA256:l6cFg0s9iPmRWksLekeNd1Y/ipa3Jtb2eB42NqQNl1c","key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f","source":"192.0.2.0/24","ports":["ssh"],"duration_seconds":60}"#
                 + "\n", answer: "knock.source must be one IP address"),
         SocketCase(
             name: "no newline, then hang up", payload: #"{"command":"list""#, answer: "the text ends inside an object"),

@@ -292,7 +292,7 @@ struct KnockEndToEndTests {
         let forged = try run(
             ["setpriv", "--reuid=\(TestAccounts.developer)", "--regid=\(TestAccounts.developer)", "--init-groups",
              "nc", "-U", "-N", "-w", "8", setup.agent.socketPath],
-            input: #"{"command":"knock","fingerprint":"\#(setup.alice.fingerprint)","key_rule":1,"source":"192.0.2.2","ports":["ssh"],"duration_seconds":60}"#
+            input: #"{"command":"knock","fingerprint":"\#(setup.alice.fingerprint)","key":"\#(setup.alice.publicLine)","source":"192.0.2.2","ports":["ssh"],"duration_seconds":60}"#
                 + "\n", check: false)
         #expect(forged.output.contains("only root and the knock user (drawbridge-knock)"), "\(forged.output)")
         #expect(try !setup.port22Open(path))
@@ -314,6 +314,64 @@ struct KnockEndToEndTests {
             try eventually(within: .seconds(3)) {
                 try setup.grants().last?["origin"] as? String == "knock:\(setup.bob.fingerprint)"
             }, "bob's knock opened postgres: \(setup.listener.log)")
+    }
+
+    @Test("a key taken out of its authorized_keys file or out of the policy opens nothing; the listener keeps running")
+    func keyRemoved() throws {
+        let setup = try Setup()
+        defer { setup.stop() }
+        let postgresPath = Path(
+            name: "198.51.100", source: IPAddress("198.51.100.5")!, destination: IPAddress("198.51.100.1")!)
+        try run(["env", "SSH_AUTH_SOCK=\(setup.agentSocket)", "ssh-add", "-q", setup.bob.path])
+        func bobKnocks() throws {
+            let sent = try setup.knock(
+                "web-1", ["postgres"], for: "5s", path: postgresPath, key: setup.bob.path + ".pub", wait: false)
+            #expect(sent.succeeded, "\(sent.output) \(sent.error)")
+        }
+        func refusedAsUnlisted(_ fingerprint: String) throws -> Bool {
+            try eventually(within: .seconds(3)) {
+                try setup.refusals().contains {
+                    ($0["detail"] as? String)?.contains("\(fingerprint) is not in this host's knock policy") == true
+                }
+            }
+        }
+        let admins = setup.agent.directory + "/admins"
+
+        // bob's line leaves the authorized_keys file; nobody restarts or reloads anything.
+        try "# admins\n".write(toFile: admins, atomically: true, encoding: .utf8)
+        try bobKnocks()
+        #expect(try refusedAsUnlisted(setup.bob.fingerprint), "\(setup.listener.log)")
+        #expect(try setup.grants().isEmpty)
+
+        // Back in the file, the next knock opens postgres.
+        try "# admins\nno-pty \(setup.bob.publicLine)\n".write(toFile: admins, atomically: true, encoding: .utf8)
+        try bobKnocks()
+        #expect(
+            try eventually(within: .seconds(3)) { try setup.grants().count == 1 }, "bob's knock opened: \(setup.listener.log)")
+
+        // alice's rule (rule 1, ssh) leaves the policy and the agent reloads; the listener still runs with the old
+        // policy and accepts her signature. Rule 1 is now bob's file rule, which allows ssh: the agent must look the
+        // key up itself rather than trust the listener's view of the rules.
+        try setup.agent.writePolicy(
+            AgentTests.policy() + """
+                knock:
+                  port: \(KnockEndToEndTests.knockPort)/udp
+                  max_skew: 30s
+                  host: [web-1, web-1.example.org]
+                  keys:
+                    - { authorized_keys: \(admins), ports: [ssh, postgres], max_duration: 1h }
+
+                """)
+        setup.agent.signal(SIGHUP)
+        #expect(
+            try eventually(within: .seconds(5)) {
+                try setup.agent.auditEvents().contains { $0["event"] as? String == "reload" }
+            })
+        let alice = try setup.knock(wait: false)
+        #expect(alice.succeeded, "\(alice.output) \(alice.error)")
+        #expect(try refusedAsUnlisted(setup.alice.fingerprint), "\(setup.listener.log)")
+        #expect(try !setup.port22Open(Self.paths[0]))
+        #expect(try setup.grants().count == 1, "only bob's grant was ever made")
     }
 
     @Test("require_source_address: a knock signed for another address than it comes from opens nothing")
