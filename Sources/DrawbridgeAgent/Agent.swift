@@ -59,6 +59,10 @@ public actor Agent {
     /// thousand point queries never holds up a change, and a change never holds up a list.
     let kernelReads: KernelLink
     let disk: NIOThreadPool
+    /// The Prometheus metrics (the socket server and the HTTP endpoint read them).
+    public nonisolated let metrics = AgentMetrics()
+    /// The metrics endpoint as the policy gave it at start (a reload does not move it).
+    let servedMetrics: MetricsSettings?
 
     private(set) var policy: Policy
     var book = GrantBook()
@@ -75,10 +79,11 @@ public actor Agent {
         self.configuration = configuration
         self.logger = logger
         self.policy = policy
+        servedMetrics = policy.metrics
         hostName = SystemClock.hostName()
         store = try GrantStore(directory: configuration.stateDirectory, bootID: SystemClock.bootID())
-        audit = try AuditTrail(path: configuration.auditLogPath, logger: logger)
-        kernel = try KernelLink(canDestroyElements: configuration.canDestroyElements)
+        audit = try AuditTrail(path: configuration.auditLogPath, logger: logger, metrics: metrics)
+        kernel = try KernelLink(canDestroyElements: configuration.canDestroyElements, metrics: metrics)
         kernelReads = try KernelLink()
         disk = NIOThreadPool(numberOfThreads: 1)
         disk.start()
@@ -158,6 +163,7 @@ public actor Agent {
         case .revoke(let target): return await revoke(target, caller)
         case .list: return await list()
         case .status: return status()
+        case .metrics: return LocalAPI.Response(ok: true, metrics: String(decoding: metricsText(), as: UTF8.self))
         case .etcdSync(let update): return await etcdSync(update, caller)
         case .etcdConnection(let report): return etcdConnection(report, caller)
         case .knock(let knock): return await self.knock(knock, caller)
@@ -380,7 +386,8 @@ public actor Agent {
                 onExpiry: policy.onExpiry, activeGrants: book.count, kernelRelease: SystemClock.kernelRelease(),
                 table: tableHealth, lastRepair: lastRepair, repairs: repairs,
                 storage: store.problem ?? (pendingRecords.isEmpty ? "ok" : "revocations waiting to be stored"),
-                audit: audit.problem ?? "ok", warnings: warnings, etcd: etcdStatus, knock: knockStatus))
+                audit: audit.problem ?? "ok", warnings: warnings, etcd: etcdStatus, knock: knockStatus,
+                metrics: servedMetrics.map { "http://\($0.listen)/metrics" }))
     }
 
     // MARK: Kernel queue
@@ -708,7 +715,7 @@ public actor Agent {
 
     private var warnings: [Warning] = []
 
-    private func addWarning(_ text: String) {
+    func addWarning(_ text: String) {
         warnings.append(Warning(time: SystemClock.wall(), text: "\(Timestamp.format(SystemClock.wall())): \(text)"))
         if warnings.count > 20 { warnings.removeFirst(warnings.count - 20) }
     }
@@ -804,6 +811,12 @@ public actor Agent {
         let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the reloaded policy")
         fileStamps = [:]
         await refreshGrantFiles()
+        if updated.metrics != previous.metrics {
+            let note = "the metrics section changed; the endpoint follows it at the next restart "
+                + "(systemctl restart drawbridge); until then it stays as at start: \(servedMetrics?.listen ?? "off")"
+            audit.record(AuditEvent(.warning, detail: note))
+            addWarning(note)
+        }
         audit.record(
             AuditEvent(
                 .reload,

@@ -109,9 +109,13 @@ public final class AuditTrail: @unchecked Sendable {
     /// Events not written because too many were pending.
     public private(set) var dropped = 0
 
-    public init(path: String, logger: Logger) throws(SystemError) {
+    /// Counts every record's event (grants, refusals, repairs) for the metrics endpoint.
+    private let metrics: AgentMetrics?
+
+    public init(path: String, logger: Logger, metrics: AgentMetrics? = nil) throws(SystemError) {
         self.path = path
         self.logger = logger
+        self.metrics = metrics
         let slash = path.lastIndex(of: "/") ?? path.startIndex
         if slash != path.startIndex { try Files.createDirectory(String(path[..<slash]), mode: 0o750) }
         file = try AppendFile(path: path, mode: 0o640)
@@ -136,6 +140,7 @@ public final class AuditTrail: @unchecked Sendable {
     ///   written with a later line.
     @discardableResult
     public func record(_ event: AuditEvent, required: Bool = false) -> Bool {
+        metrics?.record(event)
         log(event)
         flushPending()
         if write(event.line) { return true }
@@ -146,6 +151,7 @@ public final class AuditTrail: @unchecked Sendable {
     /// Writes many events (an expiry sweep, a grants file change) with one write.
     public func record(batch events: [AuditEvent]) {
         guard !events.isEmpty else { return }
+        for event in events { metrics?.record(event) }
         for event in events.prefix(1000) { log(event) }
         if events.count > 1000 { logger.notice("\(events.count - 1000) more audit events of this batch in \(path)") }
         flushPending()

@@ -11,11 +11,13 @@ public actor KernelLink {
     private let driver: TableDriver
     private let loop: any EventLoop
     private let group: MultiThreadedEventLoopGroup
+    private let metrics: AgentMetrics?
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
 
     /// Opens the connection (in the calling thread's network namespace).
-    public init(canDestroyElements: Bool? = nil) throws(NetfilterError) {
+    public init(canDestroyElements: Bool? = nil, metrics: AgentMetrics? = nil) throws(NetfilterError) {
+        self.metrics = metrics
         let connection = try NetfilterConnection()
         portID = connection.portID
         driver = TableDriver(connection: connection, canDestroyElements: canDestroyElements)
@@ -31,17 +33,26 @@ public actor KernelLink {
     public func rebuild(_ layout: TableLayout, elements: [AccessKey: MonotonicInstant]) throws(NetfilterError)
         -> CommitReport
     {
-        try driver.rebuild(layout, elements: elements)
+        try timed { () throws(NetfilterError) in try driver.rebuild(layout, elements: elements) }
     }
 
     /// Rewrites rules and fixed sets, keeping the grant elements.
     public func install(_ layout: TableLayout) throws(NetfilterError) {
-        try driver.install(layout)
+        try timed { () throws(NetfilterError) in try driver.install(layout) }
     }
 
     /// Applies element targets in one transaction (two before Linux 6.3 for elements near expiry).
     public func apply(_ targets: [ElementTarget]) throws(NetfilterError) -> TableDriver.ApplyReport {
-        try driver.apply(targets)
+        try timed { () throws(NetfilterError) in try driver.apply(targets) }
+    }
+
+    /// Runs one kernel transaction, timing it for `drawbridge_kernel_apply_seconds`.
+    @discardableResult
+    private func timed<T>(_ body: () throws(NetfilterError) -> T) throws(NetfilterError) -> T {
+        let clock = ContinuousClock()
+        let started = clock.now
+        defer { metrics?.observeKernelApply(clock.now - started) }
+        return try body()
     }
 
     /// The differences between the table and the layout; empty when intact.

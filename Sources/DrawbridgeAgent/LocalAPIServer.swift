@@ -159,7 +159,10 @@ public final class LocalAPIServer: Sendable {
                         "bad API request", metadata: ["api.peer.uid": "\(peer.uid)", "api.error": "\(failure.message)"])
                     response = .failure(failure)
                 case .success(let command):
+                    let clock = ContinuousClock()
+                    let started = clock.now
                     response = await agent.handle(command, from: Self.caller(peer))
+                    agent.metrics.observeRequest(command.verb, clock.now - started)
                 }
                 try await Self.send(response, on: channel)
                 _ = outbound

@@ -13,6 +13,8 @@ public enum LocalAPI {
 
     public enum Verb: String, Codable, Sendable, CaseIterable {
         case grant, revoke, list, status
+        /// The Prometheus text the metrics endpoint serves.
+        case metrics
         /// From `drawbridge-etcd sync` only (root or the policy's etcd.sync_user): see ``EtcdUpdate``.
         case etcdSync = "etcd-sync"
         case etcdConnection = "etcd-connection"
@@ -59,10 +61,26 @@ public enum LocalAPI {
         case revoke(RevokeTarget)
         case list
         case status
+        case metrics
         case etcdSync(EtcdUpdate)
         case etcdConnection(EtcdConnectionReport)
         case knock(KnockGrant)
         case knockRefused(KnockRefusalReport)
+
+        /// The command's verb, as requests name it.
+        public var verb: Verb {
+            switch self {
+            case .grant: return .grant
+            case .revoke: return .revoke
+            case .list: return .list
+            case .status: return .status
+            case .metrics: return .metrics
+            case .etcdSync: return .etcdSync
+            case .etcdConnection: return .etcdConnection
+            case .knock: return .knock
+            case .knockRefused: return .knockRefused
+            }
+        }
 
         /// Whether the command only closes access (served ahead of and apart from what opens it).
         public var isClosing: Bool {
@@ -93,7 +111,7 @@ public enum LocalAPI {
         }
         let allowed: [Verb: Set<String>] = [
             .grant: ["command", "ports", "source", "duration_seconds", "reason"],
-            .revoke: ["command", "id", "source"], .list: ["command"], .status: ["command"],
+            .revoke: ["command", "id", "source"], .list: ["command"], .status: ["command"], .metrics: ["command"],
             .etcdSync: ["command", "revision", "complete", "changes"],
             .etcdConnection: ["command", "connected", "endpoint", "revision", "error"],
             .knock: [
@@ -114,6 +132,7 @@ public enum LocalAPI {
             switch verb {
             case .list: return .success(.list)
             case .status: return .success(.status)
+            case .metrics: return .success(.metrics)
             case .etcdSync: return .success(try decodeEtcdSync(fields))
             case .etcdConnection: return .success(try decodeEtcdConnection(fields))
             case .knock: return .success(try decodeKnock(fields))
@@ -252,14 +271,17 @@ public enum LocalAPI {
         public var etcd: EtcdStatus?
         /// Knocks, when the policy has a knock section.
         public var knock: KnockStatus?
+        /// Where the metrics endpoint listens (`127.0.0.1:9447`); nil when the agent serves none.
+        public var metrics: String?
 
         public init(
             version: String, policyPath: String, managedPorts: [GrantedPort], onExpiry: SessionMode, activeGrants: Int,
             kernelRelease: String, table: String = "enforcing", lastRepair: String? = nil, repairs: Int = 0,
             storage: String = "ok", audit: String = "ok", warnings: [String] = [], etcd: EtcdStatus? = nil,
-            knock: KnockStatus? = nil
+            knock: KnockStatus? = nil, metrics: String? = nil
         ) {
             self.knock = knock
+            self.metrics = metrics
             self.version = version
             self.policyPath = policyPath
             self.managedPorts = managedPorts
@@ -284,7 +306,7 @@ public enum LocalAPI {
             case kernelRelease = "kernel_release"
             case table
             case lastRepair = "last_repair"
-            case repairs, storage, audit, warnings, etcd, knock
+            case repairs, storage, audit, warnings, etcd, knock, metrics
         }
     }
 
@@ -324,11 +346,14 @@ public enum LocalAPI {
         public var warnings: [String]?
         /// etcd-sync: what became of each key.
         public var etcd: EtcdReport?
+        /// metrics: the Prometheus text exposition, as the HTTP endpoint serves it.
+        public var metrics: String?
 
         public init(
             ok: Bool, error: Failure? = nil, grants: [GrantStatus]? = nil, outcome: String? = nil,
-            status: AgentStatus? = nil, warnings: [String]? = nil, etcd: EtcdReport? = nil
+            status: AgentStatus? = nil, warnings: [String]? = nil, etcd: EtcdReport? = nil, metrics: String? = nil
         ) {
+            self.metrics = metrics
             self.ok = ok
             self.error = error
             self.grants = grants

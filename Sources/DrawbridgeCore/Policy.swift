@@ -83,12 +83,16 @@ public struct Policy: Sendable, Equatable {
     public var etcd: EtcdSettings?
     /// Who may open ports by knocking; nil when knocks are off (no knock rule in the table).
     public var knock: KnockSettings?
+    /// Where Prometheus metrics are served over HTTP; nil when they are not (`drawbridge metrics` still works).
+    public var metrics: MetricsSettings?
 
     public init(
         ports: [ManagedPort], alwaysAllow: [IPPrefix] = [], onExpiry: SessionMode = .keepSessions, roles: [Role] = [],
-        grantFiles: [String] = [], etcd: EtcdSettings? = nil, knock: KnockSettings? = nil
+        grantFiles: [String] = [], etcd: EtcdSettings? = nil, knock: KnockSettings? = nil,
+        metrics: MetricsSettings? = nil
     ) {
         self.knock = knock
+        self.metrics = metrics
         self.ports = ports
         self.alwaysAllow = alwaysAllow
         self.onExpiry = onExpiry
@@ -183,7 +187,8 @@ private struct PolicyReader {
     let file: String
 
     private enum Keys {
-        static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files", "etcd", "knock"]
+        static let topLevel = ["ports", "always_allow", "on_expiry", "roles", "grant_files", "etcd", "knock", "metrics"]
+        static let metrics = ["listen"]
         static let knock = ["port", "max_skew", "keys", "host", "rate", "log_group", "user", "require_source_address"]
         static let knockKey = ["authorized_keys", "key", "ports", "max_duration"]
         static let etcd = ["endpoints", "host", "groups", "prefix", "tls", "user", "password_file", "sync_user"]
@@ -243,9 +248,31 @@ private struct PolicyReader {
         if let entry = entries["knock"], !isEmptyValue(entry.value) {
             knock = try readKnock(entry.value, ports: ports)
         }
+        var metrics: MetricsSettings?
+        if let entry = entries["metrics"], !isEmptyValue(entry.value) {
+            metrics = try readMetrics(entry.value)
+        }
         return Policy(
             ports: ports, alwaysAllow: alwaysAllow, onExpiry: onExpiry, roles: roles, grantFiles: grantFiles, etcd: etcd,
-            knock: knock)
+            knock: knock, metrics: metrics)
+    }
+
+    // MARK: metrics
+
+    private func readMetrics(_ node: Node) throws(PolicyError) -> MetricsSettings {
+        let example = "write it like metrics: { listen: \"127.0.0.1:9447\" }"
+        guard case .mapping(let mapping) = node.content else {
+            throw failure(at: node, "metrics must be a mapping; found \(describe(node))", hint: example)
+        }
+        let entries = try fields(of: mapping, allowed: Keys.metrics, context: "in metrics")
+        guard let entry = entries["listen"] else {
+            throw failure(at: node, "metrics has no listen address", hint: example)
+        }
+        let text = try string(entry.value, named: "metrics listen")
+        switch MetricsSettings.parse(listen: text) {
+        case .success(let settings): return settings
+        case .failure(let problem): throw failure(at: entry.value, problem.description, hint: example)
+        }
     }
 
     // MARK: knock

@@ -60,7 +60,7 @@ struct Drawbridge: ParsableCommand {
             """,
         version: drawbridgeVersion,
         subcommands: [
-            Grant.self, Revoke.self, List.self, Check.self, Rules.self, Status.self, KnockCommand.self,
+            Grant.self, Revoke.self, List.self, Check.self, Rules.self, Status.self, Metrics.self, KnockCommand.self,
         ])
 }
 
@@ -270,7 +270,32 @@ extension Drawbridge {
                     ?? "no report from drawbridge-knock since the agent started (systemctl status drawbridge-knock)"
                 print("knock: \(knock.port); \(knock.opened) opened, \(knock.refused) refused since start; \(contact)")
             }
+            print("metrics: \(status.metrics ?? "no endpoint (drawbridge metrics prints them)")")
             for warning in status.warnings { print("warning: \(TextCheck.escaped(warning))") }
+        }
+    }
+}
+
+// MARK: metrics
+
+extension Drawbridge {
+    struct Metrics: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "metrics", abstract: "Print the agent's Prometheus metrics.",
+            discussion: """
+                Prints the same text the agent serves at GET /metrics when the policy has a metrics section \
+                (metrics: { listen: "127.0.0.1:9447" }), read over the local socket, so it works on hosts that \
+                expose no port: drawbridge_up, drawbridge_grants_active{port,origin}, \
+                drawbridge_grants_total{event}, drawbridge_repairs_total, drawbridge_kernel_apply_seconds and \
+                drawbridge_request_seconds{command}. Pipe it to `promtool check metrics` to lint it.
+                """)
+
+        @OptionGroup var connection: ConnectionOptions
+
+        func run() throws {
+            let response = try Client(options: connection).send(LocalAPI.Request(command: .metrics))
+            guard !connection.json, let text = response.metrics else { return }
+            print(text, terminator: "")
         }
     }
 }

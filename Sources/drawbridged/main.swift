@@ -151,6 +151,9 @@ struct Drawbridged: AsyncParsableCommand {
         }
 
         var services: [any AgentService] = [LocalAPIService(server: server), SafetyCheckService(agent: agent)]
+        if let metrics = policy.metrics {
+            services.append(MetricsService(server: MetricsServer(settings: metrics, agent: agent, logger: logger)))
+        }
         var fileWatch: DirectoryWatch?
         var clockWatch: ClockStepWatch?
         do {

@@ -378,6 +378,28 @@ struct PolicyTests {
             "grant_files must be a list of paths"),
         InvalidCase("empty grant file", "ports: {}\ngrant_files: [\"\"]\n", line: 2, "a path in grant_files is empty"),
 
+        // metrics.
+        InvalidCase(
+            "metrics on every IPv4 address", KnockPolicyTests.ssh + "metrics: { listen: \"0.0.0.0:9447\" }\n", line: 3,
+            "would serve metrics on every address of the host"),
+        InvalidCase(
+            "metrics on every IPv6 address", KnockPolicyTests.ssh + "metrics: { listen: \"[::]:9447\" }\n", line: 3,
+            "would serve metrics on every address of the host"),
+        InvalidCase(
+            "metrics on a host name", KnockPolicyTests.ssh + "metrics: { listen: \"localhost:9447\" }\n", line: 3,
+            "'localhost' is not an IP address"),
+        InvalidCase(
+            "metrics without a port", KnockPolicyTests.ssh + "metrics: { listen: \"127.0.0.1\" }\n", line: 3,
+            "is not address:port"),
+        InvalidCase(
+            "metrics on port 0", KnockPolicyTests.ssh + "metrics: { listen: \"127.0.0.1:0\" }\n", line: 3,
+            "'0' is not a port number"),
+        InvalidCase(
+            "metrics IPv6 without brackets", KnockPolicyTests.ssh + "metrics: { listen: \"::1:9447\" }\n", line: 3,
+            "an IPv6 address goes in brackets"),
+        InvalidCase(
+            "metrics without listen", KnockPolicyTests.ssh + "metrics: { port: 9447 }\n", line: 3, "unknown key"),
+
         // knock.
         InvalidCase(
             "knock without keys", KnockPolicyTests.ssh + "knock: { port: 62201/udp }\n", line: 3,
@@ -442,6 +464,21 @@ struct PolicyTests {
                 == "policy.yaml:4:13: max_duration '3x' is not a duration (hint: write it like 90s, 30m, 2h or 1h30m)")
         #expect(PolicyError(file: "p.yaml", line: 2, message: "bad").description == "p.yaml:2: bad")
         #expect(PolicyError(file: "/etc/p.yaml", message: "gone").description == "/etc/p.yaml: gone")
+    }
+}
+
+struct MetricsPolicyTests {
+    @Test("metrics: one IPv4 or bracketed IPv6 address and a port; none means no endpoint")
+    func metricsSection() throws {
+        let v4 = try Policy.parse(KnockPolicyTests.ssh + "metrics: { listen: \"127.0.0.1:9447\" }\n", file: "p.yaml")
+        #expect(v4.metrics == MetricsSettings(address: IPAddress("127.0.0.1")!, port: 9447))
+        #expect(v4.metrics?.isLoopback == true && v4.metrics?.listen == "127.0.0.1:9447")
+        let v6 = try Policy.parse(KnockPolicyTests.ssh + "metrics: { listen: \"[::1]:9100\" }\n", file: "p.yaml")
+        #expect(v6.metrics?.listen == "[::1]:9100" && v6.metrics?.isLoopback == true)
+        let explicit = try Policy.parse(
+            KnockPolicyTests.ssh + "metrics: { listen: \"198.51.100.1:9447\" }\n", file: "p.yaml")
+        #expect(explicit.metrics?.isLoopback == false)
+        #expect(try Policy.parse(KnockPolicyTests.ssh, file: "p.yaml").metrics == nil)
     }
 }
 

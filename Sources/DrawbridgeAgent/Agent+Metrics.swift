@@ -1,0 +1,22 @@
+import DrawbridgeCore
+
+extension Agent {
+    /// The Prometheus text: the grants gauge recomputed from the book (every managed port and origin kind appears,
+    /// at 0 when none holds), then every metric of the registry.
+    func metricsText() -> [UInt8] {
+        var counts: [AgentMetrics.ActiveKey: Int] = [:]
+        for port in policy.ports {
+            for origin in ["local", "file", "etcd", "knock"] {
+                counts[AgentMetrics.ActiveKey(port: port.name, origin: origin)] = 0
+            }
+        }
+        for grant in book.values {
+            let origin = AgentMetrics.originKind(grant.origin)
+            for port in grant.ports {
+                counts[AgentMetrics.ActiveKey(port: port.name, origin: origin), default: 0] += 1
+            }
+        }
+        metrics.setActive(counts)
+        return metrics.exposition()
+    }
+}

@@ -1,0 +1,114 @@
+import DrawbridgeCore
+import Prometheus
+import Synchronization
+
+/// The agent's Prometheus metrics (swift-prometheus' registry; text exposition 0.0.4), served by
+/// ``MetricsServer`` and by `drawbridge metrics` over the local socket.
+///
+/// Event counters follow the audit trail (every grant, extension, revocation, expiry, refusal and repair is an audit
+/// record, so the two cannot disagree); the grants gauge is computed from the grant book at each scrape; the
+/// histograms time requests (per command) and kernel transactions. Thread-safe: the socket server, the kernel's
+/// thread and the agent record into it concurrently.
+public final class AgentMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    private let events: [AuditEvent.Kind: Counter]
+    private let repairs: Counter
+    private let kernelApply: DurationHistogram
+    private let requests: [LocalAPI.Verb: DurationHistogram]
+    /// The gauges of the grants by port and origin, created as label pairs appear.
+    private let active = Mutex<[ActiveKey: Gauge]>([:])
+
+    struct ActiveKey: Hashable {
+        var port: String
+        var origin: String
+    }
+
+    /// The origin kinds a grant's `origin` label takes (one per source, never the key or fingerprint: bounded).
+    static func originKind(_ origin: GrantOrigin) -> String {
+        switch origin {
+        case .local: return "local"
+        case .file: return "file"
+        case .etcd: return "etcd"
+        case .knock: return "knock"
+        }
+    }
+
+    static let countedEvents: [AuditEvent.Kind] = [.grant, .extend, .revoke, .expire, .refuse]
+
+    public init() {
+        func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "drawbridge", metricName: metric, unitName: unit, helpText: help)
+        }
+        let up = registry.makeGauge(
+            descriptor: name("up", "", "1 while drawbridged runs and answers (a failed scrape means it does not)"))
+        up.set(1.0)
+        var events: [AuditEvent.Kind: Counter] = [:]
+        let grants = name(
+            "grants", "total", "Grant events since the agent started: grant, extend, revoke, expire, refuse")
+        for kind in Self.countedEvents {
+            events[kind] = registry.makeCounter(descriptor: grants, labels: [("event", kind.rawValue)])
+        }
+        self.events = events
+        repairs = registry.makeCounter(
+            descriptor: name("repairs", "total", "Times the agent restored its table after it was changed or removed"))
+        kernelApply = registry.makeDurationHistogram(
+            descriptor: name("kernel_apply", "seconds", "Time of one kernel transaction (netlink batch and its answer)"),
+            labels: [],
+            buckets: [
+                .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5),
+                .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(100), .milliseconds(500),
+                .seconds(2),
+            ])
+        var requests: [LocalAPI.Verb: DurationHistogram] = [:]
+        let request = name("request", "seconds", "Time from a request read to its answer, per command of the local API")
+        for verb in LocalAPI.Verb.allCases {
+            requests[verb] = registry.makeDurationHistogram(
+                descriptor: request, labels: [("command", verb.rawValue)],
+                buckets: [
+                    .microseconds(250), .milliseconds(1), .milliseconds(2.5), .milliseconds(5), .milliseconds(10),
+                    .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+                    .seconds(5),
+                ])
+        }
+        self.requests = requests
+    }
+
+    /// Counts what an audit record says happened.
+    func record(_ event: AuditEvent) {
+        if event.event == .repair {
+            repairs.increment()
+        } else {
+            events[event.event]?.increment()
+        }
+    }
+
+    func observeKernelApply(_ duration: Duration) { kernelApply.record(duration) }
+
+    public func observeRequest(_ verb: LocalAPI.Verb, _ duration: Duration) { requests[verb]?.record(duration) }
+
+    /// Sets the grants gauge from the book: `counts` by port name and origin kind. Pairs that had grants and have
+    /// none now read 0 (a series that vanished would hide the drop).
+    func setActive(_ counts: [ActiveKey: Int]) {
+        active.withLock { gauges in
+            for key in Set(gauges.keys).union(counts.keys) {
+                let gauge =
+                    gauges[key]
+                    ?? registry.makeGauge(
+                        descriptor: MetricNameDescriptor(
+                            namespace: "drawbridge", metricName: "grants_active", unitName: "",
+                            helpText: "Grants in force now, by managed port and where they came from"),
+                        labels: [("port", key.port), ("origin", key.origin)])
+                gauges[key] = gauge
+                gauge.set(Double(counts[key] ?? 0))
+            }
+        }
+    }
+
+    /// The text exposition of every metric.
+    func exposition() -> [UInt8] {
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(16 * 1024)
+        registry.emit(into: &buffer)
+        return buffer
+    }
+}

@@ -1,0 +1,162 @@
+import DrawbridgeCore
+import Foundation
+import TestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The metrics endpoint of the real drawbridged in a namespace, scraped with curl: what grants and revocations do
+/// to the counters and the gauge, what else the endpoint answers, and that idle clients hold up nothing.
+@Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)), .serialized)
+struct MetricsEndToEndTests {
+    static let listen = "127.0.0.1:9447"
+
+    final class Setup: @unchecked Sendable {
+        let network: TestNetwork
+        let agent: AgentProcess
+
+        init() throws {
+            try TestAccounts.ensure()
+            network = try TestNetwork()
+            agent = try AgentProcess(namespace: network.host, policy: "")
+            try agent.writePolicy(AgentTests.policy() + "metrics: { listen: \"\(MetricsEndToEndTests.listen)\" }\n")
+            try agent.start()
+        }
+
+        /// `curl` inside the host namespace: status code and body.
+        func curl(_ path: String = "/metrics", method: String = "GET") throws -> (code: Int, body: String) {
+            let result = try run(
+                [
+                    "curl", "-sS", "--max-time", "5", "-X", method, "-o", "/dev/stdout", "-w", "\n%{http_code}",
+                    "http://\(MetricsEndToEndTests.listen)\(path)",
+                ], in: network.host, check: false)
+            var lines = result.output.split(separator: "\n", omittingEmptySubsequences: false)
+            let code = Int(lines.popLast() ?? "") ?? 0
+            return (code, lines.joined(separator: "\n"))
+        }
+
+        /// The value of one sample (`name{labels} value`), as the scrape shows it.
+        func sample(_ series: String) throws -> Double? {
+            let scrape = try curl()
+            #expect(scrape.code == 200, "\(scrape.body)")
+            return Self.value(of: series, in: scrape.body)
+        }
+
+        static func value(of series: String, in text: String) -> Double? {
+            for line in text.split(separator: "\n") where line.hasPrefix(series + " ") {
+                return Double(line.dropFirst(series.count + 1))
+            }
+            return nil
+        }
+    }
+
+    @Test("grants and revocations move the gauge and the counters; drawbridge metrics prints the same series")
+    func grantsAndRevocations() throws {
+        let setup = try Setup()
+        let active = #"drawbridge_grants_active{port="ssh",origin="local"}"#
+        #expect(try setup.sample("drawbridge_up") == 1)
+        #expect(try setup.sample(active) == 0)
+        #expect(try setup.sample(#"drawbridge_grants_active{port="postgres",origin="knock"}"#) == 0)
+
+        let granted = try setup.agent.cli(["grant", "ssh", "--from", "192.0.2.10", "--for", "10m", "--reason", "m"])
+        #expect(granted.succeeded, "\(granted.error)")
+        #expect(try setup.sample(active) == 1)
+        #expect(try setup.sample(#"drawbridge_grants_total{event="grant"}"#) == 1)
+        let extended = try setup.agent.cli(["grant", "ssh", "--from", "192.0.2.10", "--for", "20m", "--reason", "m"])
+        #expect(extended.succeeded, "\(extended.error)")
+        #expect(try setup.sample(#"drawbridge_grants_total{event="extend"}"#) == 1)
+        #expect(try setup.sample(active) == 1, "an extension is still one grant")
+        let refused = try setup.agent.cli(["grant", "ssh", "--from", "203.0.113.5", "--for", "10m", "--reason", "m"])
+        #expect(!refused.succeeded)
+        #expect(try setup.sample(#"drawbridge_grants_total{event="refuse"}"#) == 1)
+
+        let revoked = try setup.agent.cli(["revoke", "--from", "192.0.2.10/32"])
+        #expect(revoked.succeeded, "\(revoked.error)")
+        #expect(try setup.sample(active) == 0)
+        #expect(try setup.sample(#"drawbridge_grants_total{event="revoke"}"#) == 1)
+
+        // Requests and kernel transactions are timed: three grants and a revocation reached the kernel.
+        let scrape = try setup.curl().body
+        let transactions = Setup.value(of: "drawbridge_kernel_apply_seconds_count", in: scrape) ?? 0
+        #expect(transactions >= 3, "\(scrape)")
+        #expect((Setup.value(of: #"drawbridge_request_seconds_count{command="grant"}"#, in: scrape) ?? 0) == 3)
+
+        // The socket gives the same series (values of the histograms move with each request, so names compared).
+        let cli = try setup.agent.cli(["metrics"])
+        #expect(cli.succeeded, "\(cli.error)")
+        func names(_ text: String) -> Set<String> {
+            Set(text.split(separator: "\n").filter { !$0.hasPrefix("#") }.map { String($0.split(separator: " ")[0]) })
+        }
+        #expect(names(cli.output) == names(scrape))
+        #expect(cli.output.contains("# TYPE drawbridge_grants_total counter"))
+        let status = try setup.agent.cli(["status"])
+        #expect(status.output.contains("metrics: http://\(Self.listen)/metrics"), "\(status.output)")
+    }
+
+    @Test("only GET /metrics is served: other paths 404, other methods 405")
+    func onlyMetrics() throws {
+        let setup = try Setup()
+        #expect(try setup.curl("/").code == 404)
+        #expect(try setup.curl("/metrics/../admin").code == 404)
+        #expect(try setup.curl("/metrics", method: "POST").code == 405)
+        #expect(try setup.curl("/metrics", method: "DELETE").code == 405)
+        #expect(try setup.curl("/metrics?x=1").code == 200)
+        // A request head beyond the HTTP parser's limit is refused, and the agent serves on.
+        let huge = try run(
+            [
+                "curl", "-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                "X-Big: " + String(repeating: "a", count: 100_000), "http://\(Self.listen)/metrics",
+            ], in: setup.network.host, check: false)
+        #expect(huge.output != "200", "\(huge.output)")
+        #expect(try setup.curl().code == 200)
+        #expect(setup.agent.pid != nil, "the agent still runs")
+    }
+
+    @Test("40 idle connections hold up neither the agent nor, once they time out, the endpoint")
+    func idleClients() throws {
+        let setup = try Setup()
+        let log = setup.agent.directory + "/idle.log"
+        // Opens 40 connections that never send a byte, and reports how many the server closed within 8 s.
+        let holder = BackgroundProcess(
+            [
+                "python3", "-c",
+                """
+                import socket, time, select
+                held = []
+                for _ in range(40):
+                    s = socket.create_connection(("127.0.0.1", 9447), timeout=2)
+                    held.append(s)
+                print("held", len(held), flush=True)
+                deadline = time.time() + 8
+                closed = set()
+                while time.time() < deadline and len(closed) < len(held):
+                    ready, _, _ = select.select([s for s in held if s not in closed], [], [], 0.2)
+                    for s in ready:
+                        try:
+                            if s.recv(1) == b"":
+                                closed.add(s)
+                        except OSError:
+                            closed.add(s)
+                print("closed", len(closed), flush=True)
+                """,
+            ], in: setup.network.host, logPath: log)
+        try holder.start()
+        #expect(eventually(within: .seconds(5)) { holder.log.contains("held 40") }, "\(holder.log)")
+
+        // While they are held, the agent answers and grants at once.
+        let started = Date()
+        let status = try setup.agent.cli(["status"])
+        #expect(status.succeeded, "\(status.error) \(setup.agent.log(tail: 40))")
+        let granted = try setup.agent.cli(["grant", "ssh", "--from", "192.0.2.11", "--for", "5m", "--reason", "idle"])
+        #expect(granted.succeeded, "\(granted.error) \(setup.agent.log(tail: 40))")
+        #expect(Date().timeIntervalSince(started) < 2, "status and grant took \(Date().timeIntervalSince(started)) s")
+
+        // The server closes every idle connection (those over the limit at once, the rest at the request deadline).
+        #expect(eventually(within: .seconds(10)) { holder.log.contains("closed 40") }, "\(holder.log)")
+        holder.stop()
+        #expect(setup.agent.pid != nil, "the agent still runs: \(setup.agent.log(tail: 40))")
+        #expect(try setup.sample(#"drawbridge_grants_active{port="ssh",origin="local"}"#) == 1)
+    }
+}
