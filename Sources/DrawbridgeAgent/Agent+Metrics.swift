@@ -1,9 +1,13 @@
 import DrawbridgeCore
+import NetfilterModel
 
 extension Agent {
     /// The Prometheus text: the grants gauge recomputed from the book (every managed port and origin kind appears,
     /// at 0 when none holds), then every metric of the registry.
-    func metricsText() -> [UInt8] {
+    func metricsText() async -> [UInt8] {
+        let totals = await sampleTraffic()
+        metrics.setTraffic(
+            policy.ports.map { port in (port.name, totals[port.service] ?? PortCounts()) })
         var counts: [AgentMetrics.ActiveKey: Int] = [:]
         for port in policy.ports {
             for origin in ["local", "file", "etcd", "knock"] {

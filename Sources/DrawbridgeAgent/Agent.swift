@@ -73,6 +73,7 @@ public actor Agent {
     public nonisolated let etcdAuthority = EtcdSyncAuthority()
     var etcd = EtcdView()
     var knocks = KnockView()
+    var traffic = PortTraffic()
     private var settings: [String: String] = [:]
 
     public init(configuration: AgentConfiguration, policy: Policy, logger: Logger) throws {
@@ -132,6 +133,7 @@ public actor Agent {
         let elements = planner.elements(book: book, now: now.monotonic)
         let report = try await kernel.rebuild(layout, elements: elements)
         lastSeenGeneration = try? await kernel.generation()
+        await sampleTraffic()
         armExpiry()
         releaseFreeMemory()
         logger.info("started", metadata: ["memory.heap_in_use_mib": "\(heapInUse() >> 20)"])
@@ -162,8 +164,8 @@ public actor Agent {
         case .grant(let request): return await grant(request, caller)
         case .revoke(let target): return await revoke(target, caller)
         case .list: return await list()
-        case .status: return status()
-        case .metrics: return LocalAPI.Response(ok: true, metrics: String(decoding: metricsText(), as: UTF8.self))
+        case .status: return await status()
+        case .metrics: return LocalAPI.Response(ok: true, metrics: String(decoding: await metricsText(), as: UTF8.self))
         case .etcdSync(let update): return await etcdSync(update, caller)
         case .etcdConnection(let report): return etcdConnection(report, caller)
         case .knock(let knock): return await self.knock(knock, caller)
@@ -369,7 +371,8 @@ public actor Agent {
         return LocalAPI.GrantStatus(grant: grant, kernelRemainingSeconds: result)
     }
 
-    private func status() -> LocalAPI.Response {
+    private func status() async -> LocalAPI.Response {
+        let ports = await portActivity()
         var warnings = self.warnings.map(\.text)
         for (path, problem) in fileProblems.sorted(by: { $0.key < $1.key }) {
             warnings.append("grants file \(path): \(problem); its last good grants are kept")
@@ -387,7 +390,7 @@ public actor Agent {
                 table: tableHealth, lastRepair: lastRepair, repairs: repairs,
                 storage: store.problem ?? (pendingRecords.isEmpty ? "ok" : "revocations waiting to be stored"),
                 audit: audit.problem ?? "ok", warnings: warnings, etcd: etcdStatus, knock: knockStatus,
-                metrics: servedMetrics.map { "http://\($0.listen)/metrics" }))
+                metrics: servedMetrics.map { "http://\($0.listen)/metrics" }, ports: ports))
     }
 
     // MARK: Kernel queue
@@ -628,7 +631,9 @@ public actor Agent {
     private func rebuild(trigger: String, problems: [String] = []) async -> Bool {
         let now = SystemClock.monotonic()
         do {
+            await sampleTraffic()
             _ = try await kernel.rebuild(layout, elements: planner.elements(book: book, now: now))
+            traffic.rulesReplaced()
             repairs += 1
             let detail = (problems + ["the table was rebuilt with \(book.count) grants"]).joined(separator: "; ")
             lastRepair = "\(Timestamp.format(SystemClock.wall())): \(detail) (after: \(trigger))"
@@ -683,6 +688,7 @@ public actor Agent {
     public func safetyCheck() async {
         flushPendingRecords()
         audit.retryPending()
+        await sampleTraffic()
         do {
             let problems = try await kernel.verify(layout)
             if !problems.isEmpty {
@@ -790,9 +796,11 @@ public actor Agent {
             updated = value
         }
         let previous = policy
+        await sampleTraffic()
         policy = updated
         do {
             try await kernel.install(layout)
+            traffic.rulesReplaced()
         } catch {
             policy = previous
             audit.record(AuditEvent(.error, detail: "reload failed, the previous policy stays in force: \(error)"))

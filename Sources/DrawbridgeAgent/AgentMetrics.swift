@@ -1,4 +1,5 @@
 import DrawbridgeCore
+import NetfilterModel
 import Prometheus
 import Synchronization
 
@@ -17,6 +18,8 @@ public final class AgentMetrics: Sendable {
     private let requests: [LocalAPI.Verb: DurationHistogram]
     /// The gauges of the grants by port and origin, created as label pairs appear.
     private let active = Mutex<[ActiveKey: Gauge]>([:])
+    /// Per port name: the four traffic counters and the totals they have been brought to.
+    private let traffic = Mutex<[String: (counters: [Counter], reported: [UInt64])]>([:])
 
     struct ActiveKey: Hashable {
         var port: String
@@ -100,6 +103,39 @@ public final class AgentMetrics: Sendable {
                         labels: [("port", key.port), ("origin", key.origin)])
                 gauges[key] = gauge
                 gauge.set(Double(counts[key] ?? 0))
+            }
+        }
+    }
+
+    /// Brings the per-port traffic counters to the totals read from the table (counters only grow: a total below
+    /// what was reported, after a port was renamed and back say, is left until it catches up).
+    func setTraffic(_ ports: [(name: String, counts: PortCounts)]) {
+        traffic.withLock { traffic in
+            for (name, counts) in ports {
+                let entry =
+                    traffic[name]
+                    ?? (
+                        counters: [
+                            ("dropped_packets", "Packets to the port dropped without a grant, counted by the table"),
+                            ("dropped_bytes", "Bytes of those packets"),
+                            ("accepted_packets", "Packets to the port accepted by a grant or always_allow, counted by "
+                                + "the table (packets of connections already open are not)"),
+                            ("accepted_bytes", "Bytes of those packets"),
+                        ].map { metric, help in
+                            registry.makeCounter(
+                                descriptor: MetricNameDescriptor(
+                                    namespace: "drawbridge", metricName: metric, unitName: "total", helpText: help),
+                                labels: [("port", name)])
+                        },
+                        reported: [0, 0, 0, 0]
+                    )
+                let values = [counts.droppedPackets, counts.droppedBytes, counts.acceptedPackets, counts.acceptedBytes]
+                var reported = entry.reported
+                for index in 0..<4 where values[index] > reported[index] {
+                    entry.counters[index].increment(by: Int64(clamping: values[index] - reported[index]))
+                    reported[index] = values[index]
+                }
+                traffic[name] = (entry.counters, reported)
             }
         }
     }

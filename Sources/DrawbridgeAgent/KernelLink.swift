@@ -60,6 +60,11 @@ public actor KernelLink {
         try driver.verify(layout)
     }
 
+    /// Each managed port's drops and accepts as the table counts them; nil when its rules are not as laid out.
+    public func portCounts(_ layout: TableLayout) throws(NetfilterError) -> [Service: PortCounts]? {
+        try driver.portCounts(layout)
+    }
+
     /// Seconds the kernel still gives each element (point queries).
     public func remaining(_ keys: [AccessKey]) throws(NetfilterError) -> [AccessKey: Double] {
         try driver.remaining(keys)

@@ -273,13 +273,16 @@ public enum LocalAPI {
         public var knock: KnockStatus?
         /// Where the metrics endpoint listens (`127.0.0.1:9447`); nil when the agent serves none.
         public var metrics: String?
+        /// Each managed port's grants, drops and accepts.
+        public var ports: [PortActivity]?
 
         public init(
             version: String, policyPath: String, managedPorts: [GrantedPort], onExpiry: SessionMode, activeGrants: Int,
             kernelRelease: String, table: String = "enforcing", lastRepair: String? = nil, repairs: Int = 0,
             storage: String = "ok", audit: String = "ok", warnings: [String] = [], etcd: EtcdStatus? = nil,
-            knock: KnockStatus? = nil, metrics: String? = nil
+            knock: KnockStatus? = nil, metrics: String? = nil, ports: [PortActivity]? = nil
         ) {
+            self.ports = ports
             self.knock = knock
             self.metrics = metrics
             self.version = version
@@ -306,7 +309,30 @@ public enum LocalAPI {
             case kernelRelease = "kernel_release"
             case table
             case lastRepair = "last_repair"
-            case repairs, storage, audit, warnings, etcd, knock, metrics
+            case repairs, storage, audit, warnings, etcd, knock, metrics, ports
+        }
+    }
+
+    /// One managed port in `status`: its grants now, and what the table dropped and accepted on it lately.
+    public struct PortActivity: Codable, Sendable, Equatable {
+        public var name: String
+        /// `22/tcp`.
+        public var port: String
+        public var grants: Int
+        /// Packets dropped without a grant over the last `seconds`; nil when the counters could not be read.
+        public var dropped: Int?
+        /// Packets accepted by a grant or break-glass prefix (connections already open not counted).
+        public var accepted: Int?
+        /// How long the counts cover: about a minute, less just after the agent started.
+        public var seconds: Double?
+
+        public init(name: String, port: String, grants: Int, dropped: Int?, accepted: Int?, seconds: Double?) {
+            self.name = name
+            self.port = port
+            self.grants = grants
+            self.dropped = dropped
+            self.accepted = accepted
+            self.seconds = seconds
         }
     }
 

@@ -1,4 +1,5 @@
 import CNftnl
+import DrawbridgeCore
 import NetfilterModel
 
 /// Builds libnftnl rules from `RuleDefinition`s, with the same expressions `nft` itself generates (so that `nft list`
@@ -71,7 +72,7 @@ enum RuleBuilder {
             expressions.add("counter") { _ in }
             expressions.verdict(verdict)
         case .knock(let port, let group, let rate):
-            expressions.matchUDPPort(port)
+            expressions.matchPort(Service(port: port, transport: .udp))
             expressions.add("limit") {
                 nftnl_expr_set_u64($0, UInt16(NFTNL_EXPR_LIMIT_RATE), UInt64(rate))
                 nftnl_expr_set_u64($0, UInt16(NFTNL_EXPR_LIMIT_UNIT), 1)
@@ -83,10 +84,10 @@ enum RuleBuilder {
                 nftnl_expr_set_u16($0, UInt16(NFTNL_EXPR_LOG_GROUP), group)
             }
             expressions.verdict(.drop)
-        case .udpPortDrop(let port):
-            expressions.matchUDPPort(port)
+        case .portCounter(let service, let verdict):
+            expressions.matchPort(service)
             expressions.add("counter") { _ in }
-            expressions.verdict(.drop)
+            expressions.verdict(verdict)
         }
         return rule
     }
@@ -102,12 +103,14 @@ private struct ExpressionList {
         nftnl_rule_add_expr(rule, expression)
     }
 
-    /// `udp dport PORT`: the protocol is UDP and its destination port is PORT (network order in the register).
-    func matchUDPPort(_ port: UInt16) {
+    /// `tcp dport PORT` or `udp dport PORT`: the protocol, then the destination port (network order in the
+    /// register), as nft generates them.
+    func matchPort(_ service: Service) {
         loadMeta(NFT_META_L4PROTO, into: NFT_REG_1.rawValue)
-        compare(register: NFT_REG_1.rawValue, equal: true, to: [17])
+        compare(register: NFT_REG_1.rawValue, equal: true, to: [service.transport.number])
         loadPayload(base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2, into: NFT_REG_1.rawValue)
-        compare(register: NFT_REG_1.rawValue, equal: true, to: [UInt8(port >> 8), UInt8(port & 0xff)])
+        compare(
+            register: NFT_REG_1.rawValue, equal: true, to: [UInt8(service.port >> 8), UInt8(service.port & 0xff)])
     }
 
     func matchNetworkProtocol(_ family: UInt8) {
@@ -158,6 +161,9 @@ private struct ExpressionList {
                 nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(NF_DROP))
             case .jump(let chain):
                 nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: NFT_JUMP.rawValue))
+                nftnl_expr_set_str($0, UInt16(NFTNL_EXPR_IMM_CHAIN), chain)
+            case .goto(let chain):
+                nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_IMM_VERDICT), UInt32(bitPattern: NFT_GOTO.rawValue))
                 nftnl_expr_set_str($0, UInt16(NFTNL_EXPR_IMM_CHAIN), chain)
             }
         }

@@ -85,6 +85,11 @@ public final class TableDriver {
         try DrawbridgeTable.verify(layout, on: connection)
     }
 
+    /// Each managed port's drops and accepts as the table counts them; see ``DrawbridgeTable/portCounts(_:on:)``.
+    public func portCounts(_ layout: TableLayout) throws(NetfilterError) -> [Service: PortCounts]? {
+        try DrawbridgeTable.portCounts(layout, on: connection)
+    }
+
     // MARK: Grant elements
 
     /// What applying targets did.

@@ -185,7 +185,34 @@ extension NetfilterConnection {
     /// The rules of a chain, each as the list of its expressions printed by libnftnl (counter values left out), so
     /// rules read from the kernel can be compared with rules built locally.
     public func listRules(table: String, chain: String) throws(NetfilterError) -> [[String]] {
-        var rules: [[String]] = []
+        try dumpRules(table: table, chain: chain) { RuleBuilder.signature(of: $0) }
+    }
+
+    /// Each rule of a chain: the packets and bytes its counter has counted, or nil for a rule without a counter.
+    public func listRuleCounters(table: String, chain: String) throws(NetfilterError)
+        -> [(packets: UInt64, bytes: UInt64)?]
+    {
+        try dumpRules(table: table, chain: chain) { rule in
+            let iterator = nftnl_expr_iter_create(rule)!
+            defer { nftnl_expr_iter_destroy(iterator) }
+            while let expression = nftnl_expr_iter_next(iterator) {
+                guard String(cString: nftnl_expr_get_str(expression, UInt16(NFTNL_EXPR_NAME))) == "counter" else {
+                    continue
+                }
+                return (
+                    nftnl_expr_get_u64(expression, UInt16(NFTNL_EXPR_CTR_PACKETS)),
+                    nftnl_expr_get_u64(expression, UInt16(NFTNL_EXPR_CTR_BYTES))
+                )
+            }
+            return nil
+        }
+    }
+
+    /// Dumps the rules of one chain, each read by `read` (in chain order).
+    private func dumpRules<T>(table: String, chain: String, _ read: (OpaquePointer) -> T) throws(NetfilterError)
+        -> [T]
+    {
+        var rules: [T] = []
         try request(
             type: NFT_MSG_GETRULE, family: UInt16(NFPROTO_INET), dump: true, operation: "list rules",
             table: table, object: chain,
@@ -206,7 +233,7 @@ extension NetfilterConnection {
                 let name = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue)),
                 String(cString: name) == chain
             else { return }
-            rules.append(RuleBuilder.signature(of: rule))
+            rules.append(read(rule))
         }
         return rules
     }
@@ -233,7 +260,7 @@ extension DrawbridgeTable {
         }
 
         let chains = try connection.listChains(table: name)
-        for definition in [input, gate] {
+        for definition in Self.chains {
             guard let chain = chains.first(where: { $0.name == definition.name }) else {
                 problems.append("chain \(definition.name) is missing")
                 continue
@@ -254,7 +281,7 @@ extension DrawbridgeTable {
                 problems.append("chain \(definition.name) was replaced by a base chain on hook \(chain.hook ?? 0)")
             }
         }
-        for chain in chains where ![input.name, gate.name].contains(chain.name) {
+        for chain in chains where !Self.chains.contains(where: { $0.name == chain.name }) {
             problems.append("chain \(chain.name) is not drawbridge's")
         }
 
@@ -292,13 +319,45 @@ extension DrawbridgeTable {
             let wanted = Set((expectedElements[set.name] ?? []).map { "\($0.key)\($0.isIntervalEnd)" })
             if actual != wanted { problems.append("set \(set.name) holds elements the policy does not give it") }
         }
-        let rules = rules(mode: layout.mode, knock: layout.knock)
-        for chain in [input, gate] where chains.contains(where: { $0.name == chain.name }) {
+        let rules = rules(layout)
+        for chain in Self.chains where chains.contains(where: { $0.name == chain.name }) {
             let wanted = rules.filter { $0.chain == chain.name }.map { RuleBuilder.signature(of: $0.rule) }
             if try connection.listRules(table: name, chain: chain.name) != wanted {
                 problems.append("the rules of chain \(chain.name) were changed")
             }
         }
         return problems
+    }
+}
+
+extension DrawbridgeTable {
+    /// What the table's own per-port rules have counted since they were installed: for each managed port the packets
+    /// and bytes its `counter drop` rule in `gate` dropped and its `counter accept` rule in `granted` accepted.
+    ///
+    /// Rules are matched to ports by their place in the chains, which ``rules(_:)`` fixes; nil when the chains do
+    /// not hold the rules `layout` makes (someone changed them: the repair check will rebuild the table, and the
+    /// counts start again from zero).
+    public static func portCounts(_ layout: TableLayout, on connection: NetfilterConnection) throws(NetfilterError)
+        -> [Service: PortCounts]?
+    {
+        let expected = rules(layout)
+        var counts: [Service: PortCounts] = [:]
+        for chain in [gate, granted] {
+            let wanted = expected.filter { $0.chain == chain.name }.map(\.rule)
+            let listed = try connection.listRuleCounters(table: name, chain: chain.name)
+            guard listed.count == wanted.count else { return nil }
+            for (rule, counter) in zip(wanted, listed) {
+                guard case .portCounter(let service, let verdict) = rule else { continue }
+                guard let counter else { return nil }
+                if verdict == .drop {
+                    counts[service, default: PortCounts()].droppedPackets = counter.packets
+                    counts[service, default: PortCounts()].droppedBytes = counter.bytes
+                } else {
+                    counts[service, default: PortCounts()].acceptedPackets = counter.packets
+                    counts[service, default: PortCounts()].acceptedBytes = counter.bytes
+                }
+            }
+        }
+        return counts
     }
 }

@@ -72,18 +72,30 @@ public enum DrawbridgeTable {
     /// The base chain: only packets to managed ports go on to the gate; everything else is not ours to judge.
     public static let input = ChainDefinition(
         name: "input", base: .init(hook: .input, priority: -10, acceptByDefault: true))
-    /// Decides packets to managed ports: accept what a grant or break-glass prefix allows, drop the rest.
+    /// Decides packets to managed ports: accept what a grant or break-glass prefix allows, drop the rest (each
+    /// managed port's drops counted by a rule of its own).
     public static let gate = ChainDefinition(name: "gate")
+    /// Where the gate sends what a grant or break-glass prefix allows: each managed port's accepts counted by a rule
+    /// of its own, then accepted.
+    public static let granted = ChainDefinition(name: "granted")
+    /// Every chain of the table, in the order they are created and printed.
+    public static let chains = [input, gate, granted]
 
     /// The rules of each chain, in order.
     ///
     /// Packets reach `gate` only when their protocol and destination port are in `managed`; a packet whose port
     /// cannot be read (no transport header) never jumps, so nothing but a managed port can ever be dropped here.
-    public static func rules(mode: SessionMode, knock: KnockRule? = nil) -> [(chain: String, rule: RuleDefinition)] {
+    /// What a grant or break-glass prefix allows goes on to `granted`; what nothing allows meets its port's counting
+    /// drop rule (the last `counter drop` catches any packet whose port has none, as a safety net).
+    public static func rules(mode: SessionMode, managedServices: [Service] = [], knock: KnockRule? = nil)
+        -> [(chain: String, rule: RuleDefinition)]
+    {
+        var services: [Service] = []
+        for service in managedServices where !services.contains(service) { services.append(service) }
         var rules: [(String, RuleDefinition)] = []
         if let knock {
             rules.append((input.name, .knock(port: knock.port, group: knock.group, rate: knock.rate)))
-            rules.append((input.name, .udpPortDrop(port: knock.port)))
+            rules.append((input.name, .portCounter(Service(port: knock.port, transport: .udp), .drop)))
         }
         rules += [
             (
@@ -96,27 +108,39 @@ public enum DrawbridgeTable {
             rules.append((gate.name, .establishedOrRelated(.accept)))
         }
         rules += [
-            (gate.name, .lookup([.ipv4Source], set: allow4.name, verdict: .accept)),
-            (gate.name, .lookup([.ipv6Source], set: allow6.name, verdict: .accept)),
+            (gate.name, .lookup([.ipv4Source], set: allow4.name, verdict: .goto(granted.name))),
+            (gate.name, .lookup([.ipv6Source], set: allow6.name, verdict: .goto(granted.name))),
             (
                 gate.name,
-                .lookup([.ipv4Source, .transportProtocol, .destinationPort], set: grants4.name, verdict: .accept)
+                .lookup(
+                    [.ipv4Source, .transportProtocol, .destinationPort], set: grants4.name, verdict: .goto(granted.name))
             ),
             (
                 gate.name,
-                .lookup([.ipv4Source, .transportProtocol, .destinationPort], set: ranges4.name, verdict: .accept)
+                .lookup(
+                    [.ipv4Source, .transportProtocol, .destinationPort], set: ranges4.name, verdict: .goto(granted.name))
             ),
             (
                 gate.name,
-                .lookup([.ipv6Source, .transportProtocol, .destinationPort], set: grants6.name, verdict: .accept)
+                .lookup(
+                    [.ipv6Source, .transportProtocol, .destinationPort], set: grants6.name, verdict: .goto(granted.name))
             ),
             (
                 gate.name,
-                .lookup([.ipv6Source, .transportProtocol, .destinationPort], set: ranges6.name, verdict: .accept)
+                .lookup(
+                    [.ipv6Source, .transportProtocol, .destinationPort], set: ranges6.name, verdict: .goto(granted.name))
             ),
-            (gate.name, .counted(.drop)),
         ]
+        rules += services.map { (gate.name, .portCounter($0, .drop)) }
+        rules.append((gate.name, .counted(.drop)))
+        rules += services.map { (granted.name, .portCounter($0, .accept)) }
+        rules.append((granted.name, .counted(.accept)))
         return rules
+    }
+
+    /// The rules of `layout`.
+    public static func rules(_ layout: TableLayout) -> [(chain: String, rule: RuleDefinition)] {
+        rules(mode: layout.mode, managedServices: layout.managedServices, knock: layout.knock)
     }
 
     /// The changes that create the table if missing and (re)write its chains and rules, leaving every grant element
@@ -124,11 +148,9 @@ public enum DrawbridgeTable {
     public static func installation(_ layout: TableLayout) -> Transaction {
         var transaction = Transaction([.createTable(name)])
         for set in sets { transaction.append(.createSet(table: name, set)) }
-        transaction.append(.createChain(table: name, input))
-        transaction.append(.createChain(table: name, gate))
-        transaction.append(.flushChain(table: name, chain: input.name))
-        transaction.append(.flushChain(table: name, chain: gate.name))
-        for (chain, rule) in rules(mode: layout.mode, knock: layout.knock) {
+        for chain in chains { transaction.append(.createChain(table: name, chain)) }
+        for chain in chains { transaction.append(.flushChain(table: name, chain: chain.name)) }
+        for (chain, rule) in rules(layout) {
             transaction.append(.appendRule(table: name, chain: chain, rule))
         }
         transaction.changes += replaceManaged(layout.managedServices) + replaceAlwaysAllowed(layout.alwaysAllowed)
@@ -244,8 +266,8 @@ public enum DrawbridgeTable {
             }
             text += "\t}\n\n"
         }
-        let all = rules(mode: mode, knock: knock)
-        for chain in [input, gate] {
+        let all = rules(mode: mode, managedServices: managedServices, knock: knock)
+        for chain in chains {
             text += "\tchain \(chain.name) {\n"
             if let base = chain.base {
                 let priority =
@@ -256,7 +278,7 @@ public enum DrawbridgeTable {
             for (_, rule) in all.filter({ $0.chain == chain.name }) {
                 text += "\t\t\(rule.nftText)\n"
             }
-            text += "\t}\n" + (chain.name == gate.name ? "" : "\n")
+            text += "\t}\n" + (chain.name == chains.last?.name ? "" : "\n")
         }
         return text + "}\n"
     }
@@ -281,6 +303,7 @@ extension RuleDefinition {
             case .accept: return "accept"
             case .drop: return "drop"
             case .jump(let chain): return "jump \(chain)"
+            case .goto(let chain): return "goto \(chain)"
             }
         }
         switch self {
@@ -300,11 +323,11 @@ extension RuleDefinition {
             return "ct state established,related \(verdictText(verdict))"
         case .counted(let verdict):
             return "counter \(verdictText(verdict))"
+        case .portCounter(let service, let verdict):
+            return "\(service.transport.rawValue) dport \(service.port) counter \(verdictText(verdict))"
         case .knock(let port, let group, let rate):
             // nft leaves out a packet limit's burst when it is the default 5.
             return "udp dport \(port) limit rate \(rate)/second log group \(group) drop"
-        case .udpPortDrop(let port):
-            return "udp dport \(port) counter drop"
         }
     }
 }
@@ -418,5 +441,29 @@ extension IPPrefix {
             }
         }
         return nil
+    }
+}
+
+/// One managed port's packets and bytes as the table's rules count them: dropped without a grant (its rule at the
+/// end of `gate`), and accepted by a grant or break-glass prefix (its rule in `granted`; packets of connections
+/// already open are accepted before the gate and not counted).
+public struct PortCounts: Sendable, Equatable {
+    public var droppedPackets: UInt64 = 0
+    public var droppedBytes: UInt64 = 0
+    public var acceptedPackets: UInt64 = 0
+    public var acceptedBytes: UInt64 = 0
+
+    public init(droppedPackets: UInt64 = 0, droppedBytes: UInt64 = 0, acceptedPackets: UInt64 = 0, acceptedBytes: UInt64 = 0) {
+        self.droppedPackets = droppedPackets
+        self.droppedBytes = droppedBytes
+        self.acceptedPackets = acceptedPackets
+        self.acceptedBytes = acceptedBytes
+    }
+
+    public static func + (lhs: PortCounts, rhs: PortCounts) -> PortCounts {
+        PortCounts(
+            droppedPackets: lhs.droppedPackets &+ rhs.droppedPackets, droppedBytes: lhs.droppedBytes &+ rhs.droppedBytes,
+            acceptedPackets: lhs.acceptedPackets &+ rhs.acceptedPackets,
+            acceptedBytes: lhs.acceptedBytes &+ rhs.acceptedBytes)
     }
 }

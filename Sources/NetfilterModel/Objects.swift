@@ -119,6 +119,8 @@ public enum Verdict: Sendable, Hashable {
     case accept
     case drop
     case jump(String)
+    /// Like jump, but the chain's verdict is final: no return to the calling chain.
+    case goto(String)
 }
 
 /// A value a rule can match, loaded into a register.
@@ -146,8 +148,9 @@ public enum RuleDefinition: Sendable, Hashable {
     /// `udp dport PORT limit rate RATE/second burst 5 packets log group GROUP drop`: the knock port's packets, up to
     /// the rate, to NFLOG and dropped.
     case knock(port: UInt16, group: UInt16, rate: UInt32)
-    /// `udp dport PORT counter drop`: what the limit let through to here.
-    case udpPortDrop(port: UInt16)
+    /// `tcp dport PORT counter VERDICT` (or udp): one port's packets, counted by the rule itself. The managed ports'
+    /// drops and accepts are counted this way, and the knock port's packets the limit let through.
+    case portCounter(Service, Verdict)
 }
 
 /// The expiry an element carries into the kernel.

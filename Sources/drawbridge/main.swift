@@ -249,6 +249,13 @@ extension Drawbridge {
             print("managed: \(status.managedPorts.map { "\($0.name) \($0.service)" }.joined(separator: ", "))")
             print("on expiry: \(status.onExpiry.rawValue)")
             print("active grants: \(status.activeGrants)")
+            for port in status.ports ?? [] {
+                var line = "  \(port.name) \(port.port): \(port.grants) grant\(port.grants == 1 ? "" : "s")"
+                if let dropped = port.dropped, let accepted = port.accepted, let seconds = port.seconds {
+                    line += "; \(dropped) dropped, \(accepted) accepted in the last \(Int(seconds.rounded())) s"
+                }
+                print(line)
+            }
             print("table: \(status.table)")
             print("repairs since start: \(status.repairs)" + (status.lastRepair.map { ", last \($0)" } ?? ""))
             print("storage: \(status.storage)")

@@ -95,6 +95,47 @@ struct MetricsEndToEndTests {
         #expect(status.output.contains("metrics: http://\(Self.listen)/metrics"), "\(status.output)")
     }
 
+    @Test("the table counts each managed port's drops and accepts: exactly the SYNs sent, also across a reload")
+    func kernelCounters() throws {
+        let setup = try Setup()
+        let listener = try TCPListener(in: setup.network.host, port: 22)
+        defer { _ = listener }
+        func connect() throws -> Bool {
+            // 700 ms is below TCP's first retransmission (1 s): one SYN per attempt.
+            try canConnect(from: setup.network.client, to: TestNetwork.hostIPv4, port: 22, source: TestNetwork.clientIPv4)
+        }
+        let dropped = #"drawbridge_dropped_packets_total{port="ssh"}"#
+        let accepted = #"drawbridge_accepted_packets_total{port="ssh"}"#
+        #expect(try setup.sample(dropped) == 0)
+        #expect(try setup.sample(accepted) == 0)
+
+        for _ in 0..<5 { #expect(try !connect(), "closed before a grant") }
+        #expect(try setup.sample(dropped) == 5)
+        #expect(try setup.sample(accepted) == 0)
+        #expect((try setup.sample(#"drawbridge_dropped_bytes_total{port="ssh"}"#) ?? 0) >= 5 * 40)
+
+        let source = TestNetwork.clientIPv4.description
+        #expect(try setup.agent.cli(["grant", "ssh", "--from", source, "--for", "10m", "--reason", "count"]).succeeded)
+        for _ in 0..<3 { #expect(try connect(), "open during the grant") }
+        #expect(try setup.sample(accepted) == 3)
+        #expect(try setup.sample(dropped) == 5)
+        #expect(try setup.sample(#"drawbridge_dropped_packets_total{port="postgres"}"#) == 0)
+
+        let status = try setup.agent.cli(["status"]).output
+        #expect(status.contains("ssh 22/tcp: 1 grant; 5 dropped, 3 accepted in the last"), "\(status)")
+
+        // A reload installs the rules again (the kernel's counters restart); the totals carry on from where they were.
+        #expect(try setup.agent.cli(["revoke", "--from", "\(source)/32"]).succeeded)
+        setup.agent.signal(SIGHUP)
+        #expect(
+            try eventually(within: .seconds(5)) {
+                try setup.agent.auditEvents().contains { $0["event"] as? String == "reload" }
+            })
+        #expect(try !connect(), "closed after the revocation")
+        #expect(try setup.sample(dropped) == 6)
+        #expect(try setup.sample(accepted) == 3)
+    }
+
     @Test("only GET /metrics is served: other paths 404, other methods 405")
     func onlyMetrics() throws {
         let setup = try Setup()

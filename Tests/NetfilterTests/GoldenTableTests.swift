@@ -62,10 +62,11 @@ struct GoldenTableTests {
         }
     }
 
-    @Test("with knocks: the module's knock rules are what nft loads from the printed text, and what it lists back")
+    @Test("with knocks and ports: the module's rules are what nft loads from the printed text, and what it lists back")
     func knockRulesMatchNft() throws {
         let layout = TableLayout(
-            mode: .keepSessions, managedServices: [Service(port: 22, transport: .tcp)], alwaysAllowed: [],
+            mode: .keepSessions,
+            managedServices: [Service(port: 22, transport: .tcp), Service(port: 53, transport: .udp)], alwaysAllowed: [],
             knock: KnockRule(port: 62201, group: 4711, rate: 150))
         let fromModule = try NetworkNamespace.createAnonymous()
         let driver = TableDriver(connection: try NetfilterConnection(namespace: fromModule))
@@ -75,11 +76,16 @@ struct GoldenTableTests {
         let text = DrawbridgeTable.ruleset(
             mode: .keepSessions, managedServices: layout.managedServices, knock: layout.knock)
         #expect(text.contains("udp dport 62201 limit rate 150/second log group 4711 drop"))
+        // Each managed port's own counting rules: drops at the end of gate, accepts in granted.
+        #expect(text.contains("\t\ttcp dport 22 counter drop\n\t\tudp dport 53 counter drop\n\t\tcounter drop\n"))
+        #expect(text.contains("\t\ttcp dport 22 counter accept\n\t\tudp dport 53 counter accept\n\t\tcounter accept\n"))
         let fromText = try NetworkNamespace.createAnonymous()
         try run(["nft", "-f", "-"], in: fromText, input: text)
         #expect(try Self.normalizedListing(in: fromModule) == Self.normalizedListing(in: fromText))
+        // nft wraps a list of elements over lines; the printed text keeps them on one.
         let listed = try run(["nft", "list", "table", "inet", "drawbridge"], in: fromModule).output
             .replacingOccurrences(of: "counter packets 0 bytes 0", with: "counter")
+            .replacingOccurrences(of: ",\n\t\t\t     ", with: ", ")
         #expect(listed == text)
 
         // Another rate, group or port is a changed rule; no knock section at all means no knock rules.
@@ -106,7 +112,7 @@ struct GoldenTableTests {
         try enforcer.install(mode: .cutSessions, managedServices: managed, alwaysAllowed: allowed)
 
         let fromFile = try NetworkNamespace.createAnonymous()
-        let ruleset = DrawbridgeTable.ruleset(mode: .cutSessions)
+        let ruleset = DrawbridgeTable.ruleset(mode: .cutSessions, managedServices: managed)
         try run(["nft", "-f", "-"], in: fromFile, input: ruleset)
         try run(
             ["nft", "-f", "-"], in: fromFile,
@@ -135,6 +141,6 @@ struct GoldenTableTests {
         // Only the expiry countdown may differ; the rules must not have been appended twice.
         let rules = { (listing: String) in listing.components(separatedBy: "\"rule\"").count }
         #expect(rules(after) == rules(before))
-        #expect(rules(after) == DrawbridgeTable.rules(mode: .keepSessions).count + 1)
+        #expect(rules(after) == DrawbridgeTable.rules(mode: .keepSessions, managedServices: [ssh]).count + 1)
     }
 }
