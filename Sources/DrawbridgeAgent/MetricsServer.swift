@@ -1,4 +1,5 @@
 import DrawbridgeCore
+import Glibc
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -52,7 +53,12 @@ public final class MetricsServer: Sendable {
             logger.error(
                 "cannot serve metrics; the agent runs on without them",
                 metadata: ["metrics.listen": "\(settings.listen)", "error": "\(error)"])
-            await agent.addWarning("metrics: cannot listen on \(settings.listen): \(error)")
+            var note = "metrics: cannot listen on \(settings.listen): \(error)"
+            if let failure = error as? IOError, failure.errnoCode == EAFNOSUPPORT || failure.errnoCode == EPERM {
+                note += " (the packaged unit allows no IP sockets; `systemctl edit drawbridge` can add "
+                    + "RestrictAddressFamilies=AF_INET AF_INET6 and IPAddressAllow=localhost, see the README's Metrics)"
+            }
+            await agent.addWarning(note)
             await shutdown.wait()
             try? await group.shutdownGracefully()
             return

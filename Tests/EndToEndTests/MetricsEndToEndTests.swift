@@ -136,6 +136,34 @@ struct MetricsEndToEndTests {
         #expect(try setup.sample(accepted) == 3)
     }
 
+    @Test("every metric the Grafana dashboard queries is in a real scrape")
+    func dashboardQueriesExist() throws {
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("packaging/grafana/drawbridge-dashboard.json")
+        let dashboard = try JSONSerialization.jsonObject(with: Data(contentsOf: file)) as! [String: Any]
+        var expressions: [String] = []
+        for panel in dashboard["panels"] as! [[String: Any]] {
+            for target in panel["targets"] as! [[String: Any]] { expressions.append(target["expr"] as! String) }
+        }
+        #expect(expressions.count >= 10)
+        let setup = try Setup()
+        #expect(try setup.agent.cli(["grant", "ssh", "--from", "192.0.2.12", "--for", "5m", "--reason", "d"]).succeeded)
+        let scrape = try setup.curl().body
+        let served = Set(
+            scrape.split(separator: "\n").filter { !$0.hasPrefix("#") }.map {
+                String($0.prefix { $0 != "{" && $0 != " " })
+            })
+        let pattern = try NSRegularExpression(pattern: "drawbridge_[a-z_]+")
+        for expression in expressions {
+            let range = NSRange(expression.startIndex..., in: expression)
+            let names = pattern.matches(in: expression, range: range).map {
+                String(expression[Range($0.range, in: expression)!])
+            }
+            #expect(!names.isEmpty, "\(expression)")
+            for name in names { #expect(served.contains(name), "\(name) (in \(expression)) is not served") }
+        }
+    }
+
     @Test("only GET /metrics is served: other paths 404, other methods 405")
     func onlyMetrics() throws {
         let setup = try Setup()
