@@ -87,7 +87,7 @@ extension Agent {
                 name: port.name, port: port.service.description, grants: grants[port.name] ?? 0,
                 dropped: counts.map { Int(clamping: $0.droppedPackets) },
                 accepted: counts.map { Int(clamping: $0.acceptedPackets) },
-                seconds: recent?.seconds)
+                seconds: recent?.seconds, hooks: port.hooks.map(\.rawValue))
         }
     }
 }

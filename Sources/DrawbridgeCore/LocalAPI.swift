@@ -325,8 +325,14 @@ public enum LocalAPI {
         public var accepted: Int?
         /// How long the counts cover: about a minute, less just after the agent started.
         public var seconds: Double?
+        /// Where the port is guarded: `input`, `forward`.
+        public var hooks: [String]?
 
-        public init(name: String, port: String, grants: Int, dropped: Int?, accepted: Int?, seconds: Double?) {
+        public init(
+            name: String, port: String, grants: Int, dropped: Int?, accepted: Int?, seconds: Double?,
+            hooks: [String]? = nil
+        ) {
+            self.hooks = hooks
             self.name = name
             self.port = port
             self.grants = grants

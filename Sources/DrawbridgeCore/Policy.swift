@@ -44,13 +44,24 @@ public struct Policy: Sendable, Equatable {
         public var maxDuration: Double
         /// The prefixes a grant's source must lie within; `0.0.0.0/0` and `::/0` mean anywhere.
         public var allowedSources: [IPPrefix]
+        /// Where the port is guarded: `input` (packets to this host, the default), `forward` (packets this host
+        /// forwards, to containers or VMs, judged by the port the client asked for before any DNAT), or both.
+        public var hooks: [Hook]
 
-        public init(name: String, service: Service, maxDuration: Double, allowedSources: [IPPrefix]) {
+        public init(
+            name: String, service: Service, maxDuration: Double, allowedSources: [IPPrefix], hooks: [Hook] = [.input]
+        ) {
             self.name = name
             self.service = service
             self.maxDuration = maxDuration
             self.allowedSources = allowedSources
+            self.hooks = hooks
         }
+    }
+
+    /// A netfilter hook a managed port is guarded on.
+    public enum Hook: String, Sendable, Equatable, CaseIterable {
+        case input, forward
     }
 
     /// Lets the members of a Unix group grant some ports for a bounded time.
@@ -116,7 +127,9 @@ public struct Policy: Sendable, Equatable {
     }
 
     /// The port/protocol pairs under just-in-time control, in file order.
-    public var managedServices: [Service] { ports.map(\.service) }
+    public var managedServices: [Service] { ports.filter { $0.hooks.contains(.input) }.map(\.service) }
+    /// The ports guarded on the forward hook.
+    public var forwardedServices: [Service] { ports.filter { $0.hooks.contains(.forward) }.map(\.service) }
 
     /// The longest duration any managed port allows (for display); nil when no port is managed.
     public var longestMaxDuration: Double? { ports.map(\.maxDuration).max() }
@@ -193,7 +206,7 @@ private struct PolicyReader {
         static let knockKey = ["authorized_keys", "key", "ports", "max_duration"]
         static let etcd = ["endpoints", "host", "groups", "prefix", "tls", "user", "password_file", "sync_user"]
         static let tls = ["ca", "cert", "key"]
-        static let port = ["port", "protocol", "max_duration", "allowed_sources"]
+        static let port = ["port", "protocol", "max_duration", "allowed_sources", "hooks"]
         static let role = ["group", "ports", "max_duration"]
     }
 
@@ -505,9 +518,34 @@ private struct PolicyReader {
         let maxDuration = try duration(entries["max_duration"]!.value, of: context)
         let sources = try prefixes(
             entries["allowed_sources"]!.value, named: "allowed_sources of \(context)", allowEmpty: false)
+        var hooks: [Policy.Hook] = [.input]
+        if let entry = entries["hooks"] {
+            hooks = try readHooks(entry.value, of: context)
+        }
         return Policy.ManagedPort(
             name: name, service: Service(port: number, transport: transport), maxDuration: maxDuration,
-            allowedSources: sources)
+            allowedSources: sources, hooks: hooks)
+    }
+
+    /// `[input]`, `[forward]` or `[input, forward]`.
+    private func readHooks(_ node: Node, of context: String) throws(PolicyError) -> [Policy.Hook] {
+        let hint = "write it like hooks: [input, forward]; input guards packets to this host, forward packets it "
+            + "forwards (to containers or VMs, by the port the client asked for)"
+        guard case .sequence(let items) = node.content, !items.isEmpty else {
+            throw failure(at: node, "hooks of \(context) must be a non-empty list; found \(describe(node))", hint: hint)
+        }
+        var hooks: [Policy.Hook] = []
+        for item in items {
+            let text = try string(item, named: "a hook of \(context)")
+            guard let hook = Policy.Hook(rawValue: text) else {
+                throw failure(at: item, "'\(TextCheck.escaped(text))' is not a hook; use input or forward", hint: hint)
+            }
+            guard !hooks.contains(hook) else {
+                throw failure(at: item, "hooks of \(context) name \(text) twice")
+            }
+            hooks.append(hook)
+        }
+        return hooks
     }
 
     private func readRoles(_ node: Node, ports: [Policy.ManagedPort]) throws(PolicyError) -> [Policy.Role] {

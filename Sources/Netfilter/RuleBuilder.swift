@@ -12,13 +12,17 @@ enum RuleBuilder {
         nftnl_rule_set_u32(rule, UInt16(NFTNL_RULE_FAMILY.rawValue), UInt32(NFPROTO_INET))
         let expressions = ExpressionList(rule: rule)
         switch definition {
-        case .lookup(let selectors, let set, let verdict):
+        case .lookup(let selectors, let set, let verdict, let transport):
+            if let transport {
+                expressions.loadMeta(NFT_META_L4PROTO, into: NFT_REG_1.rawValue)
+                expressions.compare(register: NFT_REG_1.rawValue, equal: true, to: [transport.number])
+            }
             // `ip saddr` in an inet table implies "and the packet is IPv4": nft emits that check first.
             for selector in selectors {
                 switch selector {
                 case .ipv4Source: expressions.matchNetworkProtocol(UInt8(NFPROTO_IPV4))
                 case .ipv6Source: expressions.matchNetworkProtocol(UInt8(NFPROTO_IPV6))
-                case .transportProtocol, .destinationPort: break
+                case .transportProtocol, .destinationPort, .originalDestinationPort: break
                 }
             }
             // Each field goes to the register at the padded length of the fields before it.
@@ -40,6 +44,9 @@ enum RuleBuilder {
                     offset += 4
                 case .destinationPort:
                     expressions.loadPayload(base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2, into: register)
+                    offset += 4
+                case .originalDestinationPort:
+                    expressions.loadOriginalDestinationPort(into: register)
                     offset += 4
                 }
             }
@@ -84,8 +91,17 @@ enum RuleBuilder {
                 nftnl_expr_set_u16($0, UInt16(NFTNL_EXPR_LOG_GROUP), group)
             }
             expressions.verdict(.drop)
-        case .portCounter(let service, let verdict):
-            expressions.matchPort(service)
+        case .portCounter(let service, let verdict, let original):
+            if original {
+                expressions.loadMeta(NFT_META_L4PROTO, into: NFT_REG_1.rawValue)
+                expressions.compare(register: NFT_REG_1.rawValue, equal: true, to: [service.transport.number])
+                expressions.loadOriginalDestinationPort(into: NFT_REG_1.rawValue)
+                expressions.compare(
+                    register: NFT_REG_1.rawValue, equal: true,
+                    to: [UInt8(service.port >> 8), UInt8(service.port & 0xff)])
+            } else {
+                expressions.matchPort(service)
+            }
             expressions.add("counter") { _ in }
             expressions.verdict(verdict)
         }
@@ -111,6 +127,15 @@ private struct ExpressionList {
         loadPayload(base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, length: 2, into: NFT_REG_1.rawValue)
         compare(
             register: NFT_REG_1.rawValue, equal: true, to: [UInt8(service.port >> 8), UInt8(service.port & 0xff)])
+    }
+
+    /// `ct original proto-dst`: the port the connection's first packet was sent to, before any DNAT.
+    func loadOriginalDestinationPort(into register: UInt32) {
+        add("ct") {
+            nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_CT_KEY), NFT_CT_PROTO_DST.rawValue)
+            nftnl_expr_set_u8($0, UInt16(NFTNL_EXPR_CT_DIR), 0)
+            nftnl_expr_set_u32($0, UInt16(NFTNL_EXPR_CT_DREG), register)
+        }
     }
 
     func matchNetworkProtocol(_ family: UInt8) {

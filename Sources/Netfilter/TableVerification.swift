@@ -271,7 +271,7 @@ extension DrawbridgeTable {
                     policy: base.acceptByDefault ? 1 : 0, device: nil, flags: chain.flags & 1)
                 if chain != expected {
                     problems.append(
-                        "chain \(definition.name) is not a filter chain on hook input at priority \(base.priority) "
+                        "chain \(definition.name) is not a filter chain on hook \(base.hook.name) at priority \(base.priority) "
                             + "with policy accept (found type \(chain.type ?? "none"), hook "
                             + "\(chain.hook.map(String.init) ?? "none"), priority "
                             + "\(chain.priority.map(String.init) ?? "none"), policy "
@@ -313,7 +313,7 @@ extension DrawbridgeTable {
         let expected = installation(layout)
         var expectedElements: [String: [SetElement]] = [:]
         for case .addElements(_, let set, let elements) in expected.changes { expectedElements[set.name] = elements }
-        for set in [managed, allow4, allow6] where sets.contains(where: { $0.name == set.name }) {
+        for set in [managed, forwarded, allow4, allow6] where sets.contains(where: { $0.name == set.name }) {
             let listed = try connection.listElements(table: name, set: set.name)
             let actual = Set(listed.map { "\($0.key)\($0.isIntervalEnd)" })
             let wanted = Set((expectedElements[set.name] ?? []).map { "\($0.key)\($0.isIntervalEnd)" })
@@ -342,19 +342,20 @@ extension DrawbridgeTable {
     {
         let expected = rules(layout)
         var counts: [Service: PortCounts] = [:]
-        for chain in [gate, granted] {
+        for chain in [gate, granted, gateForward, grantedForward] {
             let wanted = expected.filter { $0.chain == chain.name }.map(\.rule)
             let listed = try connection.listRuleCounters(table: name, chain: chain.name)
             guard listed.count == wanted.count else { return nil }
             for (rule, counter) in zip(wanted, listed) {
-                guard case .portCounter(let service, let verdict) = rule else { continue }
+                guard case .portCounter(let service, let verdict, _) = rule else { continue }
                 guard let counter else { return nil }
+                // A port guarded on both hooks is counted on each; its counts are the sum.
                 if verdict == .drop {
-                    counts[service, default: PortCounts()].droppedPackets = counter.packets
-                    counts[service, default: PortCounts()].droppedBytes = counter.bytes
+                    counts[service, default: PortCounts()].droppedPackets += counter.packets
+                    counts[service, default: PortCounts()].droppedBytes += counter.bytes
                 } else {
-                    counts[service, default: PortCounts()].acceptedPackets = counter.packets
-                    counts[service, default: PortCounts()].acceptedBytes = counter.bytes
+                    counts[service, default: PortCounts()].acceptedPackets += counter.packets
+                    counts[service, default: PortCounts()].acceptedBytes += counter.bytes
                 }
             }
         }

@@ -4,16 +4,24 @@ import FoundationEssentials
 /// What the policy makes of the table: the parts that do not change with grants.
 public struct TableLayout: Sendable, Equatable {
     public var mode: SessionMode
+    /// The ports guarded on the input hook (packets to this host).
     public var managedServices: [Service]
     public var alwaysAllowed: [IPPrefix]
     /// The knock port's rules, when the policy takes knocks.
     public var knock: KnockRule?
+    /// The ports guarded on the forward hook, by the connection's original destination port (containers, VMs and
+    /// anything DNAT sends on).
+    public var forwardedServices: [Service]
 
-    public init(mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix], knock: KnockRule? = nil) {
+    public init(
+        mode: SessionMode, managedServices: [Service], alwaysAllowed: [IPPrefix], knock: KnockRule? = nil,
+        forwardedServices: [Service] = []
+    ) {
         self.mode = mode
         self.managedServices = managedServices
         self.alwaysAllowed = alwaysAllowed
         self.knock = knock
+        self.forwardedServices = forwardedServices
     }
 }
 
@@ -22,7 +30,8 @@ extension TableLayout {
     public init(policy: Policy) {
         self.init(
             mode: policy.onExpiry, managedServices: policy.managedServices, alwaysAllowed: policy.alwaysAllow,
-            knock: policy.knock.map { KnockRule(port: $0.port, group: $0.logGroup, rate: $0.rate) })
+            knock: policy.knock.map { KnockRule(port: $0.port, group: $0.logGroup, rate: $0.rate) },
+            forwardedServices: policy.forwardedServices)
     }
 }
 
@@ -49,8 +58,10 @@ public struct KnockRule: Sendable, Equatable {
 public enum DrawbridgeTable {
     public static let name = "drawbridge"
 
-    /// `inet_proto . inet_service`: the ports under just-in-time control.
+    /// `inet_proto . inet_service`: the ports under just-in-time control on the input hook.
     public static let managed = SetDefinition(name: "managed", keyTypes: [.inetProtocol, .inetService])
+    /// The same for the forward hook, matched against the connection's original destination port.
+    public static let forwarded = SetDefinition(name: "forwarded", keyTypes: [.inetProtocol, .inetService])
     /// Break-glass prefixes, always allowed on every managed port.
     public static let allow4 = SetDefinition(name: "allow4", keyTypes: [.ipv4Address], interval: true)
     public static let allow6 = SetDefinition(name: "allow6", keyTypes: [.ipv6Address], interval: true)
@@ -65,7 +76,7 @@ public enum DrawbridgeTable {
     public static let ranges6 = SetDefinition(
         name: "ranges6", keyTypes: [.ipv6Address, .inetProtocol, .inetService], interval: true, timeout: true)
 
-    public static let sets = [managed, allow4, allow6, grants4, grants6, ranges4, ranges6]
+    public static let sets = [managed, forwarded, allow4, allow6, grants4, grants6, ranges4, ranges6]
     /// The sets that hold grants, each with a timeout per element.
     public static let grantSets = [grants4, grants6, ranges4, ranges6]
 
@@ -78,8 +89,15 @@ public enum DrawbridgeTable {
     /// Where the gate sends what a grant or break-glass prefix allows: each managed port's accepts counted by a rule
     /// of its own, then accepted.
     public static let granted = ChainDefinition(name: "granted")
+    /// The forward hook's base chain: only forwarded packets whose protocol and original destination port are in
+    /// `forwarded` go on to its gate. At the same priority as `input`, so before Docker's (filter) chains.
+    public static let forward = ChainDefinition(
+        name: "forward", base: .init(hook: .forward, priority: -10, acceptByDefault: true))
+    /// `gate` and `granted` for forwarded packets, judged by the original destination port.
+    public static let gateForward = ChainDefinition(name: "gate_forward")
+    public static let grantedForward = ChainDefinition(name: "granted_forward")
     /// Every chain of the table, in the order they are created and printed.
-    public static let chains = [input, gate, granted]
+    public static let chains = [input, gate, granted, forward, gateForward, grantedForward]
 
     /// The rules of each chain, in order.
     ///
@@ -87,60 +105,69 @@ public enum DrawbridgeTable {
     /// cannot be read (no transport header) never jumps, so nothing but a managed port can ever be dropped here.
     /// What a grant or break-glass prefix allows goes on to `granted`; what nothing allows meets its port's counting
     /// drop rule (the last `counter drop` catches any packet whose port has none, as a safety net).
-    public static func rules(mode: SessionMode, managedServices: [Service] = [], knock: KnockRule? = nil)
-        -> [(chain: String, rule: RuleDefinition)]
-    {
-        var services: [Service] = []
-        for service in managedServices where !services.contains(service) { services.append(service) }
+    ///
+    /// Forwarded packets take the same way through `forward`, `gate_forward` and `granted_forward`, with the
+    /// connection's original destination port in place of the packet's (after DNAT the packet's port is the
+    /// container's), and without the loopback rule.
+    public static func rules(
+        mode: SessionMode, managedServices: [Service] = [], knock: KnockRule? = nil, forwardedServices: [Service] = []
+    ) -> [(chain: String, rule: RuleDefinition)] {
+        func unique(_ list: [Service]) -> [Service] {
+            var seen: [Service] = []
+            for service in list where !seen.contains(service) { seen.append(service) }
+            return seen
+        }
         var rules: [(String, RuleDefinition)] = []
         if let knock {
             rules.append((input.name, .knock(port: knock.port, group: knock.group, rate: knock.rate)))
             rules.append((input.name, .portCounter(Service(port: knock.port, transport: .udp), .drop)))
         }
-        rules += [
-            (
-                input.name,
-                .lookup([.transportProtocol, .destinationPort], set: managed.name, verdict: .jump(gate.name))
-            ),
-            (gate.name, .loopbackInterface(.accept)),
-        ]
-        if mode == .keepSessions {
-            rules.append((gate.name, .establishedOrRelated(.accept)))
+        for forwarding in [false, true] {
+            let (base, gate, granted, set) =
+                forwarding ? (forward, gateForward, grantedForward, forwarded) : (input, gate, granted, managed)
+            let port: Selector = forwarding ? .originalDestinationPort : .destinationPort
+            let services = unique(forwarding ? forwardedServices : managedServices)
+            // nft reads `ct original proto-dst` as a port only after a protocol match: one rule per protocol.
+            let transports: [TransportProtocol?] = forwarding ? TransportProtocol.allCases : [nil]
+            for transport in transports {
+                rules.append(
+                    (
+                        base.name,
+                        .lookup([.transportProtocol, port], set: set.name, verdict: .jump(gate.name), protocol: transport)
+                    ))
+            }
+            if !forwarding { rules.append((gate.name, .loopbackInterface(.accept))) }
+            if mode == .keepSessions { rules.append((gate.name, .establishedOrRelated(.accept))) }
+            rules += [
+                (gate.name, .lookup([.ipv4Source], set: allow4.name, verdict: .goto(granted.name))),
+                (gate.name, .lookup([.ipv6Source], set: allow6.name, verdict: .goto(granted.name))),
+            ]
+            for (source, sets) in [(Selector.ipv4Source, [grants4, ranges4]), (.ipv6Source, [grants6, ranges6])] {
+                for grantSet in sets {
+                    for transport in transports {
+                        rules.append(
+                            (
+                                gate.name,
+                                .lookup(
+                                    [source, .transportProtocol, port], set: grantSet.name,
+                                    verdict: .goto(granted.name), protocol: transport)
+                            ))
+                    }
+                }
+            }
+            rules += services.map { (gate.name, .portCounter($0, .drop, original: forwarding)) }
+            rules.append((gate.name, .counted(.drop)))
+            rules += services.map { (granted.name, .portCounter($0, .accept, original: forwarding)) }
+            rules.append((granted.name, .counted(.accept)))
         }
-        rules += [
-            (gate.name, .lookup([.ipv4Source], set: allow4.name, verdict: .goto(granted.name))),
-            (gate.name, .lookup([.ipv6Source], set: allow6.name, verdict: .goto(granted.name))),
-            (
-                gate.name,
-                .lookup(
-                    [.ipv4Source, .transportProtocol, .destinationPort], set: grants4.name, verdict: .goto(granted.name))
-            ),
-            (
-                gate.name,
-                .lookup(
-                    [.ipv4Source, .transportProtocol, .destinationPort], set: ranges4.name, verdict: .goto(granted.name))
-            ),
-            (
-                gate.name,
-                .lookup(
-                    [.ipv6Source, .transportProtocol, .destinationPort], set: grants6.name, verdict: .goto(granted.name))
-            ),
-            (
-                gate.name,
-                .lookup(
-                    [.ipv6Source, .transportProtocol, .destinationPort], set: ranges6.name, verdict: .goto(granted.name))
-            ),
-        ]
-        rules += services.map { (gate.name, .portCounter($0, .drop)) }
-        rules.append((gate.name, .counted(.drop)))
-        rules += services.map { (granted.name, .portCounter($0, .accept)) }
-        rules.append((granted.name, .counted(.accept)))
         return rules
     }
 
     /// The rules of `layout`.
     public static func rules(_ layout: TableLayout) -> [(chain: String, rule: RuleDefinition)] {
-        rules(mode: layout.mode, managedServices: layout.managedServices, knock: layout.knock)
+        rules(
+            mode: layout.mode, managedServices: layout.managedServices, knock: layout.knock,
+            forwardedServices: layout.forwardedServices)
     }
 
     /// The changes that create the table if missing and (re)write its chains and rules, leaving every grant element
@@ -153,7 +180,9 @@ public enum DrawbridgeTable {
         for (chain, rule) in rules(layout) {
             transaction.append(.appendRule(table: name, chain: chain, rule))
         }
-        transaction.changes += replaceManaged(layout.managedServices) + replaceAlwaysAllowed(layout.alwaysAllowed)
+        transaction.changes +=
+            replaceManaged(layout.managedServices, forwarded: layout.forwardedServices)
+            + replaceAlwaysAllowed(layout.alwaysAllowed)
         return transaction
     }
 
@@ -178,12 +207,14 @@ public enum DrawbridgeTable {
         return transaction
     }
 
-    /// Replaces the managed ports (flush and refill, atomic inside a transaction).
-    public static func replaceManaged(_ services: [Service]) -> [Change] {
-        let elements = Set(services).sorted().map { service in
-            SetElement(key: ElementKey.protocolAndPort(service))
+    /// Replaces the managed ports of both hooks (flush and refill, atomic inside a transaction).
+    public static func replaceManaged(_ services: [Service], forwarded forwardedServices: [Service] = []) -> [Change] {
+        var changes: [Change] = []
+        for (set, list) in [(managed, services), (forwarded, forwardedServices)] {
+            let elements = Set(list).sorted().map { SetElement(key: ElementKey.protocolAndPort($0)) }
+            changes += [.flushSet(table: name, set: set.name), .addElements(table: name, set: set, elements)]
         }
-        return [.flushSet(table: name, set: managed.name), .addElements(table: name, set: managed, elements)]
+        return changes
     }
 
     /// Replaces the break-glass prefixes of both families (flush and refill).
@@ -248,10 +279,12 @@ public enum DrawbridgeTable {
     /// The table in nft syntax: exactly rules/drawbridge.nft for keep-sessions with no elements; with a policy's
     /// managed ports and break-glass prefixes, what `nft list table inet drawbridge` shows before any grant.
     public static func ruleset(
-        mode: SessionMode, managedServices: [Service] = [], alwaysAllowed: [IPPrefix] = [], knock: KnockRule? = nil
+        mode: SessionMode, managedServices: [Service] = [], alwaysAllowed: [IPPrefix] = [], knock: KnockRule? = nil,
+        forwardedServices: [Service] = []
     ) -> String {
         var elements: [String: [String]] = [
-            managed.name: Set(managedServices).sorted().map { "\($0.transport.rawValue) . \($0.port)" }
+            managed.name: Set(managedServices).sorted().map { "\($0.transport.rawValue) . \($0.port)" },
+            forwarded.name: Set(forwardedServices).sorted().map { "\($0.transport.rawValue) . \($0.port)" },
         ]
         for (family, set) in [(AddressFamily.ipv4, allow4), (.ipv6, allow6)] {
             elements[set.name] = AddressRange.merged(alwaysAllowed.filter { $0.family == family }).map(\.nftText)
@@ -266,14 +299,16 @@ public enum DrawbridgeTable {
             }
             text += "\t}\n\n"
         }
-        let all = rules(mode: mode, managedServices: managedServices, knock: knock)
+        let all = rules(
+            mode: mode, managedServices: managedServices, knock: knock, forwardedServices: forwardedServices)
         for chain in chains {
             text += "\tchain \(chain.name) {\n"
             if let base = chain.base {
                 let priority =
                     base.priority == 0 ? "filter" : "filter \(base.priority < 0 ? "-" : "+") \(abs(base.priority))"
                 text +=
-                    "\t\ttype filter hook input priority \(priority); policy \(base.acceptByDefault ? "accept" : "drop");\n"
+                    "\t\ttype filter hook \(base.hook.name) priority \(priority); policy "
+                    + "\(base.acceptByDefault ? "accept" : "drop");\n"
             }
             for (_, rule) in all.filter({ $0.chain == chain.name }) {
                 text += "\t\t\(rule.nftText)\n"
@@ -307,24 +342,30 @@ extension RuleDefinition {
             }
         }
         switch self {
-        case .lookup(let selectors, let set, let verdict):
+        case .lookup(let selectors, let set, let verdict, let transport):
             let names = selectors.map { selector in
                 switch selector {
                 case .ipv4Source: return "ip saddr"
                 case .ipv6Source: return "ip6 saddr"
                 case .transportProtocol: return "meta l4proto"
                 case .destinationPort: return "th dport"
+                case .originalDestinationPort: return "ct original proto-dst"
                 }
             }
-            return "\(names.joined(separator: " . ")) @\(set) \(verdictText(verdict))"
+            let condition = transport.map { "meta l4proto \($0.rawValue) " } ?? ""
+            return "\(condition)\(names.joined(separator: " . ")) @\(set) \(verdictText(verdict))"
         case .loopbackInterface(let verdict):
             return "iif \"lo\" \(verdictText(verdict))"
         case .establishedOrRelated(let verdict):
             return "ct state established,related \(verdictText(verdict))"
         case .counted(let verdict):
             return "counter \(verdictText(verdict))"
-        case .portCounter(let service, let verdict):
-            return "\(service.transport.rawValue) dport \(service.port) counter \(verdictText(verdict))"
+        case .portCounter(let service, let verdict, let original):
+            let match =
+                original
+                ? "meta l4proto \(service.transport.rawValue) ct original proto-dst \(service.port)"
+                : "\(service.transport.rawValue) dport \(service.port)"
+            return "\(match) counter \(verdictText(verdict))"
         case .knock(let port, let group, let rate):
             // nft leaves out a packet limit's burst when it is the default 5.
             return "udp dport \(port) limit rate \(rate)/second log group \(group) drop"

@@ -81,11 +81,21 @@ public struct SetDefinition: Sendable, Hashable {
 /// A hook on which a base chain runs.
 public enum ChainHook: Sendable, Hashable {
     case input
+    case forward
 
-    /// The hook number (NF_INET_LOCAL_IN is 1).
+    /// The hook number (NF_INET_LOCAL_IN is 1, NF_INET_FORWARD 2).
     package var number: UInt32 {
         switch self {
         case .input: return 1
+        case .forward: return 2
+        }
+    }
+
+    /// The hook's name in nft syntax.
+    package var name: String {
+        switch self {
+        case .input: return "input"
+        case .forward: return "forward"
         }
     }
 }
@@ -133,12 +143,16 @@ public enum Selector: Sendable, Hashable {
     case transportProtocol
     /// `th dport`: the destination port of whatever transport header the packet has.
     case destinationPort
+    /// `ct original proto-dst`: the destination port the connection's first packet had, before any DNAT (how a
+    /// forwarded packet is judged by the port the client asked for).
+    case originalDestinationPort
 }
 
 /// One rule of a chain, in the small vocabulary the drawbridge table needs.
 public enum RuleDefinition: Sendable, Hashable {
-    /// `SELECTOR . SELECTOR ... @set VERDICT`.
-    case lookup([Selector], set: String, verdict: Verdict)
+    /// `SELECTOR . SELECTOR ... @set VERDICT`; with `protocol`, preceded by `meta l4proto PROTOCOL` (which nft needs
+    /// before it can read `ct original proto-dst` as a port).
+    case lookup([Selector], set: String, verdict: Verdict, protocol: TransportProtocol? = nil)
     /// `iif "lo" VERDICT` (the loopback interface is index 1 in every namespace).
     case loopbackInterface(Verdict)
     /// `ct state established,related VERDICT`.
@@ -150,7 +164,9 @@ public enum RuleDefinition: Sendable, Hashable {
     case knock(port: UInt16, group: UInt16, rate: UInt32)
     /// `tcp dport PORT counter VERDICT` (or udp): one port's packets, counted by the rule itself. The managed ports'
     /// drops and accepts are counted this way, and the knock port's packets the limit let through.
-    case portCounter(Service, Verdict)
+    /// With `original`, the port is the connection's original destination port: `meta l4proto tcp ct original
+    /// proto-dst PORT counter VERDICT`, for forwarded packets.
+    case portCounter(Service, Verdict, original: Bool = false)
 }
 
 /// The expiry an element carries into the kernel.

@@ -250,7 +250,9 @@ extension Drawbridge {
             print("on expiry: \(status.onExpiry.rawValue)")
             print("active grants: \(status.activeGrants)")
             for port in status.ports ?? [] {
-                var line = "  \(port.name) \(port.port): \(port.grants) grant\(port.grants == 1 ? "" : "s")"
+                var line = "  \(port.name) \(port.port)"
+                if let hooks = port.hooks, hooks != ["input"] { line += " (\(hooks.joined(separator: ", ")))" }
+                line += ": \(port.grants) grant\(port.grants == 1 ? "" : "s")"
                 if let dropped = port.dropped, let accepted = port.accepted, let seconds = port.seconds {
                     line += "; \(dropped) dropped, \(accepted) accepted in the last \(Int(seconds.rounded())) s"
                 }
@@ -329,10 +331,12 @@ extension Drawbridge {
                 var `protocol`: String
                 var maxDuration: String
                 var allowedSources: [String]
+                var hooks: [String]
                 enum CodingKeys: String, CodingKey {
                     case name, port, `protocol`
                     case maxDuration = "max_duration"
                     case allowedSources = "allowed_sources"
+                    case hooks
                 }
             }
             struct Role: Encodable {
@@ -382,6 +386,15 @@ extension Drawbridge {
             }
         }
 
+        /// How `check` says where a port is guarded, when not only on input.
+        static func hooksNote(_ hooks: [Policy.Hook]) -> String {
+            switch hooks {
+            case [.input]: return ""
+            case [.forward]: return "; forwarded traffic only (containers, VMs: by the port asked for, before DNAT)"
+            default: return "; to this host and forwarded (containers, VMs: by the port asked for, before DNAT)"
+            }
+        }
+
         func run() throws {
             let policy: Policy
             do {
@@ -403,7 +416,7 @@ extension Drawbridge {
                             Report.Port(
                                 name: $0.name, port: Int($0.service.port), protocol: $0.service.transport.rawValue,
                                 maxDuration: GrantDuration.format($0.maxDuration),
-                                allowedSources: $0.allowedSources.map(\.description))
+                                allowedSources: $0.allowedSources.map(\.description), hooks: $0.hooks.map(\.rawValue))
                         },
                         alwaysAllow: policy.alwaysAllow.map(\.description), onExpiry: policy.onExpiry.rawValue,
                         roles: policy.roles.map {
@@ -427,7 +440,8 @@ extension Drawbridge {
             for port in policy.ports {
                 print(
                     "  \(port.name) \(port.service): grants up to \(GrantDuration.format(port.maxDuration)) "
-                        + "from within \(port.allowedSources.map(\.description).joined(separator: ", "))")
+                        + "from within \(port.allowedSources.map(\.description).joined(separator: ", "))"
+                        + Self.hooksNote(port.hooks))
             }
             if policy.ports.isEmpty { print("  none") }
             print(
@@ -490,7 +504,7 @@ extension Drawbridge {
             print(
                 DrawbridgeTable.ruleset(
                     mode: layout.mode, managedServices: layout.managedServices, alwaysAllowed: layout.alwaysAllowed,
-                    knock: layout.knock),
+                    knock: layout.knock, forwardedServices: layout.forwardedServices),
                 terminator: "")
         }
     }

@@ -378,6 +378,13 @@ struct PolicyTests {
             "grant_files must be a list of paths"),
         InvalidCase("empty grant file", "ports: {}\ngrant_files: [\"\"]\n", line: 2, "a path in grant_files is empty"),
 
+        // hooks.
+        InvalidCase(
+            "unknown hook", ports(valid + ", hooks: [output]"), line: 2, "'output' is not a hook; use input or forward"),
+        InvalidCase("empty hooks", ports(valid + ", hooks: []"), line: 2, "hooks of port 'ssh' must be a non-empty list"),
+        InvalidCase("hook twice", ports(valid + ", hooks: [forward, forward]"), line: 2, "name forward twice"),
+        InvalidCase("hooks as a string", ports(valid + ", hooks: forward"), line: 2, "must be a non-empty list"),
+
         // metrics.
         InvalidCase(
             "metrics on every IPv4 address", KnockPolicyTests.ssh + "metrics: { listen: \"0.0.0.0:9447\" }\n", line: 3,
@@ -464,6 +471,23 @@ struct PolicyTests {
                 == "policy.yaml:4:13: max_duration '3x' is not a duration (hint: write it like 90s, 30m, 2h or 1h30m)")
         #expect(PolicyError(file: "p.yaml", line: 2, message: "bad").description == "p.yaml:2: bad")
         #expect(PolicyError(file: "/etc/p.yaml", message: "gone").description == "/etc/p.yaml: gone")
+    }
+}
+
+struct HooksPolicyTests {
+    @Test("hooks: input by default, forward, or both; the table's two port sets follow")
+    func hooks() throws {
+        let policy = try Policy.parse(
+            """
+            ports:
+              ssh: { port: 22, max_duration: 1h, allowed_sources: ["0.0.0.0/0"] }
+              app: { port: 2222, max_duration: 1h, allowed_sources: ["0.0.0.0/0"], hooks: [forward] }
+              dns: { port: 53, protocol: udp, max_duration: 1h, allowed_sources: ["0.0.0.0/0"], hooks: [input, forward] }
+
+            """, file: "p.yaml")
+        #expect(policy.ports.map(\.hooks) == [[.input], [.forward], [.input, .forward]])
+        #expect(policy.managedServices == [Service(port: 22, transport: .tcp), Service(port: 53, transport: .udp)])
+        #expect(policy.forwardedServices == [Service(port: 2222, transport: .tcp), Service(port: 53, transport: .udp)])
     }
 }
 

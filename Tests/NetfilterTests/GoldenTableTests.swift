@@ -62,23 +62,28 @@ struct GoldenTableTests {
         }
     }
 
-    @Test("with knocks and ports: the module's rules are what nft loads from the printed text, and what it lists back")
+    @Test("with knocks, ports and forwarded ports: the module's rules are what nft loads from the printed text and lists back")
     func knockRulesMatchNft() throws {
         let layout = TableLayout(
             mode: .keepSessions,
             managedServices: [Service(port: 22, transport: .tcp), Service(port: 53, transport: .udp)], alwaysAllowed: [],
-            knock: KnockRule(port: 62201, group: 4711, rate: 150))
+            knock: KnockRule(port: 62201, group: 4711, rate: 150),
+            forwardedServices: [Service(port: 2222, transport: .tcp), Service(port: 53, transport: .udp)])
         let fromModule = try NetworkNamespace.createAnonymous()
         let driver = TableDriver(connection: try NetfilterConnection(namespace: fromModule))
         try driver.rebuild(layout, elements: [:])
         #expect(try driver.verify(layout) == [], "the agent's own check finds the knock rules intact")
 
         let text = DrawbridgeTable.ruleset(
-            mode: .keepSessions, managedServices: layout.managedServices, knock: layout.knock)
+            mode: .keepSessions, managedServices: layout.managedServices, knock: layout.knock,
+            forwardedServices: layout.forwardedServices)
         #expect(text.contains("udp dport 62201 limit rate 150/second log group 4711 drop"))
         // Each managed port's own counting rules: drops at the end of gate, accepts in granted.
         #expect(text.contains("\t\ttcp dport 22 counter drop\n\t\tudp dport 53 counter drop\n\t\tcounter drop\n"))
         #expect(text.contains("\t\ttcp dport 22 counter accept\n\t\tudp dport 53 counter accept\n\t\tcounter accept\n"))
+        // Forwarded ports: judged by the connection's original destination port, counted the same way.
+        #expect(text.contains("meta l4proto tcp ip saddr . meta l4proto . ct original proto-dst @grants4 goto granted_forward"))
+        #expect(text.contains("\t\tmeta l4proto tcp ct original proto-dst 2222 counter drop\n"))
         let fromText = try NetworkNamespace.createAnonymous()
         try run(["nft", "-f", "-"], in: fromText, input: text)
         #expect(try Self.normalizedListing(in: fromModule) == Self.normalizedListing(in: fromText))
