@@ -469,6 +469,11 @@ extension Drawbridge {
                             + GrantDuration.format(rule.maxDuration))
                 }
             }
+            if let metrics = policy.metrics {
+                print(
+                    "\nmetrics: served at http://\(metrics.listen)/metrics"
+                        + (metrics.isLoopback ? "" : " (not a loopback address: reachable from the network)"))
+            }
             for warning in warnings { print("\nwarning: \(warning)") }
         }
 

@@ -93,6 +93,10 @@ struct MetricsEndToEndTests {
         #expect(cli.output.contains("# TYPE drawbridge_grants_total counter"))
         let status = try setup.agent.cli(["status"])
         #expect(status.output.contains("metrics: http://\(Self.listen)/metrics"), "\(status.output)")
+
+        // Prometheus' own parser and linter accept the exposition.
+        let lint = try run(["promtool", "check", "metrics"], input: scrape, check: false)
+        #expect(lint.succeeded, "promtool check metrics: \(lint.output) \(lint.error)")
     }
 
     @Test("the table counts each managed port's drops and accepts: exactly the SYNs sent, also across a reload")

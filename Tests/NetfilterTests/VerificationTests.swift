@@ -11,9 +11,10 @@ import Testing
 @Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)))
 struct VerificationTests {
     static let managed = [Service(port: 22, transport: .tcp), Service(port: 53, transport: .udp)]
+    static let forwarded = [Service(port: 2222, transport: .tcp)]
     static let allowed = [try! IPPrefix(parsing: "192.0.2.10"), try! IPPrefix(parsing: "2001:db8::/48")]
     static func layout(_ mode: SessionMode = .keepSessions) -> TableLayout {
-        TableLayout(mode: mode, managedServices: managed, alwaysAllowed: allowed)
+        TableLayout(mode: mode, managedServices: managed, alwaysAllowed: allowed, forwardedServices: forwarded)
     }
 
     static func installed(_ mode: SessionMode) throws -> (NetworkNamespace, TableDriver) {
@@ -28,7 +29,10 @@ struct VerificationTests {
         let (_, driver) = try Self.installed(mode)
         #expect(try driver.verify(Self.layout(mode)) == [])
         let other: SessionMode = mode == .keepSessions ? .cutSessions : .keepSessions
-        #expect(try driver.verify(Self.layout(other)) == ["the rules of chain gate were changed"])
+        #expect(
+            try driver.verify(Self.layout(other)) == [
+                "the rules of chain gate were changed", "the rules of chain gate_forward were changed",
+            ])
     }
 
     @Test(
@@ -40,7 +44,20 @@ struct VerificationTests {
             ("delete element inet drawbridge managed { tcp . 22 }", "set managed holds elements"),
             ("flush chain inet drawbridge gate", "the rules of chain gate were changed"),
             ("delete table inet drawbridge", "table inet drawbridge is missing"),
-            ("flush chain inet drawbridge gate; delete set inet drawbridge ranges6", "set ranges6 is missing"),
+            (
+                "flush chain inet drawbridge gate; flush chain inet drawbridge gate_forward; "
+                    + "delete set inet drawbridge ranges6",
+                "set ranges6 is missing"
+            ),
+            // The per-port counting rules and the forward path are checked like the rest.
+            ("flush chain inet drawbridge granted", "the rules of chain granted were changed"),
+            ("add rule inet drawbridge gate_forward accept", "the rules of chain gate_forward were changed"),
+            ("delete element inet drawbridge forwarded { tcp . 2222 }", "set forwarded holds elements"),
+            (
+                "flush chain inet drawbridge forward; delete chain inet drawbridge forward; "
+                    + "add chain inet drawbridge forward { type filter hook forward priority 10; policy accept; }",
+                "chain forward is not a filter chain on hook forward at priority -10"
+            ),
             ("add table inet drawbridge { flags dormant; }", "has flags dormant"),
             (
                 "flush chain inet drawbridge input; delete chain inet drawbridge input; "
