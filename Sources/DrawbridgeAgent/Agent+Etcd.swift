@@ -211,6 +211,7 @@ extension Agent {
             audit.record(batch: events)
         }
         etcd.appliedRevision = update.revision
+        metrics.syncSucceeded("etcd", at: SystemClock.wall().timeIntervalSince1970, revision: update.revision)
         if let latest = etcd.connection?.revision, latest < update.revision { etcd.connection?.revision = update.revision }
         compactIfWanted()
         return LocalAPI.Response(ok: true, etcd: LocalAPI.EtcdReport(revision: update.revision, results: results))
@@ -227,6 +228,7 @@ extension Agent {
                     code: .forbidden,
                     message: "only root and the etcd sync user (\(policy.etcd?.syncUser ?? "")) may report etcd's state"))
         }
+        if etcd.connection?.connected == true && !report.connected { metrics.syncRestarted("etcd") }
         if etcd.connection?.connected != report.connected {
             logger.notice(
                 report.connected ? "etcd connected" : "etcd disconnected",

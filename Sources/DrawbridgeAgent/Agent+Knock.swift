@@ -45,6 +45,7 @@ extension Agent {
         let who = knock.keyComment.map { "\(knock.fingerprint) (\($0))" } ?? knock.fingerprint
         func refuse(_ refusal: Refusal) -> LocalAPI.Response {
             knocks.refused += 1
+            metrics.knocks("refused")
             audit.record(
                 AuditEvent(
                     .refuse, user: who, source: request.source.description, ports: request.ports,
@@ -107,6 +108,7 @@ extension Agent {
         let response = await open(
             authorized, request: request, requestedBy: who, uid: nil, origin: origin, auditDetail: detail)
         if response.ok { knocks.opened += 1 } else { knocks.refused += 1 }
+        metrics.knocks(response.ok ? "opened" : "refused")
         return response
     }
 
@@ -139,6 +141,7 @@ extension Agent {
         guard mayKnock(caller) else { return knockForbidden(caller, what: "knock reports") }
         knocks.lastContact = SystemClock.monotonic()
         knocks.refused += report.count
+        metrics.knocks("refused", count: report.count)
         audit.record(
             AuditEvent(
                 .refuse, user: report.fingerprint, source: report.source,

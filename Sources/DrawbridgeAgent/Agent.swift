@@ -909,6 +909,7 @@ public actor Agent {
         case .success(let value):
             contents = value
             fileProblems[path] = nil
+            metrics.syncSucceeded("file:\(path)", at: now.wall.timeIntervalSince1970)
         }
         var events: [AuditEvent] = []
         let refusals = contents.refusals.prefix(100).map {

@@ -140,6 +140,65 @@ public final class AgentMetrics: Sendable {
         }
     }
 
+    /// Gauges and counters whose label values appear at run time (sync sources, knock results), made on first use.
+    private let labelled = Mutex<(gauges: [String: Gauge], counters: [String: Counter])>(([:], [:]))
+
+    private func gauge(_ metric: String, unit: String, help: String, labels: [(String, String)]) -> Gauge {
+        let key = metric + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+        return labelled.withLock { state in
+            if let gauge = state.gauges[key] { return gauge }
+            let gauge = registry.makeGauge(
+                descriptor: MetricNameDescriptor(namespace: "drawbridge", metricName: metric, unitName: unit, helpText: help),
+                labels: labels)
+            state.gauges[key] = gauge
+            return gauge
+        }
+    }
+
+    private func counter(_ metric: String, help: String, labels: [(String, String)]) -> Counter {
+        let key = metric + "|" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+        return labelled.withLock { state in
+            if let counter = state.counters[key] { return counter }
+            let counter = registry.makeCounter(
+                descriptor: MetricNameDescriptor(
+                    namespace: "drawbridge", metricName: metric, unitName: "total", helpText: help),
+                labels: labels)
+            state.counters[key] = counter
+            return counter
+        }
+    }
+
+    /// A sync source (`etcd`, `file:PATH`) delivered grants the agent applied: when (wall clock, Unix seconds) and,
+    /// for etcd, the revision.
+    func syncSucceeded(_ source: String, at seconds: Double, revision: Int64? = nil) {
+        gauge(
+            "sync_last_success", unit: "timestamp_seconds",
+            help: "When each sync source (etcd, a grants file) last delivered grants the agent applied",
+            labels: [("source", source)]
+        ).set(seconds)
+        if let revision {
+            gauge(
+                "sync", unit: "revision", help: "The etcd revision the agent's grants reflect",
+                labels: [("source", source)]
+            ).set(Double(revision))
+        }
+    }
+
+    /// A sync source lost its connection (drawbridge-etcd reported etcd unreachable after it was connected).
+    func syncRestarted(_ source: String) {
+        counter(
+            "sync_restarts", help: "Times a sync source lost its connection and started again",
+            labels: [("source", source)]
+        ).increment()
+    }
+
+    /// Knocks handed to the agent: `opened` or `refused` (by drawbridge-knock or the agent).
+    func knocks(_ result: String, count: Int = 1) {
+        guard count > 0 else { return }
+        counter("knocks", help: "Knocks by result: opened, refused", labels: [("result", result)])
+            .increment(by: Int64(count))
+    }
+
     /// The text exposition of every metric.
     func exposition() -> [UInt8] {
         var buffer: [UInt8] = []

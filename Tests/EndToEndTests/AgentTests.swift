@@ -281,6 +281,10 @@ struct AgentTests {
         let followed = Date().timeIntervalSince(written)
         print("e2e figures: grants file written -> port open after \(Int(followed * 1000)) ms")
         #expect(followed < 0.5, "followed at once (inotify), not at the next one-second check")
+        let metrics = try agent.cli(["metrics"]).output
+        let series = #"drawbridge_sync_last_success_timestamp_seconds{source="file:\#(file)"} "#
+        let stamp = metrics.split(separator: "\n").first { $0.hasPrefix(series) }.flatMap { Double($0.dropFirst(series.count)) }
+        #expect(stamp.map { abs($0 - Date().timeIntervalSince1970) < 10 } == true, "\(metrics)")
 
         usleep(1_200_000)
         let kernelBefore = try kernelSnapshot(setup.network.host)

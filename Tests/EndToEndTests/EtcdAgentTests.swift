@@ -169,6 +169,16 @@ struct EtcdAgentTests {
         let decoded = try LocalAPI.decoder().decode(LocalAPI.Response.self, from: Data(status.output.utf8))
         #expect(decoded.status?.etcd?.appliedRevision == 5)
         #expect(decoded.status?.etcd?.host == "web-1")
+        // The metrics follow the sync source: the revision applied, and when.
+        let metrics = try setup.agent.cli(["metrics"]).output
+        #expect(metrics.contains(#"drawbridge_sync_revision{source="etcd"} 5"#), "\(metrics)")
+        #expect(metrics.contains(#"drawbridge_sync_last_success_timestamp_seconds{source="etcd"} "#), "\(metrics)")
+        // A connection lost after it was up counts as a restart of the source; a report while down does not.
+        for connected in [true, false, false] {
+            let report = try setup.send(#"{"command":"etcd-connection","connected":\#(connected),"revision":5}"#)
+            #expect(report.ok, "\(String(describing: report.error))")
+        }
+        #expect(try setup.agent.cli(["metrics"]).output.contains(#"drawbridge_sync_restarts_total{source="etcd"} 1"#))
     }
 
     @Test("only root and the policy's sync user may hand grants from etcd; others change nothing")

@@ -178,6 +178,8 @@ struct KnockEndToEndTests {
         #expect((grant["user"] as? String)?.contains("alice@knock-test") == true)
         let status = try setup.agent.cli(["status"]).output
         #expect(status.contains("knock: 62201/udp; 1 opened, 0 refused since start; last report from drawbridge-knock"), "\(status)")
+        let metrics = try setup.agent.cli(["metrics"]).output
+        #expect(metrics.contains(#"drawbridge_knocks_total{result="opened"} 1"#), "\(metrics)")
         let listing = try setup.agent.cli(["list", "--json"])
         #expect(listing.output.contains("knock:\(setup.alice.fingerprint)"), "drawbridge list shows it: \(listing.output)")
 
