@@ -14,7 +14,18 @@ import Testing
 /// managed: it must stay untouched.
 @Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)), .serialized)
 struct ForwardEndToEndTests {
-    static let containerIPv4 = IPAddress("203.0.113.2")!
+    /// From the client namespace to the host's published port, IPv4 or IPv6.
+    struct Path: Sendable, CustomTestStringConvertible {
+        var name: String
+        var source: IPAddress
+        var destination: IPAddress
+        var testDescription: String { name }
+    }
+
+    static let paths = [
+        Path(name: "IPv4", source: TestNetwork.clientIPv4, destination: TestNetwork.hostIPv4),
+        Path(name: "IPv6", source: TestNetwork.clientIPv6, destination: TestNetwork.hostIPv6),
+    ]
 
     final class Setup: @unchecked Sendable {
         let network: TestNetwork
@@ -31,11 +42,15 @@ struct ForwardEndToEndTests {
             try run(["ip", "link", "add", "dbf0", "type", "veth", "peer", "name", "dbk0", "netns", container.path], in: host)
             try run(["ip", "addr", "add", "203.0.113.1/24", "dev", "dbf0"], in: host)
             try run(["ip", "addr", "add", "203.0.113.2/24", "dev", "dbk0"], in: container)
+            try run(["ip", "addr", "add", "2001:db8:2::1/64", "dev", "dbf0", "nodad"], in: host)
+            try run(["ip", "addr", "add", "2001:db8:2::2/64", "dev", "dbk0", "nodad"], in: container)
             try run(["ip", "link", "set", "dbf0", "up"], in: host)
             try run(["ip", "link", "set", "dbk0", "up"], in: container)
             try run(["ip", "route", "add", "default", "via", "203.0.113.1"], in: container)
+            try run(["ip", "-6", "route", "add", "default", "via", "2001:db8:2::1"], in: container)
             // Forwarding and DNAT inside the host namespace only (both are per namespace).
             try run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], in: host)
+            try run(["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"], in: host)
             try run(
                 ["nft", "-f", "-"], in: host,
                 input: """
@@ -46,61 +61,70 @@ struct ForwardEndToEndTests {
                             tcp dport 2223 dnat to 203.0.113.2:22
                         }
                     }
+                    table ip6 publish6 {
+                        chain prerouting {
+                            type nat hook prerouting priority dstnat; policy accept;
+                            tcp dport 2222 dnat to [2001:db8:2::2]:22
+                            tcp dport 2223 dnat to [2001:db8:2::2]:22
+                        }
+                    }
 
                     """)
             server = try SSHServer(in: container)
             agent = try AgentProcess(namespace: host, policy: "")
             try agent.writePolicy(
                 AgentTests.policy(
-                    extraPort: #"  docker-ssh: { port: 2222, max_duration: 1h, allowed_sources: ["192.0.2.0/24"], hooks: [forward] }"#
+                    extraPort: #"  docker-ssh: { port: 2222, max_duration: 1h, allowed_sources: ["192.0.2.0/24", "2001:db8::/32"], hooks: [forward] }"#
                 ))
             try agent.start()
         }
 
         func stop() { server.stop() }
 
-        func connects(_ port: UInt16, timeout: Duration = .milliseconds(700)) throws -> Bool {
+        func connects(
+            _ port: UInt16, _ path: Path = ForwardEndToEndTests.paths[0], timeout: Duration = .milliseconds(700)
+        ) throws -> Bool {
             try canConnect(
-                from: network.client, to: TestNetwork.hostIPv4, port: port, source: TestNetwork.clientIPv4,
-                timeout: timeout)
+                from: network.client, to: path.destination, port: port, source: path.source, timeout: timeout)
         }
 
-        func logsIn() throws -> Bool {
+        func logsIn(_ path: Path) throws -> Bool {
             try SSHClient.canLogIn(
-                from: network.client, source: TestNetwork.clientIPv4, to: TestNetwork.hostIPv4, port: 2222,
-                key: server.clientKeyPath)
+                from: network.client, source: path.source, to: path.destination, port: 2222, key: server.clientKeyPath)
         }
 
         /// Waits (bounded) until port 2222 refuses again; the instant it first did.
-        func closedAgain(within seconds: Double) throws -> Date? {
+        func closedAgain(_ path: Path = ForwardEndToEndTests.paths[0], within seconds: Double) throws -> Date? {
             let deadline = Date().addingTimeInterval(seconds)
             while Date() < deadline {
-                if try !connects(2222, timeout: .milliseconds(300)) { return Date() }
+                if try !connects(2222, path, timeout: .milliseconds(300)) { return Date() }
                 usleep(100_000)
             }
             return nil
         }
     }
 
-    @Test("a DNATed port: closed before a grant, sshd reachable during it, closed after expiry; an unmanaged one untouched")
-    func forwardedPort() throws {
+    @Test(
+        "a DNATed port: closed before a grant, sshd reachable during it, closed after expiry; an unmanaged one untouched",
+        arguments: paths)
+    func forwardedPort(_ path: Path) throws {
         let setup = try Setup()
         defer { setup.stop() }
-        #expect(try setup.connects(2223, timeout: .seconds(3)), "the unmanaged forwarded port is open")
-        #expect(try !setup.connects(2222), "closed before a grant")
-        #expect(try !setup.logsIn())
+        #expect(try setup.connects(2223, path, timeout: .seconds(3)), "the unmanaged forwarded port is open")
+        #expect(try !setup.connects(2222, path), "closed before a grant")
+        #expect(try !setup.logsIn(path))
 
         let granted = try setup.agent.cli(
-            ["grant", "docker-ssh", "--from", TestNetwork.clientIPv4.description, "--for", "5s", "--reason", "fwd"])
+            ["grant", "docker-ssh", "--from", path.source.description, "--for", "5s", "--reason", "fwd"])
         #expect(granted.succeeded, "\(granted.error)")
         let expiresAt = Date().addingTimeInterval(5)
-        #expect(try setup.connects(2222, timeout: .seconds(3)), "open during the grant")
-        #expect(try setup.logsIn(), "ssh through the DNAT during the grant: \(setup.server.log)")
+        #expect(try setup.connects(2222, path, timeout: .seconds(3)), "open during the grant")
+        #expect(try setup.logsIn(path), "ssh through the DNAT during the grant: \(setup.server.log)")
 
-        let closed = try #require(try setup.closedAgain(within: 8), "closed again after expiry")
+        let closed = try #require(try setup.closedAgain(path, within: 8), "closed again after expiry")
         #expect(closed.timeIntervalSince(expiresAt) > -0.3, "not before the expiry")
-        #expect(try !setup.logsIn())
-        #expect(try setup.connects(2223, timeout: .seconds(3)), "the unmanaged forwarded port stays open")
+        #expect(try !setup.logsIn(path))
+        #expect(try setup.connects(2223, path, timeout: .seconds(3)), "the unmanaged forwarded port stays open")
 
         // The table counted the forwarded port's drops and accepts.
         let status = try setup.agent.cli(["status"]).output
