@@ -8,7 +8,9 @@ import Testing
 struct NetlinkReplyDecodingTests {
     /// An NLMSG_ERROR of 36 bytes (nlmsghdr, then nlmsgerr: the error and the request's header) with this error.
     static func errorReply(_ error: Int32) -> [UInt8] {
-        func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value.littleEndian, Array.init) }
+        func littleEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+            withUnsafeBytes(of: value.littleEndian, Array.init)
+        }
         let header = littleEndian(UInt32(36)) + littleEndian(UInt16(2)) + littleEndian(UInt16(0))
             + littleEndian(UInt32(7)) + littleEndian(UInt32(0))
         let request = littleEndian(UInt32(20)) + littleEndian(UInt16(10 << 8 | 12)) + littleEndian(UInt16(5))

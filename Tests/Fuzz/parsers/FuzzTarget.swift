@@ -174,7 +174,9 @@ enum ParserFuzz {
         for port in policy.ports {
             let name = Array(port.name.utf8)
             guard (1...32).contains(name.count), (0x61...0x7a).contains(name[0]),
-                name.allSatisfy({ (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2d || $0 == 0x5f })
+                name.allSatisfy({
+                    (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2d || $0 == 0x5f
+                })
             else { violated("port name '\(port.name)' outside [a-z][a-z0-9_-]{0,31}", input) }
             guard names.insert(port.name).inserted, services.insert(port.service).inserted else {
                 violated("port \(port.name) (\(port.service)) is named or numbered twice", input)
@@ -448,7 +450,8 @@ enum ParserFuzz {
         case .knock(let grant):
             return object([
                 ("command", .string("knock")), ("fingerprint", .string(grant.fingerprint)),
-                ("key_rule", whole(Int64(grant.keyRule))), ("source", .string(grant.request.source.network.description)),
+                ("key_rule", whole(Int64(grant.keyRule))),
+                ("source", .string(grant.request.source.network.description)),
                 ("ports", strings(grant.request.ports)), ("duration_seconds", number(grant.request.duration)),
                 ("reason", .string(grant.request.reason)), ("client_address", grant.clientAddress.map { .string($0) }),
                 ("key_comment", grant.keyComment.map { .string($0) }),
@@ -665,6 +668,7 @@ enum ParserFuzz {
 
     /// A broken property: a finding, reported like a crash.
     static func violated(_ what: String, _ input: [UInt8]) -> Never {
-        fatalError("parser-fuzz (\(selected.rawValue)): property violated: \(what); input (\(input.count) bytes): \(input)")
+        fatalError(
+            "parser-fuzz (\(selected.rawValue)): property violated: \(what); input (\(input.count) bytes): \(input)")
     }
 }

@@ -36,7 +36,9 @@ enum KernelContract {
     /// NFTA_SET_ELEM_LIST_*, with each NFTA_LIST_ELEM's NFTA_SET_ELEM_* (no expressions, no object references).
     static let elementList: Schema = [
         1: .string, 2: .string, 4: .u32,
-        3: .nested([1: .nested([1: .nested(data), 2: .nested(data), 3: .u32, 4: .u64, 5: .u64, 6: .binary, 10: .nested(data)])]),
+        3: .nested([
+            1: .nested([1: .nested(data), 2: .nested(data), 3: .u32, 4: .u64, 5: .u64, 6: .binary, 10: .nested(data)])
+        ]),
     ]
 
     /// NFTA_RULE_*, without NFTA_RULE_COMPAT (expressions are checked apart: their schema depends on their name).

@@ -24,7 +24,8 @@ enum SeedCorpus {
         case .netlink: return try netlink()
         case .address:
             return text(addresses) + [
-                ("bytes-ipv4", [203, 0, 113, 7]), ("bytes-ipv6", [0x20, 0x01, 0x0d, 0xb8] + [UInt8](repeating: 0, count: 11) + [7]),
+                ("bytes-ipv4", [203, 0, 113, 7]),
+                ("bytes-ipv6", [0x20, 0x01, 0x0d, 0xb8] + [UInt8](repeating: 0, count: 11) + [7]),
             ]
         case .duration: return text(durations)
         }
@@ -217,7 +218,9 @@ enum SeedCorpus {
     }
 
     /// One netlink message: header (little-endian, as on x86 and arm64), payload, padding.
-    static func message(type: UInt16, flags: UInt16, sequence: UInt32, port: UInt32 = 0, _ payload: [UInt8]) -> [UInt8] {
+    static func message(
+        type: UInt16, flags: UInt16, sequence: UInt32, port: UInt32 = 0, _ payload: [UInt8]
+    ) -> [UInt8] {
         padded(
             littleEndian(UInt32(16 + payload.count)) + littleEndian(type) + littleEndian(flags) + littleEndian(sequence)
                 + littleEndian(port) + payload)
@@ -285,7 +288,8 @@ enum SeedCorpus {
                 if singles[String(first)] == nil { singles[String(first)] = bytes }
             }
             seeds.append(("dump-\(name)", dump + done))
-            for (type, bytes) in singles.sorted(by: { $0.key < $1.key }) where type == "NEWSETELEM" || type == "NEWRULE" {
+            for (type, bytes) in singles.sorted(by: { $0.key < $1.key })
+            where type == "NEWSETELEM" || type == "NEWRULE" {
                 seeds.append(("\(type.lowercased())-\(name)", bytes))
             }
         }
