@@ -12,12 +12,16 @@ enum KernelContract {
     enum Kind {
         case u8, u16, u32, u64, string, binary
         case nested(Schema)
+        /// NFTA_VERDICT_*: a code, and the chain a jump or goto names (the kernel always writes it; libnftnl 1.2.4
+        /// dereferences a missing one: a segfault the fuzzer found in nftnl_parse_verdict).
+        case verdict
     }
 
     typealias Schema = [UInt16: Kind]
 
     /// nf_tables.h: NFTA_DATA_* and NFTA_VERDICT_*.
-    static let data: Schema = [1: .binary, 2: .nested([1: .u32, 2: .string, 3: .u32])]
+    static let data: Schema = [1: .binary, 2: .verdict]
+    static let verdictFields: Schema = [1: .u32, 2: .string, 3: .u32]
 
     /// The expressions RuleBuilder writes, with NFTA_<NAME>_* attribute types as libnftnl's expr/*.c check them.
     static let expressions: [String: Schema] = [
@@ -68,6 +72,12 @@ enum KernelContract {
         case .string: return payload.last == 0
         case .binary: return true
         case .nested(let schema): return conforms(payload, to: schema)
+        case .verdict:
+            guard conforms(payload, to: verdictFields), let fields = attributes(payload) else { return false }
+            let codes = fields.filter { $0.type == 1 }.map { $0.payload.reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
+            // NFT_JUMP (-3) and NFT_GOTO (-4) name their chain.
+            let jumps = codes.contains { Int32(bitPattern: $0) == -3 || Int32(bitPattern: $0) == -4 }
+            return !jumps || fields.contains { $0.type == 2 }
         }
     }
 

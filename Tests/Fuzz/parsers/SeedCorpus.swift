@@ -341,6 +341,20 @@ enum SeedCorpus {
         seeds.append(("nflog-ipv4", logged(ipv4, family: 2)))
         seeds.append(("nflog-ipv6", logged(ipv6, family: 10)))
         seeds.append(("nflog-truncated", Array(logged(ipv4, family: 2).dropLast(9))))
+        // Found by the fuzzer: a jump verdict without its chain, which libnftnl 1.2.4 dereferences (a segfault); the
+        // kernel never writes one, and the target keeps it from libnftnl (KernelContract).
+        let verdict = attribute(2 | 0x8000, attribute(1, bigEndian(UInt32(0xffff_fffd))))  // NFT_JUMP, no chain
+        let immediate = attribute(1, bigEndian(UInt32(0))) + attribute(2 | 0x8000, verdict)
+        let jumpWithoutChain = attribute(
+            1 | 0x8000, attribute(1, Array("immediate\0".utf8)) + attribute(2 | 0x8000, immediate))
+        seeds.append(
+            (
+                "rule-jump-without-chain",
+                message(
+                    type: 10 << 8 | 6, flags: multi, sequence: 7,
+                    [1, 0, 0, 0] + attribute(1, Array("drawbridge\0".utf8)) + attribute(2, Array("gate\0".utf8))
+                        + attribute(4 | 0x8000, jumpWithoutChain))
+            ))
         seeds.append(("bad-length-past-end", littleEndian(UInt32(4096)) + Array(done.dropFirst(4))))
         return seeds
     }
