@@ -206,7 +206,7 @@ let package = Package(
                 "Etcd", "EtcdSync", "EtcdProbeProtocol", "DrawbridgeCore", "HostSystem", "Netfilter", "TestSupport",
             ],
             swiftSettings: swiftSettings),
-        // A libFuzzer target for the knock parsers and verifier: Tests/Fuzz/run-knock-fuzz builds it alone with
+        // A libFuzzer target for the knock parsers and verifier: Tests/Fuzz/run-fuzz knock builds it alone with
         // -sanitize=fuzzer,address -DKNOCK_FUZZ. Built like any other target, it is a regression runner over corpus
         // files (and writes the seed corpus), so CI's debug build compiles it too.
         .executableTarget(
@@ -217,5 +217,13 @@ let package = Package(
                 .product(name: "CryptoExtras", package: "swift-crypto"),
             ],
             path: "Tests/Fuzz/knock", exclude: ["corpus", "knock.dict"], swiftSettings: swiftSettings),
+        // One libFuzzer target for the parsers of what drawbridged reads from outside: the policy, grants files and etcd
+        // values, local API requests, netlink replies, addresses, durations and timestamps. Tests/Fuzz/run-fuzz builds
+        // it alone with -sanitize=fuzzer,address -DPARSER_FUZZ and picks the parser with DRAWBRIDGE_FUZZ_TARGET; built
+        // like any other target, it is a regression runner over corpus files (and writes the seed corpora).
+        .executableTarget(
+            name: "parser-fuzz",
+            dependencies: ["DrawbridgeCore", "Netfilter", "NetfilterModel"],
+            path: "Tests/Fuzz/parsers", exclude: ["corpus", "dictionaries"], swiftSettings: swiftSettings),
     ]
 )

@@ -2,6 +2,7 @@
 #include "CDrawbridgeLinux.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -25,6 +26,9 @@ int drawbridge_parse_netlink_error(const void *message, size_t length, drawbridg
     if (length < NLMSG_HDRLEN || nlh->nlmsg_len > length || nlh->nlmsg_type != NLMSG_ERROR) return -1;
     if (nlh->nlmsg_len < NLMSG_LENGTH(sizeof(struct nlmsgerr))) return -1;
     const struct nlmsgerr *err = NLMSG_DATA(nlh);
+    // The kernel sends 0 or a negative errno. INT_MIN has no positive counterpart (negating it is undefined and left
+    // it negative, an "errno" no code path expects): no kernel sends it, so the reply is malformed.
+    if (err->error == INT_MIN) return -1;
     out->error = err->error < 0 ? -err->error : err->error;
     out->sequence = err->msg.nlmsg_seq;
     out->request_type = err->msg.nlmsg_type;

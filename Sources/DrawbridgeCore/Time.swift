@@ -120,8 +120,18 @@ public enum Timestamp {
         guard index == utf8.count else { return nil }
         let days = daysSinceEpoch(year: year, month: month, day: day)
         let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offsetSeconds
+        // Only instants `format` writes back as RFC 3339: from 0000-01-01T00:00:00Z to the last millisecond of 9999
+        // in UTC. An offset, a leap second or a fraction that rounds up could otherwise move one into year -1 or 10000
+        // (`9999-12-31T23:59:60Z`), which `format` would write as text nothing reads.
+        guard seconds >= Self.firstSecond,
+            seconds < Self.endSecond - 1 || (seconds == Self.endSecond - 1 && nanoseconds < 999_500_000)
+        else { return nil }
         return Date(timeIntervalSince1970: Double(seconds) + Double(nanoseconds) / 1e9)
     }
+
+    /// 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z, in seconds since 1970.
+    static let firstSecond = daysSinceEpoch(year: 0, month: 1, day: 1) * 86_400
+    static let endSecond = daysSinceEpoch(year: 10_000, month: 1, day: 1) * 86_400
 
     /// `2026-12-01T12:00:00Z`, with milliseconds when the instant has a fraction (`…:00.250Z`); never rounded up past
     /// the instant by more than a millisecond's rounding.

@@ -276,6 +276,14 @@ public final class NetfilterConnection {
         return (elements, unique)
     }
 
+    /// The elements of one GETSETELEM reply message (as `NetlinkReply.decode` hands it over: `nlmsg_len` bytes).
+    package static func parseElements(message: UnsafeRawBufferPointer) -> [ListedElement] {
+        var elements: [ListedElement] = []
+        guard let base = message.baseAddress else { return elements }
+        parseElements(base.assumingMemoryBound(to: nlmsghdr.self), into: &elements)
+        return elements
+    }
+
     private static func parseElements(_ message: UnsafePointer<nlmsghdr>, into elements: inout [ListedElement]) {
         let container = nftnl_set_alloc()!
         defer { nftnl_set_free(container) }

@@ -3,21 +3,21 @@
 /// Enough to tell which table a notification or a dumped object belongs to and to read the few fields that
 /// libnftnl does not parse for every message type (the generation's process id), without trusting any length in
 /// the message: every attribute is bounds-checked, a malformed one ends the walk.
-struct NetfilterMessage {
+package struct NetfilterMessage {
     /// The nf_tables message type (NFT_MSG_*), without the subsystem.
-    let type: UInt16
+    package let type: UInt16
     /// The subsystem (NFNL_SUBSYS_NFTABLES is 10).
-    let subsystem: UInt16
+    package let subsystem: UInt16
     /// The address family from `nfgenmsg`.
-    let family: UInt8
+    package let family: UInt8
     /// The low 16 bits of the ruleset generation from `nfgenmsg` (res_id).
-    let resourceID: UInt16
+    package let resourceID: UInt16
     /// `nlmsg_pid`: in a notification, the netlink port of the socket whose request caused it.
-    let portID: UInt32
+    package let portID: UInt32
     private let attributes: [UInt16: ArraySlice<UInt8>]
 
     /// Parses a message from its bytes (header included); nil when it is too short to be one.
-    init?(_ bytes: UnsafeRawBufferPointer) {
+    package init?(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count >= 20 else { return nil }
         let length = Int(bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
         guard length >= 20, length <= bytes.count else { return nil }
@@ -41,13 +41,13 @@ struct NetfilterMessage {
     }
 
     /// A NUL-terminated string attribute.
-    func string(_ attribute: UInt16) -> String? {
+    package func string(_ attribute: UInt16) -> String? {
         guard let bytes = attributes[attribute] else { return nil }
         return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
     }
 
     /// A big-endian 32-bit attribute.
-    func bigEndianUInt32(_ attribute: UInt16) -> UInt32? {
+    package func bigEndianUInt32(_ attribute: UInt16) -> UInt32? {
         guard let bytes = attributes[attribute], bytes.count >= 4 else { return nil }
         return bytes.prefix(4).reduce(0) { $0 << 8 | UInt32($1) }
     }
@@ -55,7 +55,7 @@ struct NetfilterMessage {
     /// The table a message is about: attribute 1 is the table name for tables, chains, rules, sets, set elements,
     /// objects and flowtables alike (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
     /// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
-    var table: String? { type == 15 ? nil : string(1) }
+    package var table: String? { type == 15 ? nil : string(1) }
 }
 
 /// Zeroes the padding after every attribute of one message, nested attributes included.

@@ -8,8 +8,8 @@ import CMnl
 #endif
 
 /// One reply message read from the socket.
-struct NetlinkReply {
-    enum Kind {
+package struct NetlinkReply {
+    package enum Kind {
         /// NLMSG_ERROR with error 0.
         case acknowledgement
         /// NLMSG_ERROR with an errno.
@@ -20,9 +20,56 @@ struct NetlinkReply {
         case data(UnsafeRawBufferPointer)
     }
 
-    var sequence: UInt32
-    var flags: UInt16
-    var kind: Kind
+    package var sequence: UInt32
+    package var flags: UInt16
+    package var kind: Kind
+}
+
+extension NetlinkReply {
+    /// Splits what one read brought into messages and hands each to `handle`: errors and acknowledgements parsed,
+    /// NLMSG_DONE and data messages as they are, NLMSG_NOOP skipped. Pure (no socket), so the fuzz target
+    /// (Tests/Fuzz/parsers) runs it on any bytes; a message whose length does not fit the buffer ends the walk.
+    package static func decode(
+        _ buffer: UnsafeRawBufferPointer, operation: String, _ handle: (NetlinkReply) throws(NetfilterError) -> Void
+    ) throws(NetfilterError) {
+        guard var cursor = buffer.baseAddress else { return }
+        var remaining = buffer.count
+        while true {
+            var length = 0
+            var type: UInt16 = 0
+            var flags: UInt16 = 0
+            var sequence: UInt32 = 0
+            let before = remaining
+            guard let header = drawbridge_next_message(cursor, &remaining, &length, &type, &flags, &sequence)
+            else { break }
+            let message = UnsafeRawBufferPointer(start: header, count: length)
+            cursor = cursor.advanced(by: before - remaining)
+            switch Int32(type) {
+            case NLMSG_ERROR:
+                var parsed = drawbridge_netlink_error()
+                guard drawbridge_parse_netlink_error(header, length, &parsed) == 0 else {
+                    throw NetfilterError(.protocolViolation, operation: operation, detail: "malformed error reply")
+                }
+                let text = withUnsafeBytes(of: parsed.message) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                let kind: NetlinkReply.Kind =
+                    parsed.error == 0
+                    ? .acknowledgement
+                    : .error(
+                        errno: parsed.error,
+                        attributeOffset: parsed.has_offset != 0 ? parsed.attribute_offset : nil,
+                        message: text)
+                try handle(NetlinkReply(sequence: parsed.sequence, flags: flags, kind: kind))
+            case NLMSG_DONE:
+                try handle(NetlinkReply(sequence: sequence, flags: flags, kind: .done))
+            case NLMSG_NOOP:
+                continue
+            default:
+                try handle(NetlinkReply(sequence: sequence, flags: flags, kind: .data(message)))
+            }
+        }
+    }
 }
 
 /// A NETLINK_NETFILTER socket: every raw socket call of the module is in this type.
@@ -137,44 +184,8 @@ final class NetlinkSocket {
         }
         let parsed = receiveBuffer.withUnsafeBytes { buffer in
             Result { () throws(NetfilterError) in
-                var cursor = buffer.baseAddress!
-                var remaining = count
-                while true {
-                    var length = 0
-                    var type: UInt16 = 0
-                    var flags: UInt16 = 0
-                    var sequence: UInt32 = 0
-                    let before = remaining
-                    guard let header = drawbridge_next_message(cursor, &remaining, &length, &type, &flags, &sequence)
-                    else { break }
-                    let message = UnsafeRawBufferPointer(start: header, count: length)
-                    cursor = cursor.advanced(by: before - remaining)
-                    switch Int32(type) {
-                    case NLMSG_ERROR:
-                        var parsed = drawbridge_netlink_error()
-                        guard drawbridge_parse_netlink_error(header, length, &parsed) == 0 else {
-                            throw NetfilterError(
-                                .protocolViolation, operation: operation, detail: "malformed error reply")
-                        }
-                        let text = withUnsafeBytes(of: parsed.message) { raw in
-                            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                        }
-                        let kind: NetlinkReply.Kind =
-                            parsed.error == 0
-                            ? .acknowledgement
-                            : .error(
-                                errno: parsed.error,
-                                attributeOffset: parsed.has_offset != 0 ? parsed.attribute_offset : nil,
-                                message: text)
-                        try handle(NetlinkReply(sequence: parsed.sequence, flags: flags, kind: kind))
-                    case NLMSG_DONE:
-                        try handle(NetlinkReply(sequence: sequence, flags: flags, kind: .done))
-                    case NLMSG_NOOP:
-                        continue
-                    default:
-                        try handle(NetlinkReply(sequence: sequence, flags: flags, kind: .data(message)))
-                    }
-                }
+                try NetlinkReply.decode(
+                    UnsafeRawBufferPointer(rebasing: buffer[0..<count]), operation: operation, handle)
             }
         }
         try parsed.get()

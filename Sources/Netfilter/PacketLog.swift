@@ -143,7 +143,7 @@ public final class PacketLog {
     }
 
     /// Reads one NFULNL_MSG_PACKET message (header included); nil for any other message.
-    static func parse(message bytes: UnsafeRawBufferPointer) -> Delivery? {
+    package static func parse(message bytes: UnsafeRawBufferPointer) -> Delivery? {
         guard bytes.count >= 20 else { return nil }
         let length = Int(bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
         let type = bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self)

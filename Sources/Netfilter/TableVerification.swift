@@ -224,18 +224,34 @@ extension NetfilterConnection {
                 nftnl_rule_nlmsg_build_payload(header, rule)
             }
         ) { message in
-            let rule = nftnl_rule_alloc()!
-            defer { nftnl_rule_free(rule) }
-            guard nftnl_rule_nlmsg_parse(message, rule) >= 0 else { return }
-            // A dump filtered by chain still needs the check: older kernels ignore the filter.
-            guard let tableName = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue)),
-                String(cString: tableName) == table,
-                let name = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue)),
-                String(cString: name) == chain
-            else { return }
-            rules.append(read(rule))
+            if let rule = Self.parseRule(message, table: table, chain: chain, read) { rules.append(rule) }
         }
         return rules
+    }
+
+    /// One rule of a GETRULE dump, read by `read` (its expressions' text, say); nil when the message is not a rule
+    /// of this chain.
+    static func parseRule<T>(
+        _ message: UnsafePointer<nlmsghdr>, table: String, chain: String, _ read: (OpaquePointer) -> T
+    ) -> T? {
+        let rule = nftnl_rule_alloc()!
+        defer { nftnl_rule_free(rule) }
+        guard nftnl_rule_nlmsg_parse(message, rule) >= 0 else { return nil }
+        // A dump filtered by chain still needs the check: older kernels ignore the filter.
+        guard let tableName = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_TABLE.rawValue)),
+            String(cString: tableName) == table,
+            let name = nftnl_rule_get_str(rule, UInt16(NFTNL_RULE_CHAIN.rawValue)),
+            String(cString: name) == chain
+        else { return nil }
+        return read(rule)
+    }
+
+    /// `parseRule` (as expressions' text) on one reply message as `NetlinkReply.decode` hands it over (`nlmsg_len` bytes).
+    package static func parseRule(message: UnsafeRawBufferPointer, table: String, chain: String) -> [String]? {
+        guard let base = message.baseAddress else { return nil }
+        return parseRule(base.assumingMemoryBound(to: nlmsghdr.self), table: table, chain: chain) {
+            RuleBuilder.signature(of: $0)
+        }
     }
 }
 

@@ -37,6 +37,31 @@ struct TimestampTests {
         #expect(Timestamp.parse(text) == nil)
     }
 
+    /// Found by the parser fuzz target (duration): `9999-12-31T23:59:60Z` parsed as 10000-01-01T00:00:00Z, which
+    /// `format` wrote as `10000-01-01T00:00:00Z`, text that does not parse; an offset did the same below year 0.
+    @Test(
+        "an instant outside years 0000 to 9999 in UTC is refused, so every parsed timestamp formats back",
+        arguments: [
+            "9999-12-31T23:59:60Z", "9999-12-31T23:30:00-01:00", "9999-12-31T23:59:59.9995Z",
+            "0000-01-01T00:00:00+00:01", "0000-01-01T00:59:59.999+01:00",
+        ])
+    func refusesOutsideFormattableYears(text: String) {
+        #expect(Timestamp.parse(text) == nil)
+    }
+
+    @Test(
+        "the first and last formattable instants parse and format back",
+        arguments: [
+            ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00Z"), ("0000-01-01T01:00:00+01:00", "0000-01-01T00:00:00Z"),
+            ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
+            ("9999-12-31T23:59:59.9994Z", "9999-12-31T23:59:59.999Z"),
+        ])
+    func formatsBoundaries(text: String, formatted: String) throws {
+        let date = try #require(Timestamp.parse(text))
+        #expect(Timestamp.format(date) == formatted)
+        #expect(Timestamp.parse(Timestamp.format(date)) != nil)
+    }
+
     @Test("formatting keeps milliseconds and reads back")
     func roundTrip() throws {
         for seconds in [0.0, 1_796_126_400, 1_796_126_400.25, 1_796_126_400.001, 951_782_400.5] {
