@@ -208,6 +208,16 @@ enum ParserFuzz {
         if let longest = policy.longestMaxDuration, !validDuration(longest) {
             violated("longestMaxDuration \(longest)", input)
         }
+        if let metrics = policy.metrics {
+            guard metrics.address != .v4(0), metrics.address != .v6(high: 0, low: 0), metrics.port >= 1 else {
+                violated("metrics listens on \(metrics.listen)", input)
+            }
+        }
+        for port in policy.ports {
+            guard !port.hooks.isEmpty, Set(port.hooks).count == port.hooks.count else {
+                violated("port \(port.name) has hooks \(port.hooks)", input)
+            }
+        }
         if let knock = policy.knock {
             for rule in knock.keys {
                 guard !rule.ports.isEmpty, rule.ports.allSatisfy(names.contains) else {
@@ -240,7 +250,8 @@ enum ParserFuzz {
         for port in policy.ports {
             text += "  \(port.name): { port: \(port.service.port), protocol: \(port.service.transport.rawValue), "
             text += "max_duration: \(GrantDuration.format(port.maxDuration)), "
-            text += "allowed_sources: \(list(port.allowedSources.map { quoted($0.description) })) }\n"
+            text += "allowed_sources: \(list(port.allowedSources.map { quoted($0.description) }))"
+            text += ", hooks: \(list(port.hooks.map(\.rawValue))) }\n"
         }
         text += "always_allow: \(list(policy.alwaysAllow.map { quoted($0.description) }))\n"
         text += "on_expiry: \(policy.onExpiry.rawValue)\n"
@@ -250,6 +261,7 @@ enum ParserFuzz {
             text += "max_duration: \(GrantDuration.format(role.maxDuration)) }\n"
         }
         text += "grant_files: \(list(policy.grantFiles.map(quoted)))\n"
+        if let metrics = policy.metrics { text += "metrics: { listen: \(quoted(metrics.listen)) }\n" }
         return text
     }
 

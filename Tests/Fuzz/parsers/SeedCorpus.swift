@@ -52,12 +52,23 @@ enum SeedCorpus {
                 ports:                      # the ports under just-in-time control, by name
                   ssh:      { port: 22,   protocol: tcp, max_duration: 3h,  allowed_sources: ["0.0.0.0/0", "::/0"] }
                   postgres: { port: 5432, protocol: tcp, max_duration: 30m, allowed_sources: ["198.51.100.0/24"] }
+                  app:      { port: 2222, protocol: tcp, max_duration: 1h, allowed_sources: ["0.0.0.0/0"], hooks: [forward] }  # docker -p 2222:22
                 always_allow: ["192.0.2.10/32"]   # break-glass: never locked out
                 on_expiry: keep-sessions          # or cut-sessions: open connections of an ended grant stop too
                 roles:                            # who may grant what, by Unix group
                   - { group: drawbridge-admins, ports: [ssh, postgres], max_duration: 3h }
                   - { group: developers,        ports: [ssh],           max_duration: 1h }
                 grant_files: ["/etc/drawbridge/grants.json"]   # optional: watched files of grants
+
+                """
+            ),
+            (
+                "hooks-and-metrics",
+                """
+                ports:
+                  ssh: { port: 22, max_duration: 1h, allowed_sources: ["0.0.0.0/0"], hooks: [input, forward] }
+                  app: { port: 2222, max_duration: 1h, allowed_sources: ["::/0"], hooks: [forward] }
+                metrics: { listen: "[::1]:9447" }
 
                 """
             ),
