@@ -204,7 +204,7 @@ struct KnockRequestDecodingTests {
         #expect(single == .knockRefused(KnockRefusalReport(source: "203.0.113.9", problem: "stale", count: 1)))
     }
 
-    @Test("an authorized_keys file's keys: options skipped (quoted spaces too), comments and other lines left out")
+    @Test("authorized_keys text: options before the key passed over (quoted spaces too), comments left out")
     func authorizedKeysText() {
         let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8eHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgEA"
         let file = """
