@@ -8,11 +8,16 @@ extension Agent {
         let totals = await sampleTraffic()
         metrics.setTraffic(
             policy.ports.map { port in (port.name, totals[port.service] ?? PortCounts()) })
+        metrics.setActive(grantCounts())
+        return metrics.exposition()
+    }
+
+    /// Grants in force by managed port and origin kind: every pair of the policy's ports and the origin kinds, at 0
+    /// when no grant holds it.
+    func grantCounts() -> [AgentMetrics.ActiveKey: Int] {
         var counts: [AgentMetrics.ActiveKey: Int] = [:]
         for port in policy.ports {
-            for origin in ["local", "file", "etcd", "knock"] {
-                counts[AgentMetrics.ActiveKey(port: port.name, origin: origin)] = 0
-            }
+            for origin in AgentMetrics.originKinds { counts[AgentMetrics.ActiveKey(port: port.name, origin: origin)] = 0 }
         }
         for grant in book.values {
             let origin = AgentMetrics.originKind(grant.origin)
@@ -20,7 +25,6 @@ extension Agent {
                 counts[AgentMetrics.ActiveKey(port: port.name, origin: origin), default: 0] += 1
             }
         }
-        metrics.setActive(counts)
-        return metrics.exposition()
+        return counts
     }
 }

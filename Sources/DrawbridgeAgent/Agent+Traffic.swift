@@ -49,14 +49,7 @@ struct PortTraffic {
         guard let latest = samples.last else { return nil }
         let from = samples.last { now.seconds(since: $0.time) >= Self.window } ?? samples.first!
         var counts: [Service: PortCounts] = [:]
-        for (service, total) in latest.totals {
-            let before = from.totals[service] ?? PortCounts()
-            counts[service] = PortCounts(
-                droppedPackets: total.droppedPackets &- before.droppedPackets,
-                droppedBytes: total.droppedBytes &- before.droppedBytes,
-                acceptedPackets: total.acceptedPackets &- before.acceptedPackets,
-                acceptedBytes: total.acceptedBytes &- before.acceptedBytes)
-        }
+        for (service, total) in latest.totals { counts[service] = total - (from.totals[service] ?? PortCounts()) }
         return (counts, latest.time.seconds(since: from.time))
     }
 }
@@ -78,9 +71,7 @@ extension Agent {
         await sampleTraffic()
         let recent = traffic.recent(now: SystemClock.monotonic())
         var grants: [String: Int] = [:]
-        for grant in book.values {
-            for port in grant.ports { grants[port.name, default: 0] += 1 }
-        }
+        for (key, count) in grantCounts() { grants[key.port, default: 0] += count }
         return policy.ports.map { (port: Policy.ManagedPort) -> LocalAPI.PortActivity in
             let counts: PortCounts? = recent?.counts[port.service]
             return LocalAPI.PortActivity(

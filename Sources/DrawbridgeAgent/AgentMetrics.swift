@@ -36,6 +36,9 @@ public final class AgentMetrics: Sendable {
         }
     }
 
+    /// Every value `originKind` gives.
+    static let originKinds = ["local", "file", "etcd", "knock"]
+
     static let countedEvents: [AuditEvent.Kind] = [.grant, .extend, .revoke, .expire, .refuse]
 
     public init() {

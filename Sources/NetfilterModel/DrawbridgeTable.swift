@@ -501,6 +501,14 @@ public struct PortCounts: Sendable, Equatable {
         self.acceptedBytes = acceptedBytes
     }
 
+    /// What was counted between two readings of the same rules (`lhs` the later).
+    public static func - (lhs: PortCounts, rhs: PortCounts) -> PortCounts {
+        PortCounts(
+            droppedPackets: lhs.droppedPackets &- rhs.droppedPackets, droppedBytes: lhs.droppedBytes &- rhs.droppedBytes,
+            acceptedPackets: lhs.acceptedPackets &- rhs.acceptedPackets,
+            acceptedBytes: lhs.acceptedBytes &- rhs.acceptedBytes)
+    }
+
     public static func + (lhs: PortCounts, rhs: PortCounts) -> PortCounts {
         PortCounts(
             droppedPackets: lhs.droppedPackets &+ rhs.droppedPackets, droppedBytes: lhs.droppedBytes &+ rhs.droppedBytes,

@@ -87,11 +87,12 @@ struct Listen: ParsableCommand {
     }
 }
 
-/// The allowed keys: fingerprint → the rules that list it (1-based) and the key's comment.
+/// The allowed keys, and each key's comment. Which rule a key falls under is the agent's to decide, from its own
+/// current policy.
 struct KnockKeys {
-    var rules: [SSHFingerprint: [Int]] = [:]
+    var fingerprints: Set<SSHFingerprint> = []
     var comments: [SSHFingerprint: String] = [:]
-    var count: Int { rules.count }
+    var count: Int { fingerprints.count }
 
     struct Problem: Error, CustomStringConvertible {
         let description: String
@@ -119,7 +120,7 @@ struct KnockKeys {
             }
             for key in keys {
                 let fingerprint = key.key.fingerprint
-                if !(rules[fingerprint]?.contains(index + 1) ?? false) { rules[fingerprint, default: []].append(index + 1) }
+                fingerprints.insert(fingerprint)
                 if comments[fingerprint] == nil, !key.comment.isEmpty { comments[fingerprint] = key.comment }
             }
         }
@@ -150,7 +151,7 @@ struct KnockListener {
         self.socketPath = socketPath
         self.noncePath = noncePath
         let window = Duration.milliseconds(Int64(settings.maxSkew * 1000))
-        verifier = KnockVerifier(allowedFingerprints: keys.rules.keys, maximumSkew: window)
+        verifier = KnockVerifier(allowedFingerprints: keys.fingerprints, maximumSkew: window)
         let now = Self.nowMilliseconds()
         if let bytes = try? Files.read(noncePath, maximumBytes: 8 << 20),
             let cache = try? NonceCache(serialized: bytes, window: window)
