@@ -14,18 +14,9 @@ import Testing
 /// managed: it must stay untouched.
 @Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)), .serialized)
 struct ForwardEndToEndTests {
-    /// From the client namespace to the host's published port, IPv4 or IPv6.
-    struct Path: Sendable, CustomTestStringConvertible {
-        var name: String
-        var source: IPAddress
-        var destination: IPAddress
-        var testDescription: String { name }
-    }
+    typealias Path = NetworkPath
 
-    static let paths = [
-        Path(name: "IPv4", source: TestNetwork.clientIPv4, destination: TestNetwork.hostIPv4),
-        Path(name: "IPv6", source: TestNetwork.clientIPv6, destination: TestNetwork.hostIPv6),
-    ]
+    static let paths = NetworkPath.clientToHost
 
     final class Setup: @unchecked Sendable {
         let network: TestNetwork

@@ -15,17 +15,9 @@ import Testing
 struct KnockEndToEndTests {
     static let knockPort: UInt16 = 62201
 
-    struct Path: Sendable, CustomTestStringConvertible {
-        var name: String
-        var source: IPAddress
-        var destination: IPAddress
-        var testDescription: String { name }
-    }
+typealias Path = NetworkPath
 
-    static let paths = [
-        Path(name: "IPv4", source: TestNetwork.clientIPv4, destination: TestNetwork.hostIPv4),
-        Path(name: "IPv6", source: TestNetwork.clientIPv6, destination: TestNetwork.hostIPv6),
-    ]
+static let paths = NetworkPath.clientToHost
 
     /// A key made by ssh-keygen: its files and its public line.
     struct Key {

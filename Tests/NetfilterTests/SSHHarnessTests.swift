@@ -11,17 +11,9 @@ import Testing
 /// Timings are printed as `SSH-HARNESS …` lines.
 @Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)))
 struct SSHHarnessTests {
-    struct Path: Sendable, CustomTestStringConvertible {
-        var name: String
-        var source: IPAddress
-        var destination: IPAddress
-        var testDescription: String { name }
-    }
+typealias Path = NetworkPath
 
-    static let paths = [
-        Path(name: "IPv4", source: TestNetwork.clientIPv4, destination: TestNetwork.hostIPv4),
-        Path(name: "IPv6", source: TestNetwork.clientIPv6, destination: TestNetwork.hostIPv6),
-    ]
+static let paths = NetworkPath.clientToHost
 
     static let ssh = Service(port: 22, transport: .tcp)
 
