@@ -90,6 +90,9 @@ public actor Agent {
         disk.start()
     }
 
+    /// What the kernel link's probe found at start (NFT_MSG_DESTROYSETELEM, Linux 6.3+).
+    private var kernelDestroysElements: Bool?
+
     var layout: TableLayout {
         TableLayout(policy: policy)
     }
@@ -133,10 +136,16 @@ public actor Agent {
         let elements = planner.elements(book: book, now: now.monotonic)
         let report = try await kernel.rebuild(layout, elements: elements)
         lastSeenGeneration = try? await kernel.generation()
+        kernelDestroysElements = await kernel.canDestroyElements
         await sampleTraffic()
         armExpiry()
         releaseFreeMemory()
-        logger.info("started", metadata: ["memory.heap_in_use_mib": "\(heapInUse() >> 20)"])
+        logger.info(
+            "started",
+            metadata: [
+                "memory.heap_in_use_mib": "\(heapInUse() >> 20)", "kernel": "\(SystemClock.kernelRelease())",
+                "kernel.destroys_elements": "\(kernelDestroysElements ?? false)",
+            ])
         audit.record(
             AuditEvent(
                 .start,
@@ -390,7 +399,8 @@ public actor Agent {
                 table: tableHealth, lastRepair: lastRepair, repairs: repairs,
                 storage: store.problem ?? (pendingRecords.isEmpty ? "ok" : "revocations waiting to be stored"),
                 audit: audit.problem ?? "ok", warnings: warnings, etcd: etcdStatus, knock: knockStatus,
-                metrics: servedMetrics.map { "http://\($0.listen)/metrics" }, ports: ports))
+                metrics: servedMetrics.map { "http://\($0.listen)/metrics" }, ports: ports,
+                kernelDestroysElements: kernelDestroysElements))
     }
 
     // MARK: Kernel queue

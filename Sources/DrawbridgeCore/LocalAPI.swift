@@ -255,6 +255,9 @@ public enum LocalAPI {
         public var onExpiry: SessionMode
         public var activeGrants: Int
         public var kernelRelease: String
+        /// Whether the kernel deletes set elements idempotently (NFT_MSG_DESTROYSETELEM, Linux 6.3+), as the agent's
+        /// probe at start found; without it, deletes of elements near their expiry go in a transaction of their own.
+        public var kernelDestroysElements: Bool?
         /// `enforcing`, or what is wrong with the table right now.
         public var table: String
         /// The last repair of the table, with why; nil when none happened since the start.
@@ -280,8 +283,10 @@ public enum LocalAPI {
             version: String, policyPath: String, managedPorts: [GrantedPort], onExpiry: SessionMode, activeGrants: Int,
             kernelRelease: String, table: String = "enforcing", lastRepair: String? = nil, repairs: Int = 0,
             storage: String = "ok", audit: String = "ok", warnings: [String] = [], etcd: EtcdStatus? = nil,
-            knock: KnockStatus? = nil, metrics: String? = nil, ports: [PortActivity]? = nil
+            knock: KnockStatus? = nil, metrics: String? = nil, ports: [PortActivity]? = nil,
+            kernelDestroysElements: Bool? = nil
         ) {
+            self.kernelDestroysElements = kernelDestroysElements
             self.ports = ports
             self.knock = knock
             self.metrics = metrics
@@ -307,6 +312,7 @@ public enum LocalAPI {
             case onExpiry = "on_expiry"
             case activeGrants = "active_grants"
             case kernelRelease = "kernel_release"
+            case kernelDestroysElements = "kernel_destroys_elements"
             case table
             case lastRepair = "last_repair"
             case repairs, storage, audit, warnings, etcd, knock, metrics, ports

@@ -244,7 +244,13 @@ extension Drawbridge {
         func run() throws {
             let response = try Client(options: connection).send(LocalAPI.Request(command: .status))
             guard !connection.json, let status = response.status else { return }
-            print("drawbridged \(status.version), kernel \(status.kernelRelease)")
+            var kernel = "kernel \(status.kernelRelease)"
+            switch status.kernelDestroysElements {
+            case true?: kernel += " (idempotent element deletes)"
+            case false?: kernel += " (no DESTROYSETELEM before Linux 6.3: deletes near expiry go apart)"
+            case nil: break
+            }
+            print("drawbridged \(status.version), \(kernel)")
             print("policy: \(status.policyPath)")
             print("managed: \(status.managedPorts.map { "\($0.name) \($0.service)" }.joined(separator: ", "))")
             print("on expiry: \(status.onExpiry.rawValue)")

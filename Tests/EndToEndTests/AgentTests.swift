@@ -74,6 +74,11 @@ struct AgentTests {
         let setup = try Setup()
         #expect(try !setup.connects(from: "192.0.2.2"), "closed before any grant")
         #expect(try setup.connects(from: "192.0.2.2", port: 8443), "a port outside the policy stays reachable")
+        let status = try HardeningTests.decode(try setup.agent.cli(["status", "--json"])).status
+        #expect(status?.kernelRelease == RunningKernel.release)
+        #expect(
+            status?.kernelDestroysElements == RunningKernel.atLeast(6, 3),
+            "the probe at start found what this kernel has (DESTROYSETELEM since Linux 6.3)")
 
         let result = try setup.agent.cli(["grant", "ssh", "--from", "192.0.2.2", "--for", "3s", "--reason", "e2e"])
         let granted = Date()

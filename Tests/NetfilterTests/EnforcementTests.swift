@@ -80,6 +80,12 @@ struct EnforcementTests {
             }
         }
         let failure = try #require(firstFailure, "the grant never expired")
+        func milliseconds(_ instant: Date) -> String {
+            String(format: "%+.0f ms", instant.timeIntervalSince(expiresAt) * 1000)
+        }
+        print(
+            "EXPIRY-PRECISION kernel \(RunningKernel.release), \(example.name): last accepted \(milliseconds(lastSuccess)),"
+                + " first refused \(milliseconds(failure)) from the requested expiry")
         #expect(lastSuccess < expiresAt.addingTimeInterval(0.05))
         #expect(failure.timeIntervalSince(expiresAt) > -0.05)
         #expect(

@@ -13,12 +13,48 @@ struct GoldenTableTests {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("rules/drawbridge.nft")
 
+    /// Whether this machine's `nft` can load its own translation of a lookup in a concatenated interval set
+    /// (`ip saddr . meta l4proto . th dport @ranges4`). Debian 12's nft 1.0.6 adds a byte-order conversion of the
+    /// one-byte protocol that Linux 6.12's stable series refuses (EOPNOTSUPP; 6.1 and 6.18 accept it). drawbridge
+    /// encodes that lookup itself, without the conversion, and the kernel tests prove it on every kernel; where nft
+    /// cannot load those rules, the comparisons below leave them out of what nft loads, and `rulesTextMatches` still
+    /// checks them as nft lists them back.
+    static let nftLoadsRangeLookups: Bool = {
+        guard let namespace = try? NetworkNamespace.createAnonymous() else { return true }
+        let probe = """
+            table inet drawbridge_probe {
+            	set ranges { type ipv4_addr . inet_proto . inet_service; flags interval,timeout; }
+            	chain c { ip saddr . meta l4proto . th dport @ranges accept; }
+            }
+
+            """
+        guard let result = try? run(["nft", "-f", "-"], in: namespace, input: probe, check: false) else { return true }
+        // Only this refusal: any other failure of nft fails the tests that use it, loudly.
+        let loads = result.succeeded || !result.error.contains("Operation not supported")
+        if !loads {
+            print("KERNEL-BEHAVIOUR \(RunningKernel.release): this nft cannot load its own interval-set lookups")
+        }
+        return loads
+    }()
+
+    /// `text` as nft can load it here: without the range-set lookups where it cannot (see `nftLoadsRangeLookups`).
+    static func nftLoadable(_ text: String) -> String {
+        guard !nftLoadsRangeLookups else { return text }
+        return text.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.contains("@ranges") }.joined(separator: "\n")
+    }
+
     /// `nft -j list table inet drawbridge` without the parts that differ between any two loads (handles, the nft
-    /// version banner), with set elements sorted.
+    /// version banner), with set elements sorted; without range-set lookups where nft cannot load them.
     static func normalizedListing(in namespace: NetworkNamespace) throws -> String {
         let listing = try run(["nft", "-j", "list", "table", "inet", "drawbridge"], in: namespace).output
         let json = try JSONSerialization.jsonObject(with: Data(listing.utf8)) as! [String: Any]
-        let items = (json["nftables"] as! [[String: Any]]).filter { $0["metainfo"] == nil }
+        let items = (json["nftables"] as! [[String: Any]]).filter { item in
+            guard item["metainfo"] == nil else { return false }
+            guard !nftLoadsRangeLookups, let rule = item["rule"] else { return true }
+            let data = (try? JSONSerialization.data(withJSONObject: rule)) ?? Data()
+            return !String(decoding: data, as: UTF8.self).contains("@ranges")
+        }
         func strip(_ value: Any) -> Any {
             if var dictionary = value as? [String: Any] {
                 dictionary.removeValue(forKey: "handle")
@@ -35,7 +71,8 @@ struct GoldenTableTests {
     @Test("the module builds exactly the table of rules/drawbridge.nft")
     func moduleMatchesRulesFile() throws {
         let fromFile = try NetworkNamespace.createAnonymous()
-        try run(["nft", "-f", Self.rulesFile.path], in: fromFile)
+        let file = try String(contentsOf: Self.rulesFile, encoding: .utf8)
+        try run(["nft", "-f", "-"], in: fromFile, input: Self.nftLoadable(file))
 
         let fromModule = try NetworkNamespace.createAnonymous()
         let enforcer = TableDriver(connection: try NetfilterConnection(namespace: fromModule))
@@ -85,7 +122,7 @@ struct GoldenTableTests {
         #expect(text.contains("meta l4proto tcp ip saddr . meta l4proto . ct original proto-dst @grants4 goto granted_forward"))
         #expect(text.contains("\t\tmeta l4proto tcp ct original proto-dst 2222 counter drop\n"))
         let fromText = try NetworkNamespace.createAnonymous()
-        try run(["nft", "-f", "-"], in: fromText, input: text)
+        try run(["nft", "-f", "-"], in: fromText, input: Self.nftLoadable(text))
         #expect(try Self.normalizedListing(in: fromModule) == Self.normalizedListing(in: fromText))
         // nft wraps a list of elements over lines; the printed text keeps them on one.
         let listed = try run(["nft", "list", "table", "inet", "drawbridge"], in: fromModule).output
@@ -118,7 +155,7 @@ struct GoldenTableTests {
 
         let fromFile = try NetworkNamespace.createAnonymous()
         let ruleset = DrawbridgeTable.ruleset(mode: .cutSessions, managedServices: managed)
-        try run(["nft", "-f", "-"], in: fromFile, input: ruleset)
+        try run(["nft", "-f", "-"], in: fromFile, input: Self.nftLoadable(ruleset))
         try run(
             ["nft", "-f", "-"], in: fromFile,
             input: """

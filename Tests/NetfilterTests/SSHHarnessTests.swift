@@ -42,7 +42,8 @@ static let paths = NetworkPath.clientToHost
         #expect(before.connectTimedOut, "the SYN is dropped, not refused: \(before)")
 
         let grantedAt = Date()
-        let expiresAt = grantedAt.addingTimeInterval(4)
+        let time = TestTiming.seconds
+        let expiresAt = grantedAt.addingTimeInterval(time(4))
         _ = try enforcer.reconcile(desired: [
             AccessKey(source: IPPrefix(address: path.source), service: Self.ssh): expiresAt
         ])
@@ -54,20 +55,21 @@ static let paths = NetworkPath.clientToHost
             let login = try logIn()
             logins.append(login)
             #expect(login.loggedIn, "a login during the grant failed: \(login)\nsshd log:\n\(server.log)")
-        } while Date() < expiresAt.addingTimeInterval(-1.2)
+        } while Date() < expiresAt.addingTimeInterval(-time(1.2))
         let firstLogin = logins[0]
 
         // Across the expiry: an attempt every 100 ms from 0.6 s before to 0.6 s after, overlapping. Each attempt's
         // SYN leaves some time after the attempt starts (ssh starting up: tens of ms, ~100 ms on a busy machine),
         // so one started after the expiry must be dropped, and one started comfortably before it must log in (its
-        // connection is then established, which keep-sessions lets finish). In between, either is right.
-        let starts = (0...12).map { expiresAt.addingTimeInterval(-0.6 + Double($0) * 0.1) }
+        // connection is then established, which keep-sessions lets finish). In between, either is right. Under
+        // emulation (TestTiming) ssh starts slower: the window and the margin before expiry stretch, not the rest.
+        let starts = (0...12).map { expiresAt.addingTimeInterval(time(-0.6 + Double($0) * 0.1)) }
         let attempts = SSHClient.logInAttempts(
             at: starts, from: network.client, source: path.source, to: path.destination, key: server.clientKeyPath
         ).sorted { $0.startedAt < $1.startedAt }
         for attempt in attempts {
             let offset = attempt.startedAt.timeIntervalSince(expiresAt)
-            if offset < -0.45 {
+            if offset < -time(0.45) {
                 #expect(attempt.loggedIn, "an attempt \(Self.signed(offset)) ms from expiry failed: \(attempt)")
             } else if offset >= 0.05 {  // the kernel counts timeouts in jiffies: allow a few ms of rounding
                 #expect(
@@ -116,7 +118,8 @@ static let paths = NetworkPath.clientToHost
         let enforcer = TableDriver(connection: try NetfilterConnection(namespace: network.host))
         try enforcer.install(mode: example.mode, managedServices: [Self.ssh], alwaysAllowed: [])
 
-        let expiresAt = Date().addingTimeInterval(4)
+        let time = TestTiming.seconds
+        let expiresAt = Date().addingTimeInterval(time(4))
         _ = try enforcer.reconcile(desired: [
             AccessKey(source: IPPrefix(address: path.source), service: Self.ssh): expiresAt
         ])
@@ -124,7 +127,7 @@ static let paths = NetworkPath.clientToHost
             from: network.client, source: path.source, to: path.destination, key: server.clientKeyPath)
         defer { session.close() }
         try #require(
-            session.waitUntilOpen(within: .seconds(3)),
+            session.waitUntilOpen(within: TestTiming.duration(.seconds(3))),
             "session opened during the grant: \(session.errorOutput)\nsshd log:\n\(server.log)")
         #expect(session.isAlive(within: .seconds(1)))
 
@@ -148,12 +151,12 @@ static let paths = NetworkPath.clientToHost
         case .cutSessions:
             // Output stops: the host drops the client's ACKs and keepalives, so sshd's TCP stops sending new data
             // at its first retransmission timeout. ssh gives up after ServerAliveInterval × (CountMax + 1) ≈ 3 s.
-            _ = eventually(within: .seconds(7)) { !session.isRunning }
+            _ = eventually(within: TestTiming.duration(.seconds(7))) { !session.isRunning }
             let gaveUp = Date().timeIntervalSince(expiresAt)
             let lastOutput = try #require(session.lastOutputAt)
             let stopped = lastOutput.timeIntervalSince(expiresAt)
-            #expect(stopped > -1, "the session delivered output until the expiry")
-            #expect(stopped < 2.0, "no output later than 2 s after expiry")
+            #expect(stopped > -time(1), "the session delivered output until the expiry")
+            #expect(stopped < time(2), "no output later than 2 s after expiry")
             #expect(!session.isAlive(within: .seconds(1)), "no fresh output")
             #expect(!session.isRunning, "ssh gave up on the dead connection")
             #expect(session.exitStatus == 255, "ssh exits 255 on a server-alive timeout: \(session.errorOutput)")

@@ -217,3 +217,40 @@ public func eventually(within timeout: Duration, _ condition: () throws -> Bool)
     }
     return try condition()
 }
+
+/// The kernel the tests run on: several behaviours of nf_tables changed between the kernels users run (Debian 12's
+/// 6.1, the 6.12 backport, current ones), and a test asserts the behaviour of the kernel it finds.
+public enum RunningKernel {
+    /// `uname -r`, e.g. `6.1.0-50-amd64`.
+    public static let release = SystemClock.kernelRelease()
+
+    /// Major and minor version from the release (`6.1.0-50-amd64` → (6, 1)).
+    public static let version: (major: Int, minor: Int) = {
+        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        return parts.count == 2 ? (parts[0], parts[1]) : (0, 0)
+    }()
+
+    /// Whether the running kernel is `major.minor` or later.
+    public static func atLeast(_ major: Int, _ minor: Int) -> Bool {
+        version >= (major, minor)
+    }
+}
+
+/// How much slower than a native machine this run is: 1 natively; `.ci/test-kernels` sets
+/// `DRAWBRIDGE_TEST_TIME_SCALE` inside guests that qemu emulates, where starting ssh or a login's key exchange takes
+/// several times longer. Tests that time a sequence of logins around an expiry stretch the time they give processes
+/// by it (never the precision they demand of the kernel: an attempt that starts after an expiry must be dropped).
+public enum TestTiming {
+    public static let scale: Double = {
+        guard let text = ProcessInfo.processInfo.environment["DRAWBRIDGE_TEST_TIME_SCALE"], let value = Double(text),
+            value >= 1, value <= 100
+        else { return 1 }
+        return value
+    }()
+
+    /// `seconds`, stretched by the scale.
+    public static func seconds(_ seconds: Double) -> TimeInterval { seconds * scale }
+
+    /// `duration`, stretched by the scale.
+    public static func duration(_ duration: Duration) -> Duration { duration * scale }
+}
