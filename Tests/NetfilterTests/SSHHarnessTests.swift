@@ -94,7 +94,7 @@ static let paths = NetworkPath.clientToHost
             \(logins.count) logins during the grant, mean \(Self.milliseconds(mean)) ms; \
             last successful attempt started at expiry\(lastSuccess.map { Self.signed($0.startedAt.timeIntervalSince(expiresAt)) } ?? " n/a") ms, \
             first refused attempt started at expiry\(Self.signed(firstRefusal.startedAt.timeIntervalSince(expiresAt))) ms \
-            (refusal known at expiry\(Self.signed(firstRefusal.finishedAt.timeIntervalSince(expiresAt))) ms, ConnectTimeout=2); \
+            (refusal known at expiry\(Self.signed(firstRefusal.finishedAt.timeIntervalSince(expiresAt))) ms, ConnectTimeout=\(SSHClient.connectTimeout)); \
             attempts: \(attempts.map { "\(Self.signed($0.startedAt.timeIntervalSince(expiresAt)))\($0.loggedIn ? "ok" : "x")" }.joined(separator: " "))
             """)
     }

@@ -505,6 +505,10 @@ public struct SSHResult: Sendable, CustomStringConvertible {
 
 /// Runs the real OpenSSH client inside a namespace.
 public enum SSHClient {
+    /// ssh's ConnectTimeout, which also bounds the banner exchange: 2 s natively, stretched by TestTiming where
+    /// emulated CPUs make a busy sshd answer late (an attempt then failed "during banner exchange" on an open port).
+    public static let connectTimeout = Int(TestTiming.seconds(2))
+
     /// The options every run uses: no configuration file (so ssh neither reads nor creates ~/.ssh), no agent, no
     /// known-hosts file, no prompt, exactly one connection attempt, source address bound with `-b`.
     static func arguments(
@@ -527,7 +531,7 @@ public enum SSHClient {
     /// (default: `connectTimeout` + 20 s).
     public static func run(
         _ command: String, from namespace: NetworkNamespace, source: IPAddress, to destination: IPAddress,
-        port: UInt16 = 22, key: String, connectTimeout: Int = 2, deadline: Duration? = nil
+        port: UInt16 = 22, key: String, connectTimeout: Int = SSHClient.connectTimeout, deadline: Duration? = nil
     ) throws -> SSHResult {
         let arguments =
             arguments(source: source, destination: destination, port: port, key: key, connectTimeout: connectTimeout)
@@ -552,7 +556,7 @@ public enum SSHClient {
     /// Logs in and runs `echo drawbridge-ok`; true when ssh succeeded and the marker came back.
     public static func canLogIn(
         from namespace: NetworkNamespace, source: IPAddress, to destination: IPAddress, port: UInt16 = 22,
-        key: String, connectTimeout: Int = 2
+        key: String, connectTimeout: Int = SSHClient.connectTimeout
     ) throws -> Bool {
         try logIn(
             from: namespace, source: source, to: destination, port: port, key: key, connectTimeout: connectTimeout
@@ -563,7 +567,7 @@ public enum SSHClient {
     /// `canLogIn` with the whole result, for timing and diagnostics.
     public static func logIn(
         from namespace: NetworkNamespace, source: IPAddress, to destination: IPAddress, port: UInt16 = 22,
-        key: String, connectTimeout: Int = 2
+        key: String, connectTimeout: Int = SSHClient.connectTimeout
     ) throws -> SSHResult {
         try run(
             "echo \(loginMarker)", from: namespace, source: source, to: destination, port: port, key: key,
@@ -575,7 +579,7 @@ public enum SSHClient {
     /// Returns the results in the order of `starts`; an attempt that could not be spawned counts as status -1.
     public static func logInAttempts(
         at starts: [Date], from namespace: NetworkNamespace, source: IPAddress, to destination: IPAddress,
-        port: UInt16 = 22, key: String, connectTimeout: Int = 2
+        port: UInt16 = 22, key: String, connectTimeout: Int = SSHClient.connectTimeout
     ) -> [SSHResult] {
         final class Results: @unchecked Sendable {
             let lock = NSLock()
@@ -627,7 +631,7 @@ public final class SSHSession: @unchecked Sendable {
 
     public init(
         from namespace: NetworkNamespace, source: IPAddress, to destination: IPAddress, port: UInt16 = 22,
-        key: String, connectTimeout: Int = 2, tickInterval: Duration = .milliseconds(200)
+        key: String, connectTimeout: Int = SSHClient.connectTimeout, tickInterval: Duration = .milliseconds(200)
     ) throws {
         self.tickInterval = tickInterval
         let seconds = String(format: "%.3f", tickInterval.harnessSeconds)
