@@ -138,6 +138,8 @@ int drawbridge_open_path_flag(void) { return O_PATH; }
 
 void drawbridge_release_free_memory(void) { malloc_trim(0); }
 
+void drawbridge_map_large_blocks(void) { mallopt(M_MMAP_THRESHOLD, 128 * 1024); }
+
 size_t drawbridge_heap_in_use(void) {
     struct mallinfo2 info = mallinfo2();
     return info.uordblks + info.hblkhd;

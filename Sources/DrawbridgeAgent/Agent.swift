@@ -131,7 +131,7 @@ public actor Agent {
         }
         updateEtcdAuthority()
         dropEtcdGrantsOutsideLayout(reason: "no longer among this host's etcd keys", starting: true)
-        let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the policy")
+        let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the policy", exceptFiles: true)
         planner.reset(book: book, now: now.monotonic)
         let elements = planner.elements(book: book, now: now.monotonic)
         let report = try await kernel.rebuild(layout, elements: elements)
@@ -843,19 +843,19 @@ public actor Agent {
 
     /// Removes grants the current policy would refuse now (port no longer managed, source no longer allowed, time
     /// left beyond the port's longest duration).
-    private func dropGrantsOutsidePolicy(now: Instants, reason: String) -> Int {
-        var dropped: [Grant] = []
-        var changed: [AccessKey] = []
-        for grant in book.values {
-            let outside = grant.ports.contains { port in
+    /// - Parameter exceptFiles: leave grants from files alone (at start: they were just read with this policy).
+    private func dropGrantsOutsidePolicy(now: Instants, reason: String, exceptFiles: Bool = false) -> Int {
+        let policy = self.policy
+        let dropped = book.grants { grant in
+            if exceptFiles, case .file = grant.origin { return false }
+            return grant.ports.contains { port in
                 guard let managed = policy.port(for: port.service) else { return true }
                 return !managed.allowedSources.contains { $0.contains(grant.source) }
                     || grant.deadline.seconds(since: now.monotonic) > managed.maxDuration + 1
             }
-            guard outside else { continue }
-            dropped.append(grant)
-            changed += book.remove(id: grant.id).changed
         }
+        var changed: [AccessKey] = []
+        for grant in dropped { changed += book.remove(id: grant.id).changed }
         guard !dropped.isEmpty else { return 0 }
         appendClosing(dropped.filter(GrantStore.isStored).map { .remove(id: $0.id) })
         audit.record(batch: dropped.map { AuditEvent(.revoke, grant: $0, detail: reason) })
@@ -933,13 +933,19 @@ public actor Agent {
                     detail: "\(contents.refusals.count - 100) more entries refused"))
         }
         let current = book.ids(from: origin)
-        var incoming = Set<String>()
+        var incoming = Set<String>(minimumCapacity: contents.grants.count)
         var changed: [AccessKey] = []
+        // Audited one by one up to 1,000 changes, as a count beyond.
         var added: [Grant] = []
+        var addedCount = 0
+        // A first read of a big file (a restart) must not grow every table of the book a hundred times over.
+        book.reserveCapacity(max(0, contents.grants.count - current.count), origin: origin)
+        let anyRevoked = !book.revokedFileGrants.isEmpty
         for var grant in contents.grants {
             incoming.insert(grant.id)
-            if book.revokedFileGrants.contains(grant.id) { continue }
-            if let existing = book[grant.id] {
+            if anyRevoked, book.revokedFileGrants.contains(grant.id) { continue }
+            // Ids of file grants begin with the file's own prefix: only this file's grants can hold them.
+            if !current.isEmpty, let existing = book[grant.id] {
                 grant.createdAt = existing.createdAt
                 if existing.source == grant.source, existing.ports == grant.ports, existing.expiresAt == grant.expiresAt,
                     existing.reason == grant.reason
@@ -948,7 +954,8 @@ public actor Agent {
                 }
             }
             changed += book.put(grant).changed
-            added.append(grant)
+            addedCount += 1
+            if added.count <= 1000 { added.append(grant) }
         }
         var removed: [Grant] = []
         for id in current where !incoming.contains(id) {
@@ -961,14 +968,14 @@ public actor Agent {
         let forgotten = book.revokedFileGrants.filter { $0.hasPrefix(prefix) && !incoming.contains($0) }
         for id in forgotten { book.forgetTombstone(id) }
         appendClosing(forgotten.map { .forgetTombstone(id: $0) })
-        if added.count + removed.count <= 1000 {
+        if addedCount + removed.count <= 1000 {
             events += added.map { AuditEvent(.grant, grant: $0) }
             events += removed.map { AuditEvent(.revoke, grant: $0, detail: "no longer in \(path)") }
         } else {
             events.append(
                 AuditEvent(
                     .grant, user: path, origin: origin.description,
-                    detail: "grants file read: \(added.count) grants added or changed, \(removed.count) removed, "
+                    detail: "grants file read: \(addedCount) grants added or changed, \(removed.count) removed, "
                         + "\(contents.refusals.count) refused"))
         }
         audit.record(batch: events)

@@ -102,7 +102,8 @@ public struct Grant: Hashable, Sendable, Codable, Identifiable {
     ) {
         self.id = id
         self.source = source
-        self.ports = ports.sorted()
+        // Most lists hold one port, or come sorted already: keep that array (it may be shared) rather than copy it.
+        self.ports = zip(ports, ports.dropFirst()).allSatisfy({ $0 <= $1 }) ? ports : ports.sorted()
         self.createdAt = createdAt
         self.issuedAt = issuedAt ?? createdAt
         self.expiresAt = expiresAt

@@ -38,17 +38,28 @@ public struct GrantBook: Sendable {
     /// Every grant, in no particular order.
     public var values: [Grant] { slots.compactMap { $0 } }
 
+    /// The grants that satisfy `isIncluded`, without copying the others first.
+    public func grants(where isIncluded: (Grant) -> Bool) -> [Grant] {
+        var found: [Grant] = []
+        for case let grant? in slots where isIncluded(grant) { found.append(grant) }
+        return found
+    }
+
     private struct DeadlineEntry: Comparable, Sendable {
         var deadline: MonotonicInstant
         var slot: Int32
         static func < (lhs: Self, rhs: Self) -> Bool { (lhs.deadline, lhs.slot) < (rhs.deadline, rhs.slot) }
     }
 
-    /// Makes room for `count` more grants (before a large load).
-    public mutating func reserveCapacity(_ additional: Int) {
+    /// Makes room for `count` more grants (before a large load), from `origin` when they share one.
+    public mutating func reserveCapacity(_ additional: Int, origin: GrantOrigin? = nil) {
+        guard additional > 0 else { return }
         slots.reserveCapacity(slots.count + additional)
         slotOfID.reserveCapacity(slotOfID.count + additional)
         contributor.reserveCapacity(contributor.count + additional)
+        if let origin, origin != .local {
+            byOrigin[origin, default: []].reserveCapacity((byOrigin[origin]?.count ?? 0) + additional)
+        }
     }
 
     // MARK: Reading
@@ -110,7 +121,7 @@ public struct GrantBook: Sendable {
     }
 
     /// The origins other than local that grants came from.
-    public var origins: [GrantOrigin] { Array(byOrigin.keys) }
+    public var origins: [GrantOrigin] { byOrigin.compactMap { $0.value.isEmpty ? nil : $0.key } }
 
     /// The soonest deadline among the grants, if any.
     public mutating func nextDeadline() -> MonotonicInstant? {

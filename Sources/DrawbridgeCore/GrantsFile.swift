@@ -36,8 +36,11 @@ public struct GrantEntry: Sendable, Equatable {
 
     /// Reads one entry object at the reader's position; `place` names it in errors (`grants[3]`).
     public static func read(
-        _ reader: inout JSONReader, place: String, allowed: Set<String> = keys
+        _ reader: inout JSONReader, place name: @autoclosure () -> String, allowed: Set<String> = keys
     ) throws(FieldError) -> GrantEntry {
+        // The place is only spelled out for an error (a file of a million entries would otherwise build a million
+        // names it never shows).
+        var place: String { name() }
         var id: String?
         var sourceText: String?
         var ports: [String]?
@@ -115,8 +118,12 @@ public struct GrantEntry: Sendable, Equatable {
     /// A name for an entry without an id, from what it says: the same entry gets the same name on every read.
     var contentDigest: String {
         var hash = fnv1a(sourceText.utf8)
-        for port in ports.sorted() { hash = fnv1a([0x7c] + Array(port.utf8), continuing: hash) }
-        hash = fnv1a([0x7c] + Array(expiryText.utf8), continuing: hash)
+        for port in ports.count > 1 ? ports.sorted() : ports {
+            hash = fnv1a(CollectionOfOne(0x7c), continuing: hash)
+            hash = fnv1a(port.utf8, continuing: hash)
+        }
+        hash = fnv1a(CollectionOfOne(0x7c), continuing: hash)
+        hash = fnv1a(expiryText.utf8, continuing: hash)
         return String(hash, radix: 16)
     }
 }
@@ -208,7 +215,7 @@ public enum GrantsFile {
         var reasons: [String: String] = [:]
         let root = Caller(uid: 0, user: "root", groups: [])
         for (index, entry) in entries.enumerated() {
-            let place = "grants[\(index)]"
+            var place: String { "grants[\(index)]" }
             let suffix = entry.id ?? entry.contentDigest
             let id = idPrefix + suffix
             guard seen.insert(id).inserted else { throw fail("\(place): duplicate id \"\(suffix)\"") }

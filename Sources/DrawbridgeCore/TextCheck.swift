@@ -11,12 +11,14 @@ public enum TextCheck {
     public static let maximumIdentifierBytes = 128
 
     /// Why `text` cannot be accepted as `field`, or nil when it can.
-    public static func problem(with text: String, field: String, maximumBytes: Int) -> String? {
+    public static func problem(with text: String, field: @autoclosure () -> String, maximumBytes: Int) -> String? {
         if text.utf8.count > maximumBytes {
-            return "\(field) is \(text.utf8.count) bytes long; at most \(maximumBytes) are allowed"
+            return "\(field()) is \(text.utf8.count) bytes long; at most \(maximumBytes) are allowed"
         }
+        // Printable ASCII, the common case, needs no walk over scalars.
+        if text.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) { return nil }
         for scalar in text.unicodeScalars where isRefused(scalar) {
-            return "\(field) contains the control or formatting character \(Self.name(of: scalar)); "
+            return "\(field()) contains the control or formatting character \(Self.name(of: scalar)); "
                 + "write it as one line of printable text"
         }
         return nil
@@ -24,17 +26,17 @@ public enum TextCheck {
 
     /// Why `text` is not a usable identifier: 1 to 128 characters from letters, digits and `. _ - : @`, starting
     /// with a letter or digit (so it can never be mistaken for an option or a path).
-    public static func identifierProblem(_ text: String, field: String) -> String? {
-        guard let first = text.unicodeScalars.first else { return "\(field) is empty" }
+    public static func identifierProblem(_ text: String, field: @autoclosure () -> String) -> String? {
+        guard let first = text.unicodeScalars.first else { return "\(field()) is empty" }
         guard text.utf8.count <= maximumIdentifierBytes else {
-            return "\(field) is longer than \(maximumIdentifierBytes) characters"
+            return "\(field()) is longer than \(maximumIdentifierBytes) characters"
         }
         func isAlphanumeric(_ scalar: Unicode.Scalar) -> Bool {
             ("a"..."z").contains(scalar) || ("A"..."Z").contains(scalar) || ("0"..."9").contains(scalar)
         }
-        guard isAlphanumeric(first) else { return "\(field) '\(escaped(text))' must start with a letter or digit" }
+        guard isAlphanumeric(first) else { return "\(field()) '\(escaped(text))' must start with a letter or digit" }
         for scalar in text.unicodeScalars where !(isAlphanumeric(scalar) || ".-_:@".unicodeScalars.contains(scalar)) {
-            return "\(field) '\(escaped(text))' may hold only letters, digits and . _ - : @"
+            return "\(field()) '\(escaped(text))' may hold only letters, digits and . _ - : @"
         }
         return nil
     }

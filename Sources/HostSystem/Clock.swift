@@ -9,6 +9,16 @@ public func releaseFreeMemory() {
     drawbridge_release_free_memory()
 }
 
+/// Keeps large blocks (128 KiB and up: the grant book's arrays and tables, netlink batches, a grants file's text)
+/// out of malloc's heaps, so that freeing one gives its memory back to the system.
+///
+/// glibc raises its mmap threshold each time such a block is freed (up to 32 MiB), after which the next large
+/// blocks come from the heap and stay resident once freed: measured with 100,000 stored grants, the agent held
+/// 78 MB of anonymous memory of which 39 MB was in use; with the threshold fixed, 39 MB. Call once, at start.
+public func mapLargeBlocks() {
+    drawbridge_map_large_blocks()
+}
+
 /// Heap bytes in use (allocated and not freed), for `drawbridge status` and the benchmarks.
 public func heapInUse() -> Int {
     Int(drawbridge_heap_in_use())

@@ -76,6 +76,7 @@ struct Drawbridged: AsyncParsableCommand {
     func run() async throws {
         // A client that hangs up must never end the agent: writes to it fail with EPIPE instead.
         signal(SIGPIPE, SIG_IGN)
+        mapLargeBlocks()
         if checkConfig {
             do {
                 let policy = try PolicyFile.load(config)

@@ -52,6 +52,10 @@ int drawbridge_peer_groups(int fd, gid_t *groups, size_t *count);
 /// Gives memory freed after a large load back to the system (glibc's malloc_trim).
 void drawbridge_release_free_memory(void);
 
+/// Makes every allocation of 128 KiB or more a mapping of its own, returned to the system when freed (glibc's
+/// mallopt M_MMAP_THRESHOLD, which also stops glibc from raising that threshold after such a block is freed).
+void drawbridge_map_large_blocks(void);
+
 /// Bytes of heap the process has allocated and not freed (glibc's mallinfo2: uordblks + hblkhd).
 size_t drawbridge_heap_in_use(void);
 
