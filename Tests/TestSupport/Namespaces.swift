@@ -208,9 +208,10 @@ public func canConnect(
     return error == 0
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+/// Polls `condition` every 20 ms until it holds or `timeout` passes (stretched by TestTiming, so under emulation the
+/// same test waits longer for the same event); returns whether it held.
 public func eventually(within timeout: Duration, _ condition: () throws -> Bool) rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
+    let deadline = ContinuousClock.now + TestTiming.duration(timeout)
     while ContinuousClock.now < deadline {
         if try condition() { return true }
         usleep(20_000)
