@@ -944,8 +944,7 @@ public actor Agent {
         for var grant in contents.grants {
             incoming.insert(grant.id)
             if anyRevoked, book.revokedFileGrants.contains(grant.id) { continue }
-            // Ids of file grants begin with the file's own prefix: only this file's grants can hold them.
-            if !current.isEmpty, let existing = book[grant.id] {
+            if let existing = book[grant.id] {
                 grant.createdAt = existing.createdAt
                 if existing.source == grant.source, existing.ports == grant.ports, existing.expiresAt == grant.expiresAt,
                     existing.reason == grant.reason
