@@ -28,7 +28,8 @@ struct FleetTests {
         var sync: SyncProcess?
         let etcd: EtcdServer
 
-        init(name: String, groups: [String], index: Int, etcd: EtcdServer) throws {
+        /// `etcdSettings`: more lines for the host's `etcd:` section (its TLS client certificate, say).
+        init(name: String, groups: [String], index: Int, etcd: EtcdServer, etcdSettings: String = "") throws {
             self.name = name
             self.groups = groups
             self.etcd = etcd
@@ -45,7 +46,9 @@ struct FleetTests {
             try run(["ip", "link", "set", "etcd0", "up"], in: network.host)
             try run(
                 ["ip", "route", "add", "\(EtcdServer.address)/32", "dev", "etcd0", "src", address], in: network.host)
-            agent = try AgentProcess(namespace: network.host, policy: FleetTests.policy(host: name, groups: groups, etcd: etcd))
+            agent = try AgentProcess(
+                namespace: network.host,
+                policy: FleetTests.policy(host: name, groups: groups, etcd: etcd, settings: etcdSettings))
             try agent.start()
         }
 
@@ -67,7 +70,7 @@ struct FleetTests {
         }
     }
 
-    static func policy(host: String, groups: [String], etcd: EtcdServer) -> String {
+    static func policy(host: String, groups: [String], etcd: EtcdServer, settings: String = "") -> String {
         """
         ports:
           ssh:      { port: 22,   protocol: tcp, max_duration: 3h,  allowed_sources: ["192.0.2.0/24", "198.51.100.0/24"] }
@@ -77,7 +80,7 @@ struct FleetTests {
           endpoints: ["\(etcd.endpoint)"]
           host: \(host)
           groups: [\(groups.joined(separator: ", "))]
-
+        \(settings)
         """
     }
 
@@ -86,16 +89,22 @@ struct FleetTests {
         let etcd: EtcdServer
         let hosts: [Host]
 
-        init(startSync: Bool = true) throws {
-            let etcd = try EtcdServer()
+        /// `etcd`: a server set up beforehand (with TLS and authentication, say); `etcdSettings`: more lines for a
+        /// host's `etcd:` section, by host name; `reporting`: the hosts whose status key to wait for (all by default).
+        init(
+            startSync: Bool = true, etcd: EtcdServer? = nil, etcdSettings: [String: String] = [:],
+            reporting: Set<String>? = nil
+        ) throws {
+            let etcd = try etcd ?? EtcdServer()
             self.etcd = etcd
             hosts = try [("web-1", ["web"]), ("web-2", ["web"]), ("db-1", ["db"])].enumerated().map { index, host in
-                try Host(name: host.0, groups: host.1, index: index, etcd: etcd)
+                try Host(
+                    name: host.0, groups: host.1, index: index, etcd: etcd, etcdSettings: etcdSettings[host.0] ?? "")
             }
             if startSync {
                 for host in hosts { try host.startSync() }
                 // Each sync reports its host once it handed the agent its first snapshot.
-                for host in hosts {
+                for host in hosts where reporting?.contains(host.name) ?? true {
                     let reported = try eventuallyThrowing(timeout: 30) { try self.statusValue(host.name) != nil }
                     if !reported { throw EtcdServerFailed("no status from \(host.name): \(host.diagnostics())") }
                 }
@@ -105,8 +114,19 @@ struct FleetTests {
         subscript(name: String) -> Host { hosts.first { $0.name == name }! }
 
         /// A requester command (`drawbridge-etcd grant …`), run in etcd's namespace against its endpoint.
-        func request(_ arguments: [String]) throws -> CommandResult {
-            try run([SyncProcess.executable] + arguments + ["--etcd", etcd.endpoint], in: etcd.namespace, check: false)
+        /// With TLS, `user` names the client certificate it presents.
+        func request(_ arguments: [String], as user: String? = nil) throws -> CommandResult {
+            var credentials: [String] = []
+            if let tls = etcd.tls {
+                credentials += ["--cacert", tls.authority]
+                if let user {
+                    let client = try tls.client(user)
+                    credentials += ["--cert", client.certificate, "--key", client.key]
+                }
+            }
+            return try run(
+                [SyncProcess.executable] + arguments + ["--etcd", etcd.endpoint] + credentials, in: etcd.namespace,
+                check: false)
         }
 
         func statusValue(_ host: String) throws -> String? {
@@ -277,5 +297,73 @@ struct FleetTests {
         let after = try kernelSnapshot(web1.network.host)
         #expect(after != before)
         #expect(after.contains("198.51.100.5") && !after.contains("203.0.113.9"))
+    }
+
+    @Test("RBAC over mutual TLS: a host's certificate reads only its own keys; a writer for group web cannot write db")
+    func rbacWithCertificates() throws {
+        let etcd = try EtcdServer(tls: true)
+        let tls = try #require(etcd.tls)
+        let grants = "/drawbridge/v1/grants/"
+        let status = "/drawbridge/v1/status/"
+        // Each host may read its own directory and its group's and write its status key; the deployer may write
+        // group web's directory and read the statuses.
+        let hosts = [("web-1", "web"), ("web-2", "web"), ("db-1", "db")]
+        try etcd.enableAuthentication(
+            roles: hosts.map { host, group in
+                .init(
+                    name: "host-\(host)",
+                    permissions: [
+                        ("read", grants + "host/\(host)/"), ("read", grants + "group/\(group)/"),
+                        ("readwrite", status + host),
+                    ])
+            } + [.init(name: "writer-web", permissions: [("readwrite", grants + "group/web/"), ("read", status)])],
+            users: hosts.map { .init(name: $0.0, password: nil, roles: ["host-\($0.0)"]) }
+                + [.init(name: "deployer", password: nil, roles: ["writer-web"])])
+        func settings(certificateOf user: String) throws -> String {
+            let client = try tls.client(user)
+            return "  tls: { ca: \(tls.authority), cert: \(client.certificate), key: \(client.key) }\n"
+        }
+        // db-1 is set up with web-1's certificate (copied, or a host that was stolen from): etcd knows it as web-1.
+        let fleet = try Fleet(
+            etcd: etcd,
+            etcdSettings: [
+                "web-1": try settings(certificateOf: "web-1"), "web-2": try settings(certificateOf: "web-2"),
+                "db-1": try settings(certificateOf: "web-1"),
+            ],
+            reporting: ["web-1", "web-2"])
+
+        // The deployer's group grant reaches the group's hosts, which read it with their own certificates.
+        let granted = try fleet.request(
+            ["grant", "ssh", "--from", "192.0.2.2", "--for", "1h", "--group", "web", "--wait", "15"], as: "deployer")
+        #expect(granted.status == 0, "\(granted.output)\(granted.error)\n\(fleet.diagnostics())")
+        #expect(
+            granted.output.contains("web-1: applied") && granted.output.contains("web-2: applied"), "\(granted.output)")
+        #expect(try fleet.waitOpen(to: "192.0.2.2", ["web-1", "web-2"]) == ["web-1", "web-2"], "\(fleet.diagnostics())")
+
+        // The deployer may not write group db: etcd refuses, names the user, and nothing opens anywhere.
+        let denied = try fleet.request(
+            ["grant", "ssh", "--from", "192.0.2.3", "--for", "1h", "--group", "db"], as: "deployer")
+        #expect(denied.status == 77, "\(denied.output)\(denied.error)")
+        #expect(
+            denied.error.contains("permission denied writing /drawbridge/v1/grants/group/db/")
+                && denied.error.contains("(user deployer)"), "\(denied.error)")
+        #expect(try etcd.etcdctl(["get", grants + "group/db/", "--prefix", "--keys-only"]).output.isEmpty)
+
+        // Host grants for web-2 and db-1, written together by root: web-2 reads its own and opens; db-1, holding
+        // web-1's certificate, may not read db-1's directory, so it opens nothing and says why.
+        try etcd.etcdctl(["put", grants + "host/web-2/mine", Self.value("192.0.2.3", id: "mine")])
+        try etcd.etcdctl(["put", grants + "host/db-1/theirs", Self.value("192.0.2.3", id: "theirs")])
+        #expect(try fleet.waitOpen(to: "192.0.2.3", ["web-2"]) == ["web-2"], "\(fleet.diagnostics())")
+        let db1 = fleet["db-1"]
+        let sync = try #require(db1.sync)
+        let said = eventually(within: .seconds(15)) { sync.log.contains("permission denied reading /drawbridge/v1/grants/host/db-1/") }
+        #expect(said, "db-1's sync names the refusal:\n\(sync.logTail)")
+        #expect(sync.log.contains("(user web-1)"), "\(sync.logTail)")
+        usleep(2_000_000)  // time enough for a sync that could read the key to have applied it (web-2 did)
+        #expect(try fleet.open(to: "192.0.2.3") == ["web-2"], "db-1 stays closed\n\(fleet.diagnostics())")
+        #expect(try db1.agent.cli(["list"]).output.contains("etcd:") == false, "db-1 enforces nothing from etcd")
+        #expect(try fleet.statusValue("db-1") == nil, "web-1's certificate cannot write db-1's status either")
+        let dbStatus = try db1.agent.cli(["status"]).output
+        #expect(!dbStatus.contains("etcd: connected"), "db-1's status does not claim a connection:\n\(dbStatus)")
     }
 }
