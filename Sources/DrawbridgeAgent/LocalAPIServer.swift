@@ -31,6 +31,7 @@ public final class LocalAPIServer: Sendable {
     let agent: Agent
     let logger: Logger
     let admission = Admission()
+    let accepted = AcceptedConnections<ByteBuffer, ByteBuffer>()
     let group: MultiThreadedEventLoopGroup
 
     /// Binds the socket (mode 0660, group `group`) without serving it yet: connections wait in the backlog until
@@ -76,6 +77,7 @@ public final class LocalAPIServer: Sendable {
     /// socket file.
     public func run(until shutdown: Shutdown) async throws {
         let agent = self.agent
+        let accepted = self.accepted
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             // A client may send its request and close its side at once (`nc -N`): the answer must still go out.
@@ -95,14 +97,18 @@ public final class LocalAPIServer: Sendable {
                         ? LocalAPI.maximumSyncRequestBytes : LocalAPI.maximumRequestBytes
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineDecoder(limit: limit)))
                     return Connection(
-                        channel: try NIOAsyncChannel(wrappingChannelSynchronously: channel), peer: peer)
+                        channel: try accepted.hold { try NIOAsyncChannel(wrappingChannelSynchronously: channel) },
+                        peer: peer)
                 }
             }
         logger.info("local API listening", metadata: ["api.socket": "\(path)"])
         shutdown.onTrigger { server.channel.close(promise: nil) }
         try await withThrowingDiscardingTaskGroup { tasks in
+            // Whatever ends the stream, connections accepted and not yet served are closed, not dropped.
+            defer { tasks.addTask { await accepted.closeUntaken() } }
             try await server.executeThenClose { connections in
                 for try await connection in connections {
+                    accepted.take(connection.channel)
                     tasks.addTask { await self.serve(connection) }
                 }
             }

@@ -38,6 +38,7 @@ public final class MetricsServer: Sendable {
     /// depend on metrics.
     public func run(until shutdown: Shutdown) async {
         let server: NIOAsyncChannel<Connection, Never>
+        let accepted = AcceptedConnections<HTTPServerRequestPart, HTTPServerResponsePart>()
         do {
             server = try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 64)
@@ -46,7 +47,7 @@ public final class MetricsServer: Sendable {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                             withPipeliningAssistance: false, withErrorHandling: true)
-                        return try Connection(wrappingChannelSynchronously: channel)
+                        return try accepted.hold { try Connection(wrappingChannelSynchronously: channel) }
                     }
                 }
         } catch {
@@ -67,8 +68,11 @@ public final class MetricsServer: Sendable {
         shutdown.onTrigger { server.channel.close(promise: nil) }
         do {
             try await withThrowingDiscardingTaskGroup { tasks in
+                // Whatever ends the stream, connections accepted and not yet served are closed, not dropped.
+                defer { tasks.addTask { await accepted.closeUntaken() } }
                 try await server.executeThenClose { connections in
                     for try await connection in connections {
+                        accepted.take(connection)
                         guard open.add(1, ordering: .relaxed).newValue <= Self.connectionLimit else {
                             open.subtract(1, ordering: .relaxed)
                             // Closed through the async channel (a channel dropped unfinished traps NIO's writer).
