@@ -156,7 +156,8 @@ static let paths = NetworkPath.clientToHost
             from: setup.network.client, source: path.source, to: path.destination, key: setup.server.clientKeyPath)
         #expect(!before.loggedIn, "no login before the knock: \(before)")
 
-        let knocked = try setup.knock(for: "6s", path: path)
+        // Long enough for the login and the checks below before it expires, also under emulation (6 s natively).
+        let knocked = try setup.knock(for: "\(Int(TestTiming.seconds(6)))s", path: path)
         #expect(knocked.succeeded, "knock: \(knocked.output) \(knocked.error) \(setup.listener.log)")
         #expect(knocked.output.contains("port 22 answers: open"), "\(knocked.output)")
         #expect(knocked.output.contains(setup.alice.fingerprint), "\(knocked.output)")
