@@ -5,7 +5,7 @@
 ///   listen: "127.0.0.1:9447"      # or "[::1]:9447"; a loopback address, or one address of this host
 /// ```
 ///
-/// The wildcard addresses (`0.0.0.0`, `::`) are refused: the endpoint is reachable exactly where the policy says.
+/// The wildcard addresses (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) are refused: the endpoint is reachable exactly where the policy says.
 /// `drawbridge metrics` prints the same text over the local socket, with no port at all.
 public struct MetricsSettings: Sendable, Equatable {
     public var address: IPAddress
@@ -23,11 +23,11 @@ public struct MetricsSettings: Sendable, Equatable {
         address.family == .ipv6 ? "[\(address)]:\(port)" : "\(address):\(port)"
     }
 
-    /// Whether the address is a loopback address (127.0.0.0/8, ::1).
+    /// Whether the address is a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104).
     public var isLoopback: Bool {
         switch address {
         case .v4(let value): return value >> 24 == 127
-        case .v6(let high, let low): return high == 0 && low == 1
+        case .v6(let high, let low): return high == 0 && (low == 1 || low >> 24 == 0xffff_7f)
         }
     }
 
@@ -61,7 +61,9 @@ public struct MetricsSettings: Sendable, Equatable {
             return .failure(
                 Problem("metrics listen: '\(TextCheck.escaped(String(portText)))' is not a port number from 1 to 65535"))
         }
-        if address == .v4(0) || address == .v6(high: 0, low: 0) {
+        // `::ffff:0.0.0.0` is the IPv4 wildcard by another name: a dual-stack socket bound to it takes every IPv4
+        // address of the host.
+        if address == .v4(0) || address == .v6(high: 0, low: 0) || address == .v6(high: 0, low: 0xffff_0000_0000) {
             return .failure(
                 Problem(
                     "metrics listen: \(address) would serve metrics on every address of the host; name the one "

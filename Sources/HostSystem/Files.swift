@@ -15,6 +15,32 @@ public enum Files {
 
     /// Reads a file the usual way (the policy, say): whole, up to `maximumBytes`.
     public static func read(_ path: String, maximumBytes: Int) throws(FileProblem) -> [UInt8] {
+        try read(path, maximumBytes: maximumBytes, secret: false)
+    }
+
+    /// Reads a file that holds a secret (a password): as ``read(_:maximumBytes:)``, and refused when every user of
+    /// the host may read it, as ssh refuses such a key.
+    public static func readSecret(_ path: String, maximumBytes: Int) throws(FileProblem) -> [UInt8] {
+        try read(path, maximumBytes: maximumBytes, secret: true)
+    }
+
+    /// Why a file that holds a secret (a TLS private key) must not be used as it is: it is readable by every user of
+    /// the host. Nil when it is not (or cannot be examined: reading it will say why).
+    public static func secretProblem(_ path: String) -> FileProblem? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return worldReadableProblem(path, info.st_mode)
+    }
+
+    private static func worldReadableProblem(_ path: String, _ mode: mode_t) -> FileProblem? {
+        guard mode & 0o004 != 0 else { return nil }
+        return FileProblem(
+            path: path,
+            "it holds a secret but every user of this host can read it (mode \(String(mode & 0o777, radix: 8))); "
+                + "allow only its owner and group: chmod o-r \(path)")
+    }
+
+    private static func read(_ path: String, maximumBytes: Int, secret: Bool) throws(FileProblem) -> [UInt8] {
         let descriptor: Int32
         do {
             descriptor = try systemCall("open", path) { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
@@ -29,6 +55,7 @@ public enum Files {
         if let kind = FileProblem.kindName(info.st_mode), kind != "a regular file" {
             throw FileProblem(path: path, "it is \(kind), not a regular file")
         }
+        if secret, let problem = worldReadableProblem(path, info.st_mode) { throw problem }
         return try readChecked(descriptor, path: path, size: Int(info.st_size), maximumBytes: maximumBytes)
     }
 

@@ -155,10 +155,16 @@ struct EtcdOptions: ParsableArguments {
         throw ExitStatus.unavailable
     }
 
+    /// The password from the password file, if one is set; a password file or TLS key that every user of the host
+    /// can read is refused (exit 65), as ssh refuses such a key.
     static func password(_ settings: ClientSettings) throws -> String? {
+        if let key = settings.key, let problem = Files.secretProblem(key) {
+            Output.error("TLS key \(problem)")
+            throw ExitStatus.invalidData
+        }
         guard let path = settings.passwordFile else { return nil }
         do {
-            return try ClientSettings.password(fromFile: try Files.read(path, maximumBytes: 4096), path: path)
+            return try ClientSettings.password(fromFile: try Files.readSecret(path, maximumBytes: 4096), path: path)
         } catch let error as FleetProblem {
             Output.error(error.message)
         } catch {

@@ -393,6 +393,10 @@ struct PolicyTests {
             "metrics on every IPv6 address", KnockPolicyTests.ssh + "metrics: { listen: \"[::]:9447\" }\n", line: 3,
             "would serve metrics on every address of the host"),
         InvalidCase(
+            "metrics on every IPv4 address, written IPv4-mapped",
+            KnockPolicyTests.ssh + "metrics: { listen: \"[::ffff:0.0.0.0]:9447\" }\n", line: 3,
+            "would serve metrics on every address of the host"),
+        InvalidCase(
             "metrics on a host name", KnockPolicyTests.ssh + "metrics: { listen: \"localhost:9447\" }\n", line: 3,
             "'localhost' is not an IP address"),
         InvalidCase(
@@ -502,6 +506,12 @@ struct MetricsPolicyTests {
         let explicit = try Policy.parse(
             KnockPolicyTests.ssh + "metrics: { listen: \"198.51.100.1:9447\" }\n", file: "p.yaml")
         #expect(explicit.metrics?.isLoopback == false)
+        let mapped = try Policy.parse(
+            KnockPolicyTests.ssh + "metrics: { listen: \"[::ffff:127.0.0.1]:9447\" }\n", file: "p.yaml")
+        #expect(mapped.metrics?.isLoopback == true, "an IPv4-mapped loopback address is loopback")
+        let mappedOther = try Policy.parse(
+            KnockPolicyTests.ssh + "metrics: { listen: \"[::ffff:198.51.100.1]:9447\" }\n", file: "p.yaml")
+        #expect(mappedOther.metrics?.isLoopback == false)
         #expect(try Policy.parse(KnockPolicyTests.ssh, file: "p.yaml").metrics == nil)
     }
 }

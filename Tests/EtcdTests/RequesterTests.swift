@@ -37,6 +37,15 @@ struct RequesterTests {
         let hostPassword = etcd.directory + "/web-1.password"
         try "alice-password\n".write(toFile: alicePassword, atomically: true, encoding: .utf8)
         try "web-1-password\n".write(toFile: hostPassword, atomically: true, encoding: .utf8)
+        // A password file every user can read is refused before anything is sent, with the fix in the message.
+        #expect(chmod(alicePassword, 0o644) == 0)
+        let open = try run(
+            [SyncProcess.executable, "list", "--group", "web", "--etcd", etcd.endpoint, "--user", "alice", "--password-file", alicePassword],
+            in: etcd.namespace, check: false)
+        #expect(open.status == 65, "\(open.output) \(open.error)")
+        #expect(open.error.contains("every user of this host can read it (mode 644)"), "\(open.error)")
+        #expect(open.error.contains("chmod o-r \(alicePassword)"), "\(open.error)")
+        for file in [alicePassword, hostPassword] { #expect(chmod(file, 0o640) == 0) }
         let fixture = try SyncTests.Fixture(
             etcd: etcd, etcdSection: "  user: web-1\n  password_file: \(hostPassword)\n")
         try fixture.startSync()

@@ -60,45 +60,76 @@ public final class MountHolder: @unchecked Sendable {
     }
 }
 
-/// Processes that hold connections to a socket open as some user, saying nothing (or a byte now and then).
+/// Connections to a socket held open as some user, saying nothing (or a byte now and then).
+///
+/// One process (perl, which every Debian system has) opens them all at once and reports when they are connected:
+/// a process per connection took longer to start under emulation than the agent lets a request take, so the first
+/// were cut off before the last were open. It is ended by its pid.
 public final class SocketHolders: @unchecked Sendable {
-    private var processes: [Process] = []
-    private var inputs: [Pipe] = []
+    private let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+    private let errors = Pipe()
 
-    /// Starts `count` `nc -U` clients as `user`; each keeps its connection until this object goes or `release`.
+    static let script = #"""
+        use Socket;
+        my ($path, $count) = @ARGV;
+        $SIG{PIPE} = 'IGNORE';
+        $| = 1;
+        my @held;
+        for (1 .. $count) {
+            socket(my $socket, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+            connect($socket, pack_sockaddr_un($path)) or die "connect $path: $!";
+            push @held, $socket;
+        }
+        print "ready\n";
+        while (<STDIN>) {
+            syswrite($_, "{") for @held;
+            print "sent\n";
+        }
+        """#
+
+    /// Connects `count` times to `socket` as `user` (with the user's groups); returns when all are connected.
     public init(socket: String, user: String, count: Int) throws {
         ignoreBrokenPipes()
-        for _ in 0..<count {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = [
-                "--reuid=\(user)", "--regid=\(user)", "--init-groups", "nc", "-U", socket,
-            ]
-            let input = Pipe()
-            process.standardInput = input
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            processes.append(process)
-            inputs.append(input)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        process.arguments = [
+            "--reuid=\(user)", "--regid=\(user)", "--init-groups", "perl", "-e", Self.script, socket, String(count),
+        ]
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        try expect("ready")
+    }
+
+    /// Sends one byte on every connection still open (a client trickling its request); returns once it is sent.
+    public func trickle() {
+        try? input.fileHandleForWriting.write(contentsOf: Data("\n".utf8))
+        try? expect("sent")
+    }
+
+    /// Reads the holder's next line and fails unless it is `word` (the holder died or could not connect).
+    private func expect(_ word: String) throws {
+        var line = Data()
+        while line.last != 0x0a {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty {
+                // Its output ended: it exited, so its error output is complete.
+                let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                throw POSIXError(errno: EPIPE, "the connection holder ended before \"\(word)\": \(said)")
+            }
+            line.append(chunk)
+        }
+        guard String(decoding: line, as: UTF8.self) == word + "\n" else {
+            throw POSIXError(errno: EPROTO, "the connection holder said \(String(decoding: line, as: UTF8.self))")
         }
     }
-
-    /// Sends one byte on every connection (a client trickling its request).
-    public func trickle() {
-        for input in inputs { try? input.fileHandleForWriting.write(contentsOf: Data("{".utf8)) }
-    }
-
-    /// How many of the clients are still connected.
-    public var running: Int { processes.filter(\.isRunning).count }
 
     public func release() {
-        for process in processes where process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-        processes = []
-        inputs = []
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
     }
 
     deinit { release() }
