@@ -1,11 +1,13 @@
 import ArgumentParser
 import CDrawbridgeLinux
+import Dispatch
 import DrawbridgeCore
 import FoundationEssentials
 import Glibc
 import HostSystem
 import Knock
 import Netfilter
+import Synchronization
 
 /// `drawbridge-knock listen`: the host side. Receives the knock port's packets from NFLOG, verifies them with no
 /// capability left, and hands each knock that verified to the agent, which checks it against the policy once more.
@@ -20,7 +22,8 @@ struct Listen: ParsableCommand {
             kept in --state across restarts, written before the agent is asked). What verified goes to the agent \
             with the key that signed it; the agent looks the key up in its own current policy (key lines, and \
             authorized_keys files read afresh) and checks ports, duration and sources. Every \
-            refusal is reported to the agent's audit log, at most 20 a second one by one, the rest as a count.
+            refusal is reported to the agent's audit log, at most 20 a second one by one, the rest as a count; \
+            the reports go out beside the packets, so a flood of junk never holds up a knock.
 
             Keys are read at start: restart the service after adding a key, to knock.keys or an authorized_keys \
             file. A key taken away opens nothing from the next knock on, without a restart.
@@ -136,6 +139,8 @@ struct KnockListener {
     let noncePath: String
     let verifier: KnockVerifier
     var nonces: NonceCache
+    /// Sends refusal reports to the agent without holding up the packets.
+    let reports: RefusalReports
     /// Refusals reported one by one in the current second, and those only counted.
     private var reportedThisSecond = 0
     private var second: Int64 = 0
@@ -150,6 +155,7 @@ struct KnockListener {
         self.machineName = machineName
         self.socketPath = socketPath
         self.noncePath = noncePath
+        reports = RefusalReports(socketPath: socketPath)
         let window = Duration.milliseconds(Int64(settings.maxSkew * 1000))
         verifier = KnockVerifier(allowedFingerprints: keys.fingerprints, maximumSkew: window)
         let now = Self.nowMilliseconds()
@@ -247,7 +253,7 @@ struct KnockListener {
             key: acceptance.key.openSSHText, ports: request.ports.map(\.text), durationSeconds: Int(request.durationSeconds),
             reason: request.reason, clientAddress: request.clientAddress?.description,
             keyComment: keys.comments[fingerprint])
-        let outcome = send(message)
+        let outcome = Self.send(message, socketPath: socketPath)
         StandardError.write(
             "drawbridge-knock: knock from \(datagram.source) by \(fingerprint) for "
                 + "\(request.ports.map(\.text).joined(separator: ",")) \(request.durationSeconds)s: \(outcome)\n")
@@ -264,12 +270,14 @@ struct KnockListener {
             suppressed[kind, default: 0] += 1
             return
         }
+        let message = AgentMessage(
+            command: "knock-refused", source: source.description, fingerprint: fingerprint?.description,
+            problem: String(problem.prefix(900)))
+        guard reports.submit(message, log: "refused a knock from \(source): \(problem)") else {
+            suppressed[kind, default: 0] += 1
+            return
+        }
         reportedThisSecond += 1
-        let outcome = send(
-            AgentMessage(
-                command: "knock-refused", source: source.description, fingerprint: fingerprint?.description,
-                problem: String(problem.prefix(900))))
-        StandardError.write("drawbridge-knock: refused a knock from \(source): \(problem) (\(outcome))\n")
     }
 
     /// Reports the refusals only counted (and socket overflows) since the last summary, as one audit record.
@@ -279,14 +287,16 @@ struct KnockListener {
         var parts = suppressed.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }
         if overflows > 0 { parts.append("NFLOG overflows (packets lost before reading): \(overflows)") }
         let problem = "\(total) more knocks refused without a record each (\(parts.joined(separator: ", ")))"
+        // No one source: the count says how many refusals the record stands for (0 when only packets were lost).
+        // While the reports are backed up, the counts are kept for the next summary.
+        guard reports.submit(AgentMessage(command: "knock-refused", problem: problem, count: total), log: problem)
+        else { return }
         suppressed = [:]
         overflows = 0
-        // No one source: the count says how many refusals the record stands for (0 when only packets were lost).
-        let outcome = send(AgentMessage(command: "knock-refused", problem: problem, count: total))
-        StandardError.write("drawbridge-knock: \(problem) (\(outcome))\n")
     }
 
-    private func send(_ message: AgentMessage) -> String {
+    /// One request to the agent; what came of it, in words for the log.
+    static func send(_ message: AgentMessage, socketPath: String) -> String {
         let exchange: AgentSocket.Exchange
         do {
             exchange = try AgentSocket.exchange(message, path: socketPath, timeoutSeconds: 10)
@@ -301,8 +311,39 @@ struct KnockListener {
     }
 }
 
+/// Refusal reports on their way to the agent, sent one after another on a queue of their own.
+///
+/// Each report is a round trip to the agent; made inline, they kept the listener from reading packets while the
+/// kernel's NFLOG buffer filled during a flood (under emulation on 6.1, a real knock sent right after a flood went
+/// unanswered in two of three runs). At most ``maximumPending`` wait; beyond that a refusal is only counted, like
+/// those over the per-second budget.
+final class RefusalReports: Sendable {
+    static let maximumPending = 64
+    private let queue = DispatchQueue(label: "drawbridge-knock.refusal-reports")
+    private let pending = Atomic<Int>(0)
+    private let socketPath: String
+
+    init(socketPath: String) {
+        self.socketPath = socketPath
+    }
+
+    /// Queues a report; false when too many wait already (nothing is queued then).
+    func submit(_ message: AgentMessage, log: String) -> Bool {
+        guard pending.add(1, ordering: .relaxed).newValue <= Self.maximumPending else {
+            pending.subtract(1, ordering: .relaxed)
+            return false
+        }
+        queue.async { [self] in
+            let outcome = KnockListener.send(message, socketPath: socketPath)
+            StandardError.write("drawbridge-knock: \(log) (\(outcome))\n")
+            pending.subtract(1, ordering: .relaxed)
+        }
+        return true
+    }
+}
+
 /// A `knock` or `knock-refused` request to the agent (see ``KnockGrant``); absent fields are left out.
-struct AgentMessage: Encodable {
+struct AgentMessage: Encodable, Sendable {
     var command: String
     var source: String?
     var fingerprint: String?

@@ -422,7 +422,14 @@ static let paths = NetworkPath.clientToHost
         // After it: a knock opens the port as before (during it, the knock rule's shared rate limit may drop it).
         // Under emulation the listener may still be working through the junk the kernel handed on: it gets longer.
         let knocked = try setup.knock(for: "\(Int(TestTiming.seconds(30)))s", extra: ["--timeout", "\(Int(TestTiming.seconds(10)))"])
-        #expect(knocked.succeeded, "a knock works after the flood: \(knocked.output) \(knocked.error)")
+        #expect(
+            knocked.succeeded,
+            """
+            a knock works after the flood: \(knocked.output) \(knocked.error)
+            last refusals: \((try? setup.refusals().suffix(5).map { "\($0)" }) ?? [])
+            listener: \(setup.listener.log.suffix(2000))
+            agent: \(setup.agent.log(tail: 20))
+            """)
         usleep(1_500_000)
         let agentAfter = try #require(setup.agent.pid.flatMap(Self.residentKilobytes))
         let listenerAfter = try #require(setup.listener.residentKilobytes)
