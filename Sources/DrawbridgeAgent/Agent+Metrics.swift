@@ -19,11 +19,8 @@ extension Agent {
         for port in policy.ports {
             for origin in AgentMetrics.originKinds { counts[AgentMetrics.ActiveKey(port: port.name, origin: origin)] = 0 }
         }
-        for grant in book.values {
-            let origin = AgentMetrics.originKind(grant.origin)
-            for port in grant.ports {
-                counts[AgentMetrics.ActiveKey(port: port.name, origin: origin), default: 0] += 1
-            }
+        for (key, count) in book.portCounts {
+            counts[AgentMetrics.ActiveKey(port: key.port, origin: key.origin), default: 0] += count
         }
         return counts
     }

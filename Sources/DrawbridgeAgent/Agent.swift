@@ -1,3 +1,4 @@
+import Dispatch
 import DrawbridgeCore
 import FoundationEssentials
 import Glibc
@@ -124,17 +125,43 @@ public actor Agent {
                     detail: "\(loaded.expired - loaded.expiredGrants.count) more stored grants expired while the agent "
                         + "was down"))
         }
-        for path in policy.grantFiles {
-            let stamp = FileStamp(path)
-            applyFile(path, readGrantsFile(path, policy: policy, now: now), now: now, initial: true)
-            fileStamps[path] = stamp ?? .missing
-        }
         updateEtcdAuthority()
         dropEtcdGrantsOutsideLayout(reason: "no longer among this host's etcd keys", starting: true)
         let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the policy", exceptFiles: true)
-        planner.reset(book: book, now: now.monotonic)
-        let elements = planner.elements(book: book, now: now.monotonic)
-        let report = try await kernel.rebuild(layout, elements: elements)
+        let files = policy.grantFiles.map { path in
+            (path: path, stamp: FileStamp(path), result: readGrantsFile(path, policy: policy, now: now))
+        }
+        let report: CommitReport
+        var elements: [AccessKey: MonotonicInstant]
+        if let direct = directElements(files.map(\.result), now: now) {
+            // Only single addresses in the files: their elements need no planning, so the kernel takes them while the
+            // book takes the grants in, on another core.
+            elements = direct
+            // Read here: the child task must not need the agent's executor (busy with the book) to start.
+            let (kernel, layout) = (self.kernel, self.layout)
+            async let building = kernel.rebuild(layout, elements: direct)
+            let expected = book.count + files.reduce(0) { $0 + $1.result.grantCount(skipping: book.revokedFileGrants) }
+            for file in files {
+                applyFile(file.path, file.result, now: now, initial: true)
+                fileStamps[file.path] = file.stamp ?? .missing
+            }
+            var built = try await building
+            if book.count != expected {
+                // Two files named a grant with the same id, so the book holds fewer grants than the kernel was given:
+                // the book is right, and the kernel follows it.
+                elements = planner.elements(book: book, now: now.monotonic)
+                built = try await kernel.rebuild(layout, elements: elements)
+            }
+            report = built
+        } else {
+            for file in files {
+                applyFile(file.path, file.result, now: now, initial: true)
+                fileStamps[file.path] = file.stamp ?? .missing
+            }
+            planner.reset(book: book, now: now.monotonic)
+            elements = planner.elements(book: book, now: now.monotonic)
+            report = try await kernel.rebuild(layout, elements: elements)
+        }
         lastSeenGeneration = try? await kernel.generation()
         kernelDestroysElements = await kernel.canDestroyElements
         await sampleTraffic()
@@ -153,6 +180,35 @@ public actor Agent {
                     "policy \(configuration.policyPath); managed \(managedDescription); \(book.count) grants "
                     + "(\(elements.count) kernel elements in \(report.messages) messages)"
                     + (dropped > 0 ? "; \(dropped) dropped by the policy" : "")))
+    }
+
+    /// The elements for the stored grants and the files' grants at start, without putting the files' grants in the
+    /// book first: nil when a file grants a prefix (prefixes are planned together, from the book).
+    private func directElements(
+        _ files: [Result<GrantsFile.Contents, FileFailure>], now: Instants
+    ) -> [AccessKey: MonotonicInstant]? {
+        let contents = files.compactMap { try? $0.get() }
+        guard contents.allSatisfy({ $0.grants.allSatisfy(\.source.isSingleAddress) }) else { return nil }
+        planner.reset(book: book, now: now.monotonic)
+        var elements = planner.elements(book: book, now: now.monotonic)
+        elements.reserveCapacity(elements.count + contents.reduce(0) { $0 + $1.grants.count })
+        let revoked = book.revokedFileGrants
+        for file in contents {
+            // By index, reading only the fields needed: a copy of each grant would retain and release its strings.
+            for index in file.grants.indices where revoked.isEmpty || !revoked.contains(file.grants[index].id) {
+                let source = file.grants[index].source
+                let deadline = file.grants[index].deadline
+                for port in file.grants[index].ports {
+                    // The latest deadline of the grants for an element, as the planner gives it.
+                    Self.keepLater(&elements[AccessKey(source: source, service: port.service), default: deadline], deadline)
+                }
+            }
+        }
+        return elements
+    }
+
+    private static func keepLater(_ deadline: inout MonotonicInstant, _ other: MonotonicInstant) {
+        if other > deadline { deadline = other }
     }
 
     /// Records the stop. Enforcement stays in the kernel: stopping the agent opens nothing and closes nothing.
@@ -933,26 +989,33 @@ public actor Agent {
                     detail: "\(contents.refusals.count - 100) more entries refused"))
         }
         let current = book.ids(from: origin)
-        var incoming = Set<String>(minimumCapacity: contents.grants.count)
+        let prefix = GrantBook.fileIdentifierPrefix(for: path)
+        let revokedHere = book.revokedFileGrants.filter { $0.hasPrefix(prefix) }
+        // Nothing of this file in the book and none of its entries revoked (its first read): every grant is new, so
+        // there is nothing to compare or remove.
+        let onlyAdding = current.isEmpty && revokedHere.isEmpty
+        var incoming = Set<String>(minimumCapacity: onlyAdding ? 0 : contents.grants.count)
         var changed: [AccessKey] = []
         // Audited one by one up to 1,000 changes, as a count beyond.
         var added: [Grant] = []
         var addedCount = 0
         // A first read of a big file (a restart) must not grow every table of the book a hundred times over.
         book.reserveCapacity(max(0, contents.grants.count - current.count), origin: origin)
-        let anyRevoked = !book.revokedFileGrants.isEmpty
         for var grant in contents.grants {
-            incoming.insert(grant.id)
-            if anyRevoked, book.revokedFileGrants.contains(grant.id) { continue }
-            if let existing = book[grant.id] {
-                grant.createdAt = existing.createdAt
-                if existing.source == grant.source, existing.ports == grant.ports, existing.expiresAt == grant.expiresAt,
-                    existing.reason == grant.reason
-                {
-                    continue
+            if !onlyAdding {
+                incoming.insert(grant.id)
+                if revokedHere.contains(grant.id) { continue }
+                if let existing = book[grant.id] {
+                    grant.createdAt = existing.createdAt
+                    if existing.source == grant.source, existing.ports == grant.ports,
+                        existing.expiresAt == grant.expiresAt, existing.reason == grant.reason
+                    {
+                        continue
+                    }
                 }
             }
-            changed += book.put(grant).changed
+            let keys = book.put(grant).changed
+            if !initial { changed += keys }
             addedCount += 1
             if added.count <= 1000 { added.append(grant) }
         }
@@ -963,8 +1026,7 @@ public actor Agent {
             changed += keys
         }
         // Revocations of entries the file no longer lists are forgotten: a new entry with that id is a new grant.
-        let prefix = GrantBook.fileIdentifierPrefix(for: path)
-        let forgotten = book.revokedFileGrants.filter { $0.hasPrefix(prefix) && !incoming.contains($0) }
+        let forgotten = revokedHere.filter { !incoming.contains($0) }
         for id in forgotten { book.forgetTombstone(id) }
         appendClosing(forgotten.map { .forgetTombstone(id: $0) })
         if addedCount + removed.count <= 1000 {
@@ -1006,17 +1068,29 @@ enum FileFailure: Error, Sendable {
     case unusable(String)
 }
 
-/// Reads and parses a grants file (off the agent's executor).
+/// Reads and parses a grants file (off the agent's executor); a large one in pieces on every core.
 func readGrantsFile(_ path: String, policy: Policy, now: Instants) -> Result<GrantsFile.Contents, FileFailure> {
     do {
         let bytes = try Files.readTrusted(path, maximumBytes: GrantsFile.maximumBytes)
-        return .success(try GrantsFile.parse(bytes, path: path, policy: policy, now: now))
+        let cores = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        return .success(
+            try GrantsFile.parse(
+                bytes, path: path, policy: policy, now: now, pieces: cores > 1 ? min(64, 4 * cores) : 1,
+                forEach: { count, body in DispatchQueue.concurrentPerform(iterations: count, execute: body) }))
     } catch let problem as FileProblem {
         return .failure(problem.isMissing ? .missing : .unusable(problem.description))
     } catch let error as GrantsFile.FormatError {
         return .failure(.unusable(error.description))
     } catch {
         return .failure(.unusable("\(error)"))
+    }
+}
+
+extension Result<GrantsFile.Contents, FileFailure> {
+    /// How many grants applying this file at start puts in the book.
+    func grantCount(skipping revoked: Set<String>) -> Int {
+        guard case .success(let contents) = self else { return 0 }
+        return revoked.isEmpty ? contents.grants.count : contents.grants.count { !revoked.contains($0.id) }
     }
 }
 

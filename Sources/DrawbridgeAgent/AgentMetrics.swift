@@ -27,14 +27,7 @@ public final class AgentMetrics: Sendable {
     }
 
     /// The origin kinds a grant's `origin` label takes (one per source, never the key or fingerprint: bounded).
-    static func originKind(_ origin: GrantOrigin) -> String {
-        switch origin {
-        case .local: return "local"
-        case .file: return "file"
-        case .etcd: return "etcd"
-        case .knock: return "knock"
-        }
-    }
+    static func originKind(_ origin: GrantOrigin) -> String { origin.kind }
 
     /// Every value `originKind` gives.
     static let originKinds = ["local", "file", "etcd", "knock"]

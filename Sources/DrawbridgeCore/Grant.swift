@@ -37,6 +37,16 @@ public enum GrantOrigin: Hashable, Sendable, CustomStringConvertible, Codable {
 
     /// Whether the origin names its expiry as an absolute wall-clock time (files, etcd) rather than a duration
     /// counted from the request (local, knock): after a wall-clock step such grants follow the clock.
+    /// `local`, `file`, `etcd` or `knock`: the kind of origin, for counting.
+    public var kind: String {
+        switch self {
+        case .local: return "local"
+        case .file: return "file"
+        case .etcd: return "etcd"
+        case .knock: return "knock"
+        }
+    }
+
     public var hasAbsoluteExpiry: Bool {
         switch self {
         case .file, .etcd: return true

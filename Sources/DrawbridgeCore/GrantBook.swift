@@ -24,6 +24,23 @@ public struct GrantBook: Sendable {
     private var deadlines = Heap<DeadlineEntry>()
     /// One shared array per distinct list of ports.
     private var portLists: [[GrantedPort]: [GrantedPort]] = [:]
+    /// How many grants open each port name, by kind of origin, kept by every change (status and metrics read it
+    /// instead of walking a million grants).
+    public private(set) var portCounts: [PortCount: Int] = [:]
+
+    public struct PortCount: Hashable, Sendable {
+        public var port: String
+        /// ``GrantOrigin/kind``.
+        public var origin: String
+
+        public init(port: String, origin: String) {
+            self.port = port
+            self.origin = origin
+        }
+    }
+
+    /// The list shared last: the grants of a file mostly have the same ports, and comparing is cheaper than hashing.
+    private var lastPorts: [GrantedPort] = []
 
     public init() {}
 
@@ -145,14 +162,23 @@ public struct GrantBook: Sendable {
     @discardableResult
     public mutating func put(_ grant: Grant) -> (previous: Grant?, changed: [AccessKey]) {
         var grant = grant
-        if let shared = portLists[grant.ports] {
+        if grant.ports == lastPorts {
+            grant.ports = lastPorts
+        } else if let shared = portLists[grant.ports] {
             grant.ports = shared
+            lastPorts = shared
         } else {
             portLists[grant.ports] = grant.ports
+            lastPorts = grant.ports
         }
         let keys = grant.accessKeys
-        if let slot = slotOfID[grant.id] {
+        // One lookup that also claims a slot for a new id: a free slot or the next one (no existing id holds either).
+        let candidate = freeSlots.last ?? Int32(slots.count)
+        let slot = Self.value(&slotOfID[grant.id, default: candidate])
+        count(grant, by: 1)
+        if slot != candidate {
             let previous = slots[Int(slot)]!
+            count(previous, by: -1)
             slots[Int(slot)] = grant
             var changed = keys
             if previous.source != grant.source || previous.ports != grant.ports {
@@ -171,19 +197,27 @@ public struct GrantBook: Sendable {
             }
             return (previous, changed)
         }
-        let slot: Int32
-        if let free = freeSlots.popLast() {
-            slot = free
-            slots[Int(slot)] = grant
-        } else {
-            slot = Int32(slots.count)
+        if freeSlots.isEmpty {
             slots.append(grant)
+        } else {
+            freeSlots.removeLast()
+            slots[Int(slot)] = grant
         }
-        slotOfID[grant.id] = slot
         for key in keys { addContributor(slot, to: key) }
         addOrigin(grant.origin, slot)
         deadlines.insert(DeadlineEntry(deadline: grant.deadline, slot: slot))
         return (nil, keys)
+    }
+
+    private static func value(_ slot: inout Int32) -> Int32 { slot }
+
+    private mutating func count(_ grant: Grant, by change: Int) {
+        let origin = grant.origin.kind
+        for port in grant.ports {
+            let key = PortCount(port: port.name, origin: origin)
+            let total = (portCounts[key] ?? 0) + change
+            portCounts[key] = total == 0 ? nil : total
+        }
     }
 
     /// Removes one grant.
@@ -194,6 +228,7 @@ public struct GrantBook: Sendable {
         guard let slot = slotOfID.removeValue(forKey: id), let grant = slots[Int(slot)] else { return (nil, []) }
         slots[Int(slot)] = nil
         freeSlots.append(slot)
+        count(grant, by: -1)
         let keys = grant.accessKeys
         for key in keys { removeContributor(slot, from: key) }
         removeOrigin(grant.origin, slot)
@@ -234,10 +269,8 @@ public struct GrantBook: Sendable {
     }
 
     private mutating func addContributor(_ slot: Int32, to key: AccessKey) {
-        guard let first = contributor[key] else {
-            contributor[key] = slot
-            return
-        }
+        // One lookup: the element's first contributor, which is `slot` itself when the element is new.
+        let first = Self.value(&contributor[key, default: slot])
         guard first != slot, moreContributors[key]?.contains(slot) != true else { return }
         moreContributors[key, default: []].append(slot)
     }

@@ -166,17 +166,32 @@ public enum GrantsFile {
         }
     }
 
+    /// Runs `body` for every index below `count`, on as many threads as it likes, and returns when all have run.
+    public typealias ForEach = @Sendable (_ count: Int, _ body: @Sendable (Int) -> Void) -> Void
+
+    /// One index after the other, on the calling thread.
+    public static let oneByOne: ForEach = { count, body in
+        for index in 0..<count { body(index) }
+    }
+
+    /// A list at least this long (in bytes) is read in pieces when more than one piece is asked for.
+    public static let piecewiseBytes = 1 << 20
+
     /// Parses and checks a grants file.
-    public static func parse(_ bytes: [UInt8], path: String, policy: Policy, now: Instants) throws(FormatError)
-        -> Contents
-    {
+    ///
+    /// A list of at least `piecewiseFrom` bytes is cut into about `pieces` pieces that `forEach` reads and checks,
+    /// on several cores if it likes; the result is the same as reading it in one go. When a piece finds a problem,
+    /// the file is read again in one go for the error, which then names the first bad entry by its position.
+    public static func parse(
+        _ bytes: [UInt8], path: String, policy: Policy, now: Instants, pieces: Int = 1,
+        piecewiseFrom: Int = piecewiseBytes, forEach: ForEach = oneByOne
+    ) throws(FormatError) -> Contents {
         func fail(_ message: String) -> FormatError { FormatError(path: path, message: message) }
         guard bytes.count <= maximumBytes else {
             throw fail("the file is larger than \(maximumBytes >> 20) MiB")
         }
-        let origin = GrantOrigin.file(path)
-        let idPrefix = GrantBook.fileIdentifierPrefix(for: path)
         var reader = JSONReader(bytes, maximumDepth: 4)
+        var split: [JSONReader]?
         var entries: [GrantEntry] = []
         var sawGrants = false
         do throws(JSONError) {
@@ -187,15 +202,15 @@ public enum GrantsFile {
                         line: 0, column: 0)
                 }
                 sawGrants = true
+                if pieces > 1, let readers = reader.splitList(pieces: pieces, minimumBytes: piecewiseFrom) {
+                    split = readers
+                    return
+                }
                 try reader.readArray { (index: Int, reader: inout JSONReader) throws(JSONError) in
                     guard index < maximumEntries else {
                         throw JSONError(message: "more than \(maximumEntries) entries", line: 0, column: 0)
                     }
-                    do throws(FieldError) {
-                        entries.append(try GrantEntry.read(&reader, place: "grants[\(index)]", allowed: entryKeys))
-                    } catch {
-                        throw JSONError(message: error.description, line: 0, column: 0)
-                    }
+                    entries.append(try readEntry(&reader, place: "grants[\(index)]"))
                 }
             }
             try reader.finish()
@@ -203,25 +218,121 @@ public enum GrantsFile {
             throw fail(error.line == 0 ? error.message : "not valid JSON: \(error)")
         }
         guard sawGrants else { throw fail("the document must be an object with a \"grants\" list") }
+        if let split {
+            if let contents = parseInPieces(split, path: path, policy: policy, now: now, forEach: forEach) {
+                return contents
+            }
+            return try parse(bytes, path: path, policy: policy, now: now)
+        }
 
-        var grants: [Grant] = []
-        grants.reserveCapacity(entries.count)
-        var refusals: [Contents.Refused] = []
-        var expired = 0
+        var checker = EntryChecker(path: path, policy: policy, now: now, expectedEntries: entries.count)
         var seen: Set<String> = []
         seen.reserveCapacity(entries.count)
-        var resolvedPorts: [[String]: Result<[Policy.ManagedPort], Refusal>] = [:]
-        var grantedPorts: [[String]: [GrantedPort]] = [:]
-        var reasons: [String: String] = [:]
-        let root = Caller(uid: 0, user: "root", groups: [])
         for (index, entry) in entries.enumerated() {
-            var place: String { "grants[\(index)]" }
             let suffix = entry.id ?? entry.contentDigest
-            let id = idPrefix + suffix
-            guard seen.insert(id).inserted else { throw fail("\(place): duplicate id \"\(suffix)\"") }
+            let id = checker.idPrefix + suffix
+            guard seen.insert(id).inserted else { throw fail("grants[\(index)]: duplicate id \"\(suffix)\"") }
+            checker.check(entry, id: id, index: index)
+        }
+        return checker.contents(firstIndex: 0)
+    }
+
+    /// Reads and checks the pieces of a split list at once; nil when any piece has a problem, or the pieces together
+    /// list too many entries or one id twice (the caller then reads the file in one go for the error).
+    private static func parseInPieces(
+        _ pieces: [JSONReader], path: String, policy: Policy, now: Instants, forEach: ForEach
+    ) -> Contents? {
+        struct Piece {
+            var checker: EntryChecker
+            var ids: [String] = []
+        }
+        nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Piece?>.allocate(capacity: pieces.count)
+        results.initialize(repeating: nil)
+        defer {
+            results.deinitialize()
+            results.deallocate()
+        }
+        // Each piece writes only its own slot.
+        forEach(pieces.count) { number in
+            var reader = pieces[number]
+            var piece = Piece(checker: EntryChecker(path: path, policy: policy, now: now, expectedEntries: 0))
+            do throws(JSONError) {
+                try reader.readPiece { (position: Int, reader: inout JSONReader) throws(JSONError) in
+                    // The place is not known here; an error sends the whole file to be read again anyway.
+                    let entry = try readEntry(&reader, place: "an entry")
+                    let id = piece.checker.idPrefix + (entry.id ?? entry.contentDigest)
+                    piece.ids.append(id)
+                    piece.checker.check(entry, id: id, index: position)
+                }
+            } catch {
+                return
+            }
+            results[number] = piece
+        }
+        var total = 0
+        for result in results {
+            guard let result else { return nil }
+            total += result.ids.count
+        }
+        guard total <= maximumEntries else { return nil }
+        var seen: Set<String> = []
+        seen.reserveCapacity(total)
+        for result in results {
+            for id in result!.ids where !seen.insert(id).inserted { return nil }
+        }
+        var contents = Contents(grants: [], refusals: [], expired: 0)
+        contents.grants.reserveCapacity(total)
+        var firstIndex = 0
+        for result in results {
+            let part = result!.checker.contents(firstIndex: firstIndex)
+            contents.grants += part.grants
+            contents.refusals += part.refusals
+            contents.expired += part.expired
+            firstIndex += result!.ids.count
+        }
+        return contents
+    }
+
+    private static func readEntry(_ reader: inout JSONReader, place: @autoclosure () -> String) throws(JSONError)
+        -> GrantEntry
+    {
+        do throws(FieldError) {
+            return try GrantEntry.read(&reader, place: place(), allowed: entryKeys)
+        } catch {
+            throw JSONError(message: error.description, line: 0, column: 0)
+        }
+    }
+
+    /// Checks entries against the policy as if root asked for each, sharing one array per list of ports and one
+    /// string per reason among the grants that have them.
+    private struct EntryChecker {
+        let path: String
+        let origin: GrantOrigin
+        let idPrefix: String
+        let policy: Policy
+        let now: Instants
+        private(set) var grants: [Grant] = []
+        private var refused: [(index: Int, source: IPPrefix, ports: [String], refusal: Refusal)] = []
+        private var expired = 0
+        private var resolvedPorts: [[String]: Result<[Policy.ManagedPort], Refusal>] = [:]
+        private var grantedPorts: [[String]: [GrantedPort]] = [:]
+        private var reasons: [String: String] = [:]
+        private static let root = Caller(uid: 0, user: "root", groups: [])
+
+        init(path: String, policy: Policy, now: Instants, expectedEntries: Int) {
+            self.path = path
+            origin = .file(path)
+            idPrefix = GrantBook.fileIdentifierPrefix(for: path)
+            self.policy = policy
+            self.now = now
+            grants.reserveCapacity(expectedEntries)
+        }
+
+        /// Checks the entry at `index` (within what this checker reads).
+        mutating func check(_ entry: GrantEntry, id: String, index: Int) {
             guard entry.expiresAt > now.wall else {
                 expired += 1
-                continue
+                return
             }
             let resolved: Result<[Policy.ManagedPort], Refusal>
             if let cached = resolvedPorts[entry.ports] {
@@ -233,14 +344,10 @@ public enum GrantsFile {
             let request = GrantRequest(
                 ports: entry.ports, source: entry.source, duration: entry.expiresAt.timeIntervalSince(now.wall),
                 reason: entry.reason)
-            let outcome = resolved.flatMap { policy.authorize($0, request: request, by: root) }
-            switch outcome {
+            switch resolved.flatMap({ policy.authorize($0, request: request, by: Self.root) }) {
             case .failure(let refusal):
-                refusals.append(
-                    .init(
-                        entry: "\(place) (\(entry.source) \(entry.ports.joined(separator: ",")))", refusal: refusal))
+                refused.append((index, entry.source, entry.ports, refusal))
             case .success(let authorized):
-                // One array per list of ports and one string per reason, shared by every entry that has them.
                 let ports =
                     grantedPorts[entry.ports]
                     ?? authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) }
@@ -254,7 +361,17 @@ public enum GrantsFile {
                         origin: origin))
             }
         }
-        return Contents(grants: grants, refusals: refusals, expired: expired)
+
+        /// What was checked, with refused entries named by their position in the whole list.
+        func contents(firstIndex: Int) -> Contents {
+            Contents(
+                grants: grants,
+                refusals: refused.map {
+                    .init(
+                        entry: "grants[\(firstIndex + $0.index)] (\($0.source) \($0.ports.joined(separator: ",")))",
+                        refusal: $0.refusal)
+                }, expired: expired)
+        }
     }
 
     /// A grants file names no requester: the file is the requester.

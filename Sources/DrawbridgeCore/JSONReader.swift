@@ -5,15 +5,18 @@
 /// depends on the decoder), raw control characters in strings, invalid UTF-8, lone surrogates, nesting deeper than
 /// a limit, and anything after the document. It reads one value at a time, so a grants file of a million entries is
 /// decoded entry by entry without a tree of the whole document.
-public struct JSONReader {
+public struct JSONReader: Sendable {
     private let bytes: [UInt8]
     private var index = 0
+    /// Where this reader's text ends: the document's end, or a piece's (``splitList(pieces:minimumBytes:)``).
+    private var end: Int
     private var depth = 0
     /// The deepest nesting accepted.
     public let maximumDepth: Int
 
     public init(_ bytes: [UInt8], maximumDepth: Int = 32) {
         self.bytes = bytes
+        self.end = bytes.count
         self.maximumDepth = maximumDepth
     }
 
@@ -50,7 +53,7 @@ public struct JSONReader {
     }
 
     private mutating func skipWhitespace() {
-        while index < bytes.count {
+        while index < end {
             switch bytes[index] {
             case 0x20, 0x09, 0x0a, 0x0d: index += 1
             default: return
@@ -61,7 +64,7 @@ public struct JSONReader {
     /// The kind of the next value, without reading it.
     public mutating func peek() throws(JSONError) -> Kind {
         skipWhitespace()
-        guard index < bytes.count else { throw failure("the text ends where a value was expected") }
+        guard index < end else { throw failure("the text ends where a value was expected") }
         switch bytes[index] {
         case UInt8(ascii: "{"): return .object
         case UInt8(ascii: "["): return .array
@@ -81,7 +84,7 @@ public struct JSONReader {
     /// or skip exactly that value. A repeated key is refused.
     public mutating func readObject(_ body: (String, inout JSONReader) throws(JSONError) -> Void) throws(JSONError) {
         skipWhitespace()
-        guard index < bytes.count, bytes[index] == UInt8(ascii: "{") else {
+        guard index < end, bytes[index] == UInt8(ascii: "{") else {
             throw failure("expected an object")
         }
         try enter()
@@ -90,7 +93,7 @@ public struct JSONReader {
         var seenFew: [String] = []
         var seenMany: Set<String>?
         skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
+        if index < end, bytes[index] == UInt8(ascii: "}") {
             index += 1
             depth -= 1
             return
@@ -98,7 +101,7 @@ public struct JSONReader {
         while true {
             skipWhitespace()
             let keyOffset = index
-            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else {
+            guard index < end, bytes[index] == UInt8(ascii: "\"") else {
                 throw failure("expected a quoted key")
             }
             let key = try readString()
@@ -116,11 +119,11 @@ public struct JSONReader {
                 throw failure("the key \"\(TextCheck.escaped(key))\" appears twice in one object", at: keyOffset)
             }
             skipWhitespace()
-            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw failure("expected ':'") }
+            guard index < end, bytes[index] == UInt8(ascii: ":") else { throw failure("expected ':'") }
             index += 1
             try body(key, &self)
             skipWhitespace()
-            guard index < bytes.count else { throw failure("the text ends inside an object") }
+            guard index < end else { throw failure("the text ends inside an object") }
             if bytes[index] == UInt8(ascii: ",") {
                 index += 1
                 continue
@@ -135,11 +138,11 @@ public struct JSONReader {
     /// Reads an array, calling `body` with each element's position while the reader stands at it.
     public mutating func readArray(_ body: (Int, inout JSONReader) throws(JSONError) -> Void) throws(JSONError) {
         skipWhitespace()
-        guard index < bytes.count, bytes[index] == UInt8(ascii: "[") else { throw failure("expected a list") }
+        guard index < end, bytes[index] == UInt8(ascii: "[") else { throw failure("expected a list") }
         try enter()
         index += 1
         skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
+        if index < end, bytes[index] == UInt8(ascii: "]") {
             index += 1
             depth -= 1
             return
@@ -149,7 +152,7 @@ public struct JSONReader {
             try body(position, &self)
             position += 1
             skipWhitespace()
-            guard index < bytes.count else { throw failure("the text ends inside a list") }
+            guard index < end else { throw failure("the text ends inside a list") }
             if bytes[index] == UInt8(ascii: ",") {
                 index += 1
                 continue
@@ -161,6 +164,94 @@ public struct JSONReader {
         }
     }
 
+    /// Splits a long list at the reader's position into pieces of whole elements that separate readers can read at
+    /// the same time (``readPiece(_:)``), and moves this reader past the list.
+    ///
+    /// The cut points come from a quick scan that follows only strings and nesting; it does not check the text. Each
+    /// piece reader checks its piece as strictly as ``readArray(_:)`` would, and the pieces put together are exactly
+    /// the list, so if every piece reads without error the whole list was valid. When one fails, read the document
+    /// again in one piece for the error (the pieces do not know their elements' positions in the whole list).
+    ///
+    /// - Returns: nil, with the reader unmoved, when no list starts here, the list is shorter than `minimumBytes`,
+    ///   or it does not end.
+    public mutating func splitList(pieces: Int, minimumBytes: Int) -> [JSONReader]? {
+        skipWhitespace()
+        guard pieces > 1, index < end, bytes[index] == UInt8(ascii: "["), end - index >= minimumBytes,
+            depth + 1 <= maximumDepth
+        else { return nil }
+        let listStart = index + 1
+        let spacing = max(1, (end - listStart) / pieces)
+        var cuts: [Int] = []  // offsets of the commas the list is cut at
+        var closing = -1
+        bytes.withUnsafeBufferPointer { text in
+            var position = listStart
+            var nesting = 0
+            var inString = false
+            var nextCut = listStart + spacing
+            while position < end {
+                let byte = text[position]
+                if inString {
+                    if byte == UInt8(ascii: "\\") {
+                        position += 1
+                    } else if byte == UInt8(ascii: "\"") {
+                        inString = false
+                    }
+                } else {
+                    switch byte {
+                    case UInt8(ascii: "\""): inString = true
+                    case UInt8(ascii: "["), UInt8(ascii: "{"): nesting += 1
+                    case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                        if nesting == 0 {
+                            closing = position
+                            return
+                        }
+                        nesting -= 1
+                    case UInt8(ascii: ","):
+                        if nesting == 0, position >= nextCut {
+                            cuts.append(position)
+                            nextCut = position + spacing
+                        }
+                    default: break
+                    }
+                }
+                position += 1
+            }
+        }
+        guard closing >= 0, bytes[closing] == UInt8(ascii: "]"), closing - listStart >= minimumBytes,
+            bytes[listStart..<closing].contains(where: { ![0x20, 0x09, 0x0a, 0x0d].contains($0) })
+        else { return nil }
+        var readers: [JSONReader] = []
+        var start = listStart
+        for cut in cuts + [closing] {
+            var piece = self
+            piece.index = start
+            piece.depth = depth + 1
+            readers.append(JSONReader(piece, end: cut))
+            start = cut + 1
+        }
+        index = closing + 1
+        return readers
+    }
+
+    private init(_ reader: JSONReader, end: Int) {
+        self = reader
+        self.end = end
+    }
+
+    /// Reads the elements of a piece from ``splitList(pieces:minimumBytes:)``, calling `body` with each one's
+    /// position within the piece while the reader stands at it.
+    public mutating func readPiece(_ body: (Int, inout JSONReader) throws(JSONError) -> Void) throws(JSONError) {
+        var position = 0
+        while true {
+            try body(position, &self)
+            position += 1
+            skipWhitespace()
+            guard index < end else { return }
+            guard bytes[index] == UInt8(ascii: ",") else { throw failure("expected ',' or ']'") }
+            index += 1
+        }
+    }
+
     private mutating func enter() throws(JSONError) {
         depth += 1
         guard depth <= maximumDepth else { throw failure("nested deeper than \(maximumDepth) levels") }
@@ -169,12 +260,12 @@ public struct JSONReader {
     /// Reads a string, decoding escapes; refuses raw control characters, invalid UTF-8 and lone surrogates.
     public mutating func readString() throws(JSONError) -> String {
         skipWhitespace()
-        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw failure("expected a string") }
+        guard index < end, bytes[index] == UInt8(ascii: "\"") else { throw failure("expected a string") }
         let start = index
         index += 1
         let contentStart = index
         // Fast path: no escapes.
-        while index < bytes.count {
+        while index < end {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
                 let text = bytes.withUnsafeBufferPointer {
@@ -189,7 +280,7 @@ public struct JSONReader {
             index += 1
         }
         var scratch = Array(bytes[contentStart..<index])
-        while index < bytes.count {
+        while index < end {
             let byte = bytes[index]
             switch byte {
             case UInt8(ascii: "\""):
@@ -200,7 +291,7 @@ public struct JSONReader {
                 return text
             case UInt8(ascii: "\\"):
                 index += 1
-                guard index < bytes.count else { throw failure("the text ends inside a string") }
+                guard index < end else { throw failure("the text ends inside a string") }
                 let escape = bytes[index]
                 index += 1
                 switch escape {
@@ -215,7 +306,7 @@ public struct JSONReader {
                 case UInt8(ascii: "u"):
                     var value = try readHex4()
                     if (0xd800...0xdbff).contains(value) {
-                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"),
+                        guard index + 1 < end, bytes[index] == UInt8(ascii: "\\"),
                             bytes[index + 1] == UInt8(ascii: "u")
                         else { throw failure("a \\u escape holds a lone surrogate") }
                         index += 2
@@ -242,7 +333,7 @@ public struct JSONReader {
     }
 
     private mutating func readHex4() throws(JSONError) -> UInt32 {
-        guard index + 4 <= bytes.count else { throw failure("the text ends inside a \\u escape") }
+        guard index + 4 <= end else { throw failure("the text ends inside a \\u escape") }
         var value: UInt32 = 0
         for _ in 0..<4 {
             let byte = bytes[index]
@@ -263,10 +354,10 @@ public struct JSONReader {
     public mutating func readNumber() throws(JSONError) -> (text: String, value: Double) {
         skipWhitespace()
         let start = index
-        if index < bytes.count, bytes[index] == UInt8(ascii: "-") { index += 1 }
+        if index < end, bytes[index] == UInt8(ascii: "-") { index += 1 }
         func digits() -> Int {
             let from = index
-            while index < bytes.count, bytes[index] >= 0x30, bytes[index] <= 0x39 { index += 1 }
+            while index < end, bytes[index] >= 0x30, bytes[index] <= 0x39 { index += 1 }
             return index - from
         }
         let integerStart = index
@@ -275,13 +366,13 @@ public struct JSONReader {
         guard integerDigits == 1 || bytes[integerStart] != UInt8(ascii: "0") else {
             throw failure("a number has a leading zero", at: start)
         }
-        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+        if index < end, bytes[index] == UInt8(ascii: ".") {
             index += 1
             guard digits() > 0 else { throw failure("a number has no digits after '.'", at: start) }
         }
-        if index < bytes.count, bytes[index] | 0x20 == UInt8(ascii: "e") {
+        if index < end, bytes[index] | 0x20 == UInt8(ascii: "e") {
             index += 1
-            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+            if index < end, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
                 index += 1
             }
             guard digits() > 0 else { throw failure("a number has no digits in its exponent", at: start) }
@@ -308,7 +399,7 @@ public struct JSONReader {
 
     private mutating func match(_ word: StaticString) -> Bool {
         let count = word.utf8CodeUnitCount
-        guard index + count <= bytes.count else { return false }
+        guard index + count <= end else { return false }
         let matches = word.withUTF8Buffer { literal in
             (0..<count).allSatisfy { bytes[index + $0] == literal[$0] }
         }
@@ -348,7 +439,7 @@ public struct JSONReader {
     /// Checks that nothing but whitespace follows the document.
     public mutating func finish() throws(JSONError) {
         skipWhitespace()
-        guard index == bytes.count else { throw failure("unexpected text after the end of the document") }
+        guard index == end else { throw failure("unexpected text after the end of the document") }
     }
 
     /// Parses a whole document into a tree.

@@ -68,6 +68,9 @@ struct AgentBench: ParsableCommand {
     @Flag(help: "Print the results as JSON.")
     var json = false
 
+    @Flag(help: "Only the grants-file measurement (--file-grants entries), for working on the start path.")
+    var fileOnly = false
+
     @Option(help: ArgumentHelp("Only prepare a state directory of this many stored grants here, and exit (for profiling).", valueName: "directory"))
     var prepareState: String?
 
@@ -103,6 +106,18 @@ struct AgentBench: ParsableCommand {
         defer { try? FileManager.default.removeItem(at: scratch) }
         let bench = AgentMeasurements(
             agentPath: agentPath, cliPath: cliPath, nsenter: nsenter, nft: nft, scratch: scratch, options: self)
+        if fileOnly {
+            var report = AgentReport(kernel: SystemClock.kernelRelease(), cpus: ProcessInfo.processInfo.activeProcessorCount)
+            report.file = try bench.fileLoad(max(1, fileGrants))
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(report.file), as: UTF8.self))
+            } else {
+                print(report.text())
+            }
+            return
+        }
         let report = try bench.run()
         if json {
             let encoder = JSONEncoder()
@@ -118,10 +133,10 @@ struct AgentBench: ParsableCommand {
 struct AgentReport: Codable {
     var kernel: String
     var cpus: Int
-    var cliStartMilliseconds: Double
-    var nftStartMilliseconds: Double
-    var grantEmpty: Comparison
-    var prefixGrantEmpty: Comparison
+    var cliStartMilliseconds: Double?
+    var nftStartMilliseconds: Double?
+    var grantEmpty: Comparison?
+    var prefixGrantEmpty: Comparison?
     var atScale: [Scale] = []
     var restart: Restart?
     var file: FileLoad?
@@ -186,13 +201,18 @@ struct AgentReport: Codable {
     func text() -> String {
         func ms(_ value: Double) -> String { String(format: "%.2f ms", value) }
         var lines = ["drawbridge-bench agent — kernel \(kernel), \(cpus) CPUs"]
-        lines.append("process start alone: drawbridge --version \(ms(cliStartMilliseconds)), nft --version \(ms(nftStartMilliseconds))")
-        lines.append(
-            "one grant, nothing present: drawbridge grant \(ms(grantEmpty.cliMilliseconds)) vs nft add element "
-                + "\(ms(grantEmpty.nftMilliseconds)): ratio \(String(format: "%.2f", grantEmpty.ratio))")
-        lines.append(
-            "one prefix grant, nothing present: \(ms(prefixGrantEmpty.cliMilliseconds)) vs nft add element "
-                + "\(ms(prefixGrantEmpty.nftMilliseconds)): ratio \(String(format: "%.2f", prefixGrantEmpty.ratio))")
+        if let cliStartMilliseconds, let nftStartMilliseconds {
+            lines.append(
+                "process start alone: drawbridge --version \(ms(cliStartMilliseconds)), nft --version \(ms(nftStartMilliseconds))")
+        }
+        if let grantEmpty, let prefixGrantEmpty {
+            lines.append(
+                "one grant, nothing present: drawbridge grant \(ms(grantEmpty.cliMilliseconds)) vs nft add element "
+                    + "\(ms(grantEmpty.nftMilliseconds)): ratio \(String(format: "%.2f", grantEmpty.ratio))")
+            lines.append(
+                "one prefix grant, nothing present: \(ms(prefixGrantEmpty.cliMilliseconds)) vs nft add element "
+                    + "\(ms(prefixGrantEmpty.nftMilliseconds)): ratio \(String(format: "%.2f", prefixGrantEmpty.ratio))")
+        }
         for scale in atScale {
             lines.append(
                 "with \(scale.present): drawbridge grant \(ms(scale.cliMilliseconds)) (\(String(format: "%.2f", scale.ratioToEmpty))x "
@@ -395,7 +415,7 @@ final class AgentMeasurements {
             safetyChecks: options.idleSeconds / 60)
     }
 
-    private func fileLoad(_ count: Int) throws -> AgentReport.FileLoad {
+    func fileLoad(_ count: Int) throws -> AgentReport.FileLoad {
         let expiry = Timestamp.format(Date().addingTimeInterval(7200))
         var text = "{\"grants\":[\n"
         text.reserveCapacity(count * 90)

@@ -295,6 +295,99 @@ struct GrantsFileTests {
     }
 }
 
+extension GrantsFileTests {
+    /// The same file read in pieces: either both readings give the same contents, or both refuse with the same error.
+    func expectPiecewiseSame(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        let bytes = Array(text.utf8)
+        let whole = Result { () throws(GrantsFile.FormatError) in
+            try GrantsFile.parse(bytes, path: "/etc/drawbridge/grants.json", policy: Self.policy, now: Self.now)
+        }
+        /// How many pieces the reading ran (the test's forEach runs them one by one, on this thread).
+        final class Ran: @unchecked Sendable { var count = 0 }
+        for pieces in [2, 3, 7, 64] {
+            let ran = Ran()
+            let split = Result { () throws(GrantsFile.FormatError) in
+                try GrantsFile.parse(
+                    bytes, path: "/etc/drawbridge/grants.json", policy: Self.policy, now: Self.now, pieces: pieces,
+                    piecewiseFrom: 0,
+                    forEach: { count, body in
+                        // Backwards, so no piece can lean on the one before it having run.
+                        for index in (0..<count).reversed() { body(index) }
+                        ran.count += count
+                    })
+            }
+            #expect(split == whole, "\(pieces) pieces", sourceLocation: sourceLocation)
+            if case .success(let contents) = whole, contents.grants.count + contents.refusals.count > 3 {
+                #expect(ran.count > 1, "the list was not cut (\(pieces) pieces)", sourceLocation: sourceLocation)
+            }
+        }
+    }
+
+    @Test("a list read in pieces gives what reading it whole gives: grants, refusals named by position, errors")
+    func piecewise() throws {
+        func entry(_ index: Int, reason: String = "r", expiry: String = "2026-12-01T13:00:00Z") -> String {
+            #"{"source":"203.0.113.\#(index % 250)","ports":["ssh"],"expires_at":"\#(expiry)","reason":"\#(reason)"}"#
+        }
+        // Reasons with the characters the cutting scan follows: commas, brackets, quotes, backslashes.
+        let tricky = [#"a, b"#, #"x],[{"#, #"say \"hi\", ok"#, #"back\\"#, #"\\\",{"#, #"}, {"#, #"\u00e9,"#]
+        var entries: [String] = []
+        for index in 0..<40 {
+            entries.append(
+                #"{"id":"e\#(index)","source":"203.0.113.\#(index)","ports":["ssh","22/tcp"],"#
+                    + #""expires_at":"2026-12-01T13:\#(10 + index):00Z","reason":"\#(tricky[index % tricky.count])"}"#)
+        }
+        // Refused (source and duration) and expired entries in the middle, so their positions must add up.
+        entries.insert(#"{"source":"198.51.100.7","ports":["ssh"],"expires_at":"2026-12-01T13:00:00Z"}"#, at: 13)
+        entries.insert(entry(5, expiry: "2026-12-01T11:00:00Z"), at: 20)
+        entries.insert(entry(6, expiry: "2026-12-01T23:00:00Z"), at: 31)
+        let good = "{\"grants\": [\n  " + entries.joined(separator: ",\n  ") + "\n]}\n"
+        expectPiecewiseSame(good)
+        if case .success(let contents) = Result(catching: { () throws(GrantsFile.FormatError) in try parse(good) }) {
+            #expect(contents.refusals.map { String($0.entry.prefix(10)) } == ["grants[13]", "grants[31]"])
+            #expect(contents.grants.count == 40)
+        } else {
+            Issue.record("the file did not parse")
+        }
+        // The cuts fall between entries, whatever the strings hold: every piece reads without error (a cut inside
+        // a string would still give the right contents, by reading the file again whole, but slowly).
+        for count in [2, 5, 9, 43] {
+            var reader = JSONReader(Array(good.utf8), maximumDepth: 4)
+            var split: [JSONReader]?
+            try reader.readObject { (_: String, reader: inout JSONReader) throws(JSONError) in
+                split = reader.splitList(pieces: count, minimumBytes: 0)
+            }
+            try reader.finish()
+            let pieces = try #require(split)
+            var entriesRead = 0
+            for var piece in pieces {
+                try piece.readPiece { (_: Int, reader: inout JSONReader) throws(JSONError) in
+                    _ = try reader.readValue()
+                    entriesRead += 1
+                }
+            }
+            #expect(pieces.count > count / 2 && pieces.count <= count, "\(pieces.count) pieces for \(count) asked for")
+            #expect(entriesRead == entries.count, "\(count) pieces")
+        }
+        expectPiecewiseSame(#"{"grants":[ ]}"#)
+        expectPiecewiseSame(#"{"grants":[\#(entries[0])]}"#)
+        // Errors deep inside: every one must come out as reading whole reports it (the first, by position).
+        var broken = entries
+        broken[25] = #"{"source":"203.0.113.9","ports":["ssh"],"expires_at":"soon"}"#
+        broken[33] = #"{"source":"203.0.113.9","colour":1}"#
+        expectPiecewiseSame("{\"grants\":[" + broken.joined(separator: ",") + "]}")
+        var duplicate = entries
+        duplicate[38] = entries[2]
+        expectPiecewiseSame("{\"grants\":[" + duplicate.joined(separator: ",") + "]}")
+        expectPiecewiseSame("{\"grants\":[" + entries.joined(separator: ",") + ",]}")
+        expectPiecewiseSame("{\"grants\":[" + entries.joined(separator: ",,") + "]}")
+        expectPiecewiseSame("{\"grants\":[" + entries.joined(separator: ",") + "]")
+        expectPiecewiseSame("{\"grants\":[" + entries.joined(separator: ",") + "]}]")
+        expectPiecewiseSame("{\"grants\":[" + entries.joined(separator: ",") + #"],"grants":[]}"#)
+        expectPiecewiseSame("{\"grants\":[" + entries.joined(separator: ",").replacing("\"}", with: "\"") + "]}")
+        expectPiecewiseSame("{\"grants\":[" + entries.dropLast().joined(separator: ",") + #","reason":"unterminated]}"#)
+    }
+}
+
 struct StateRecordTests {
     static let grant = Grant(
         id: "g-abcdefghij", source: try! IPPrefix(parsing: "2001:db8::/64"),

@@ -176,6 +176,37 @@ struct GrantBookTests {
         #expect(book.grants(for: Plans.key("203.0.113.7")).map(\.id) == ["a"])
     }
 
+    @Test("the counts of grants per port and kind of origin follow every put, replacement, removal and expiry")
+    func portCounts() {
+        var book = GrantBook()
+        func walked() -> [GrantBook.PortCount: Int] {
+            var counts: [GrantBook.PortCount: Int] = [:]
+            for grant in book.values {
+                for port in grant.ports { counts[GrantBook.PortCount(port: port.name, origin: grant.origin.kind), default: 0] += 1 }
+            }
+            return counts
+        }
+        var generator = SystemRandomNumberGenerator()
+        let origins: [GrantOrigin] = [.local, .file("/a"), .file("/b"), .etcd("/k"), .knock("SHA256:x")]
+        for step in 0..<2000 {
+            let id = "g\(Int.random(in: 0..<60, using: &generator))"
+            switch Int.random(in: 0..<4, using: &generator) {
+            case 0: book.remove(id: id)
+            case 1: _ = book.removeExpired(now: Plans.at(Double(step / 20)))
+            default:
+                let ports = Array(Set((0..<Int.random(in: 1...3, using: &generator)).map { _ in UInt16.random(in: 22...25, using: &generator) }))
+                book.put(
+                    Plans.grant(
+                        id, "203.0.113.\(Int.random(in: 1...9, using: &generator))", ports: ports.sorted(),
+                        until: Double(step / 20 + Int.random(in: 1...30, using: &generator)),
+                        origin: origins.randomElement(using: &generator)!))
+            }
+            #expect(book.portCounts == walked(), "step \(step)")
+            if book.portCounts != walked() { return }
+        }
+        #expect(!book.portCounts.isEmpty)
+    }
+
     @Test("expiry returns grants soonest first and skips replaced deadlines")
     func expiry() {
         var book = GrantBook()

@@ -289,8 +289,19 @@ enum ParserFuzz {
     }
 
     /// A grants file and an etcd value: every grant they yield is one the policy allows, for no longer than it allows;
-    /// the file's grants, refusals and expired entries add up to its entries; reading twice gives the same.
+    /// the file's grants, refusals and expired entries add up to its entries; reading twice gives the same, and so
+    /// does reading the list in pieces (the agent's way with a large file).
     static func grants(_ input: [UInt8]) {
+        let whole = Result { () throws(GrantsFile.FormatError) in
+            try GrantsFile.parse(input, path: grantsPath, policy: grantsPolicy, now: now)
+        }
+        for pieces in [2, 5] {
+            let split = Result { () throws(GrantsFile.FormatError) in
+                try GrantsFile.parse(
+                    input, path: grantsPath, policy: grantsPolicy, now: now, pieces: pieces, piecewiseFrom: 0)
+            }
+            guard split == whole else { violated("a grants file read in \(pieces) pieces reads differently", input) }
+        }
         do {
             let contents = try GrantsFile.parse(input, path: grantsPath, policy: grantsPolicy, now: now)
             guard (try? GrantsFile.parse(input, path: grantsPath, policy: grantsPolicy, now: now)) == contents else {
