@@ -255,7 +255,11 @@ public enum GrantsFile {
         // Each piece writes only its own slot.
         forEach(pieces.count) { number in
             var reader = pieces[number]
-            var piece = Piece(checker: EntryChecker(path: path, policy: policy, now: now, expectedEntries: 0))
+            // Room for as many entries as the shortest sensible ones (about 60 bytes) would fill the piece with,
+            // so that the arrays are not copied over and over as they grow.
+            let room = reader.remainingBytes / 60
+            var piece = Piece(checker: EntryChecker(path: path, policy: policy, now: now, expectedEntries: room))
+            piece.ids.reserveCapacity(room)
             do throws(JSONError) {
                 try reader.readPiece { (position: Int, reader: inout JSONReader) throws(JSONError) in
                     // The place is not known here; an error sends the whole file to be read again anyway.

@@ -32,6 +32,9 @@ public struct JSONReader: Sendable {
     /// The byte offset the reader is at.
     public var offset: Int { index }
 
+    /// The bytes left for this reader (of the document, or of its piece).
+    public var remainingBytes: Int { end - index }
+
     /// Line and column (from 1) of a byte offset, for error messages.
     public func position(of offset: Int) -> (line: Int, column: Int) {
         var line = 1
