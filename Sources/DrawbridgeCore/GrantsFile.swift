@@ -244,7 +244,8 @@ public enum GrantsFile {
     ) -> Contents? {
         struct Piece {
             var checker: EntryChecker
-            var ids: [String] = []
+            /// A 64-bit digest of each entry's id, in order: duplicates are looked for among these.
+            var ids: [UInt64] = []
         }
         nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Piece?>.allocate(capacity: pieces.count)
         results.initialize(repeating: nil)
@@ -265,7 +266,7 @@ public enum GrantsFile {
                     // The place is not known here; an error sends the whole file to be read again anyway.
                     let entry = try readEntry(&reader, place: "an entry")
                     let id = piece.checker.idPrefix + (entry.id ?? entry.contentDigest)
-                    piece.ids.append(id)
+                    piece.ids.append(fnv1a(id.utf8))
                     piece.checker.check(entry, id: id, index: position)
                 }
             } catch {
@@ -279,8 +280,9 @@ public enum GrantsFile {
             total += result.ids.count
         }
         guard total <= maximumEntries else { return nil }
-        var seen: Set<String> = []
-        seen.reserveCapacity(total)
+        // Two equal digests are two equal ids, or (about once in 10^7 files of a million entries) two ids whose
+        // digests collide: either way the file is read again whole, which compares the ids themselves.
+        var seen = Set<UInt64>(minimumCapacity: total)
         for result in results {
             for id in result!.ids where !seen.insert(id).inserted { return nil }
         }

@@ -5,8 +5,8 @@
 ///   listen: "127.0.0.1:9447"      # or "[::1]:9447"; a loopback address, or one address of this host
 /// ```
 ///
-/// The wildcard addresses (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) are refused: the endpoint is reachable exactly where the policy says.
-/// `drawbridge metrics` prints the same text over the local socket, with no port at all.
+/// The wildcard addresses (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) are refused: the endpoint is reachable exactly where
+/// the policy says. `drawbridge metrics` prints the same text over the local socket, with no port at all.
 public struct MetricsSettings: Sendable, Equatable {
     public var address: IPAddress
     public var port: UInt16
@@ -25,9 +25,17 @@ public struct MetricsSettings: Sendable, Equatable {
 
     /// Whether the address is a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104).
     public var isLoopback: Bool {
+        if let ipv4 = Self.ipv4(address) { return ipv4 >> 24 == 127 }
+        return address == .v6(high: 0, low: 1)
+    }
+
+    /// The IPv4 address `address` stands for: itself, or the one in an IPv4-mapped `::ffff:a.b.c.d` (a dual-stack
+    /// socket bound to that takes the IPv4 address); nil for other IPv6 addresses.
+    private static func ipv4(_ address: IPAddress) -> UInt32? {
         switch address {
-        case .v4(let value): return value >> 24 == 127
-        case .v6(let high, let low): return high == 0 && (low == 1 || low >> 24 == 0xffff_7f)
+        case .v4(let value): return value
+        case .v6(let high, let low):
+            return high == 0 && low >> 32 == 0xffff ? UInt32(truncatingIfNeeded: low) : nil
         }
     }
 
@@ -61,9 +69,8 @@ public struct MetricsSettings: Sendable, Equatable {
             return .failure(
                 Problem("metrics listen: '\(TextCheck.escaped(String(portText)))' is not a port number from 1 to 65535"))
         }
-        // `::ffff:0.0.0.0` is the IPv4 wildcard by another name: a dual-stack socket bound to it takes every IPv4
-        // address of the host.
-        if address == .v4(0) || address == .v6(high: 0, low: 0) || address == .v6(high: 0, low: 0xffff_0000_0000) {
+        // `::ffff:0.0.0.0` is the IPv4 wildcard by another name.
+        if Self.ipv4(address) == 0 || address == .v6(high: 0, low: 0) {
             return .failure(
                 Problem(
                     "metrics listen: \(address) would serve metrics on every address of the host; name the one "

@@ -137,7 +137,7 @@ struct EtcdOptions: ParsableArguments {
     ) async throws -> Result {
         let configuration: EtcdConfiguration
         do {
-            configuration = try settings.configuration(password: try Self.password(settings))
+            configuration = try settings.configuration(password: try Self.checkedSecrets(settings))
         } catch let error as EtcdError {
             throw Output.fail(error)
         }
@@ -155,9 +155,9 @@ struct EtcdOptions: ParsableArguments {
         throw ExitStatus.unavailable
     }
 
-    /// The password from the password file, if one is set; a password file or TLS key that every user of the host
-    /// can read is refused (exit 65), as ssh refuses such a key.
-    static func password(_ settings: ClientSettings) throws -> String? {
+    /// Checks the secrets the settings name and returns the password from the password file, if one is set; a
+    /// password file or TLS key that every user of the host can read is refused (exit 65), as ssh refuses such a key.
+    static func checkedSecrets(_ settings: ClientSettings) throws -> String? {
         if let key = settings.key, let problem = Files.secretProblem(key) {
             Output.error("TLS key \(problem)")
             throw ExitStatus.invalidData

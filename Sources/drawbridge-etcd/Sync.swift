@@ -114,7 +114,7 @@ extension DrawbridgeEtcd {
             let client = ClientSettings(policy: etcd)
             let configuration: EtcdConfiguration
             do {
-                configuration = try client.configuration(password: try EtcdOptions.password(client))
+                configuration = try client.configuration(password: try EtcdOptions.checkedSecrets(client))
                 // Certificate files and endpoints are checked now, not at the first connection.
                 for endpoint in configuration.endpoints {
                     _ = try EtcdClient(configuration: configuration, endpoint: endpoint)
