@@ -129,7 +129,9 @@ public actor Agent {
         dropEtcdGrantsOutsideLayout(reason: "no longer among this host's etcd keys", starting: true)
         let dropped = dropGrantsOutsidePolicy(now: now, reason: "no longer allowed by the policy", exceptFiles: true)
         let files = policy.grantFiles.map { path in
-            (path: path, stamp: FileStamp(path), result: readGrantsFile(path, policy: policy, now: now))
+            // Stamped before reading: a change while it is read shows as a new stamp and is read again.
+            let stamp = FileStamp(path)
+            return (path: path, stamp: stamp, result: readGrantsFile(path, policy: policy, now: now, everyCore: true))
         }
         let report: CommitReport
         var elements: [AccessKey: MonotonicInstant]
@@ -200,7 +202,8 @@ public actor Agent {
                 let deadline = file.grants[index].deadline
                 for port in file.grants[index].ports {
                     // The latest deadline of the grants for an element, as the planner gives it.
-                    Self.keepLater(&elements[AccessKey(source: source, service: port.service), default: deadline], deadline)
+                    let key = AccessKey(source: source, service: port.service)
+                    Self.keepLater(&elements[key, default: deadline], deadline)
                 }
             }
         }
@@ -1068,11 +1071,16 @@ enum FileFailure: Error, Sendable {
     case unusable(String)
 }
 
-/// Reads and parses a grants file (off the agent's executor); a large one in pieces on every core.
-func readGrantsFile(_ path: String, policy: Policy, now: Instants) -> Result<GrantsFile.Contents, FileFailure> {
+/// Reads and parses a grants file (off the agent's executor).
+///
+/// - Parameter everyCore: read a large file in pieces on every core: at start, when nothing else waits for the agent
+///   (it serves nothing until enforcement is complete). A later re-read leaves the other cores to the requests.
+func readGrantsFile(
+    _ path: String, policy: Policy, now: Instants, everyCore: Bool = false
+) -> Result<GrantsFile.Contents, FileFailure> {
     do {
         let bytes = try Files.readTrusted(path, maximumBytes: GrantsFile.maximumBytes)
-        let cores = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        let cores = everyCore ? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) : 1
         return .success(
             try GrantsFile.parse(
                 bytes, path: path, policy: policy, now: now, pieces: cores > 1 ? min(64, 4 * cores) : 1,
