@@ -215,6 +215,8 @@ public enum GrantsFile {
             }
             try reader.finish()
         } catch {
+            // After a cut list, a problem further on may not be the first one: the whole read finds that.
+            if split != nil { return try parse(bytes, path: path, policy: policy, now: now) }
             throw fail(error.line == 0 ? error.message : "not valid JSON: \(error)")
         }
         guard sawGrants else { throw fail("the document must be an object with a \"grants\" list") }

@@ -375,6 +375,9 @@ extension GrantsFileTests {
         broken[25] = #"{"source":"203.0.113.9","ports":["ssh"],"expires_at":"soon"}"#
         broken[33] = #"{"source":"203.0.113.9","colour":1}"#
         expectPiecewiseSame("{\"grants\":[" + broken.joined(separator: ",") + "]}")
+        // A bad entry in the list and a problem after it: the entry is the first problem, as reading whole finds.
+        expectPiecewiseSame("{\"grants\":[" + broken.joined(separator: ",") + "]} trailing")
+        expectPiecewiseSame("{\"grants\":[" + broken.joined(separator: ",") + #"],"colour":1}"#)
         var duplicate = entries
         duplicate[38] = entries[2]
         expectPiecewiseSame("{\"grants\":[" + duplicate.joined(separator: ",") + "]}")
