@@ -190,17 +190,19 @@ public actor Agent {
         _ files: [Result<GrantsFile.Contents, FileFailure>], now: Instants
     ) -> [AccessKey: MonotonicInstant]? {
         let contents = files.compactMap { try? $0.get() }
-        guard contents.allSatisfy({ $0.grants.allSatisfy(\.source.isSingleAddress) }) else { return nil }
+        guard contents.allSatisfy({ $0.parts.allSatisfy { $0.allSatisfy(\.source.isSingleAddress) } }) else {
+            return nil
+        }
         planner.reset(book: book, now: now.monotonic)
         var elements = planner.elements(book: book, now: now.monotonic)
-        elements.reserveCapacity(elements.count + contents.reduce(0) { $0 + $1.grants.count })
+        elements.reserveCapacity(elements.count + contents.reduce(0) { $0 + $1.grantCount })
         let revoked = book.revokedFileGrants
-        for file in contents {
+        for part in contents.lazy.flatMap(\.parts) {
             // By index, reading only the fields needed: a copy of each grant would retain and release its strings.
-            for index in file.grants.indices where revoked.isEmpty || !revoked.contains(file.grants[index].id) {
-                let source = file.grants[index].source
-                let deadline = file.grants[index].deadline
-                for port in file.grants[index].ports {
+            for index in part.indices where revoked.isEmpty || !revoked.contains(part[index].id) {
+                let source = part[index].source
+                let deadline = part[index].deadline
+                for port in part[index].ports {
                     // The latest deadline of the grants for an element, as the planner gives it.
                     let key = AccessKey(source: source, service: port.service)
                     Self.keepLater(&elements[key, default: deadline], deadline)
@@ -997,14 +999,14 @@ public actor Agent {
         // Nothing of this file in the book and none of its entries revoked (its first read): every grant is new, so
         // there is nothing to compare or remove.
         let onlyAdding = current.isEmpty && revokedHere.isEmpty
-        var incoming = Set<String>(minimumCapacity: onlyAdding ? 0 : contents.grants.count)
+        var incoming = Set<String>(minimumCapacity: onlyAdding ? 0 : contents.grantCount)
         var changed: [AccessKey] = []
         // Audited one by one up to 1,000 changes, as a count beyond.
         var added: [Grant] = []
         var addedCount = 0
         // A first read of a big file (a restart) must not grow every table of the book a hundred times over.
-        book.reserveCapacity(max(0, contents.grants.count - current.count), origin: origin)
-        for var grant in contents.grants {
+        book.reserveCapacity(max(0, contents.grantCount - current.count), origin: origin)
+        for var grant in contents.parts.joined() {
             if !onlyAdding {
                 incoming.insert(grant.id)
                 if revokedHere.contains(grant.id) { continue }
@@ -1083,7 +1085,7 @@ func readGrantsFile(
         let cores = everyCore ? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) : 1
         return .success(
             try GrantsFile.parse(
-                bytes, path: path, policy: policy, now: now, pieces: cores > 1 ? min(64, 4 * cores) : 1,
+                bytes, path: path, policy: policy, now: now, pieces: cores > 1 ? min(64, 16 * cores) : 1,
                 forEach: { count, body in DispatchQueue.concurrentPerform(iterations: count, execute: body) }))
     } catch let problem as FileProblem {
         return .failure(problem.isMissing ? .missing : .unusable(problem.description))
@@ -1098,7 +1100,8 @@ extension Result<GrantsFile.Contents, FileFailure> {
     /// How many grants applying this file at start puts in the book.
     func grantCount(skipping revoked: Set<String>) -> Int {
         guard case .success(let contents) = self else { return 0 }
-        return revoked.isEmpty ? contents.grants.count : contents.grants.count { !revoked.contains($0.id) }
+        guard !revoked.isEmpty else { return contents.grantCount }
+        return contents.parts.reduce(0) { total, part in total + part.count { !revoked.contains($0.id) } }
     }
 }
 

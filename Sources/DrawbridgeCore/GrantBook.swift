@@ -313,10 +313,35 @@ func fnv1a(_ text: String) -> UInt64 {
 }
 
 func fnv1a(_ bytes: some Sequence<UInt8>, continuing hash: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
+    // A string's bytes are contiguous: walking them through a buffer is several times faster than through its view.
+    if let digest = bytes.withContiguousStorageIfAvailable({ fnv1a(buffer: $0, continuing: hash) }) { return digest }
     var hash = hash
     for byte in bytes {
         hash ^= UInt64(byte)
         hash = hash &* 0x100_0000_01b3
     }
     return hash
+}
+
+private func fnv1a(buffer: UnsafeBufferPointer<UInt8>, continuing hash: UInt64) -> UInt64 {
+    var hash = hash
+    for byte in buffer {
+        hash ^= UInt64(byte)
+        hash = hash &* 0x100_0000_01b3
+    }
+    return hash
+}
+
+/// `String(value, radix: 16)`, written straight into the string's storage.
+func lowercaseHex(_ value: UInt64) -> String {
+    let digits = max(1, (value.bitWidth - value.leadingZeroBitCount + 3) / 4)
+    return String(unsafeUninitializedCapacity: digits) { buffer in
+        var rest = value
+        for position in stride(from: digits - 1, through: 0, by: -1) {
+            let digit = UInt8(truncatingIfNeeded: rest & 0xf)
+            buffer[position] = digit < 10 ? 0x30 + digit : 0x57 + digit
+            rest >>= 4
+        }
+        return digits
+    }
 }

@@ -36,7 +36,7 @@ public struct GrantEntry: Sendable, Equatable {
 
     /// Reads one entry object at the reader's position; `place` names it in errors (`grants[3]`).
     public static func read(
-        _ reader: inout JSONReader, place name: @autoclosure () -> String, allowed: Set<String> = keys
+        _ reader: inout JSONReader, place name: @autoclosure () -> String, allowsRequester: Bool = true
     ) throws(FieldError) -> GrantEntry {
         // The place is only spelled out for an error (a file of a million entries would otherwise build a million
         // names it never shows).
@@ -49,11 +49,6 @@ public struct GrantEntry: Sendable, Equatable {
         var requestedBy: String?
         do throws(JSONError) {
             try reader.readObject { (key: String, reader: inout JSONReader) throws(JSONError) in
-                guard allowed.contains(key) else {
-                    throw JSONError(
-                        message: "unknown key \"\(TextCheck.escaped(key))\"; allowed: "
-                            + allowed.sorted().joined(separator: ", "), line: 0, column: 0)
-                }
                 switch key {
                 case "id": id = try reader.readString()
                 case "source": sourceText = try reader.readString()
@@ -65,8 +60,12 @@ public struct GrantEntry: Sendable, Equatable {
                     ports = list
                 case "expires_at": expiryText = try reader.readString()
                 case "reason": reason = try reader.readString()
-                case "requested_by": requestedBy = try reader.readString()
-                default: try reader.skipValue()
+                case "requested_by" where allowsRequester: requestedBy = try reader.readString()
+                default:
+                    let allowed = allowsRequester ? keys : keys.subtracting(["requested_by"])
+                    throw JSONError(
+                        message: "unknown key \"\(TextCheck.escaped(key))\"; allowed: "
+                            + allowed.sorted().joined(separator: ", "), line: 0, column: 0)
                 }
             }
         } catch {
@@ -124,7 +123,7 @@ public struct GrantEntry: Sendable, Equatable {
         }
         hash = fnv1a(CollectionOfOne(0x7c), continuing: hash)
         hash = fnv1a(expiryText.utf8, continuing: hash)
-        return String(hash, radix: 16)
+        return lowercaseHex(hash)
     }
 }
 
@@ -155,10 +154,35 @@ public enum GrantsFile {
 
     /// What a readable file yields: the grants that pass the policy, and the entries refused with why.
     public struct Contents: Sendable, Equatable {
-        public var grants: [Grant]
+        /// The grants in file order, as the pieces of the file were read (one part unless it was read in pieces):
+        /// walking the parts spares copying a million grants into one array, which costs memory fresh from the
+        /// kernel (page faults) as much as the copy itself.
+        public private(set) var parts: [[Grant]]
         public var refusals: [Refused]
         /// Entries whose expiry had already passed (left out without complaint).
         public var expired: Int
+
+        public init(grants: [Grant], refusals: [Refused], expired: Int) {
+            self.init(parts: [grants], refusals: refusals, expired: expired)
+        }
+
+        init(parts: [[Grant]], refusals: [Refused], expired: Int) {
+            self.parts = parts.filter { !$0.isEmpty }
+            self.refusals = refusals
+            self.expired = expired
+        }
+
+        /// Every grant in file order (a copy when the file was read in pieces).
+        public var grants: [Grant] { parts.count == 1 ? parts[0] : Array(parts.joined()) }
+
+        /// How many grants there are.
+        public var grantCount: Int { parts.reduce(0) { $0 + $1.count } }
+
+        /// The same grants, refusals and expired count, however the file was cut.
+        public static func == (lhs: Contents, rhs: Contents) -> Bool {
+            lhs.grantCount == rhs.grantCount && lhs.refusals == rhs.refusals && lhs.expired == rhs.expired
+                && lhs.parts.joined().elementsEqual(rhs.parts.joined())
+        }
 
         public struct Refused: Sendable, Equatable {
             public var entry: String
@@ -283,29 +307,43 @@ public enum GrantsFile {
         }
         guard total <= maximumEntries else { return nil }
         // Two equal digests are two equal ids, or (about once in 10^7 files of a million entries) two ids whose
-        // digests collide: either way the file is read again whole, which compares the ids themselves.
-        var seen = Set<UInt64>(minimumCapacity: total)
-        for result in results {
-            for id in result!.ids where !seen.insert(id).inserted { return nil }
+        // digests collide: either way the file is read again whole, which compares the ids themselves. The digests
+        // are looked at in parts by their lowest bits (equal digests fall in the same part), the parts at once.
+        let digestParts = min(pieces.count, 8)
+        let perPart = total / digestParts + total / (4 * digestParts)
+        nonisolated(unsafe) let repeated = UnsafeMutableBufferPointer<Bool>.allocate(capacity: digestParts)
+        repeated.initialize(repeating: false)
+        defer { repeated.deallocate() }
+        forEach(digestParts) { part in
+            var seen = Set<UInt64>(minimumCapacity: perPart)
+            for result in results {
+                for id in result!.ids where Int(id % UInt64(digestParts)) == part && !seen.insert(id).inserted {
+                    repeated[part] = true
+                    return
+                }
+            }
         }
-        var contents = Contents(grants: [], refusals: [], expired: 0)
-        contents.grants.reserveCapacity(total)
+        guard !repeated.contains(true) else { return nil }
+        var parts: [[Grant]] = []
+        var refusals: [Contents.Refused] = []
+        var expired = 0
         var firstIndex = 0
         for result in results {
             let part = result!.checker.contents(firstIndex: firstIndex)
-            contents.grants += part.grants
-            contents.refusals += part.refusals
-            contents.expired += part.expired
+            parts += part.parts
+            refusals += part.refusals
+            expired += part.expired
             firstIndex += result!.ids.count
         }
-        return contents
+        return Contents(parts: parts, refusals: refusals, expired: expired)
     }
 
     private static func readEntry(_ reader: inout JSONReader, place: @autoclosure () -> String) throws(JSONError)
         -> GrantEntry
     {
         do throws(FieldError) {
-            return try GrantEntry.read(&reader, place: place(), allowed: entryKeys)
+            // A grants file names no requester: the file is the requester.
+            return try GrantEntry.read(&reader, place: place(), allowsRequester: false)
         } catch {
             throw JSONError(message: error.description, line: 0, column: 0)
         }
@@ -319,15 +357,21 @@ public enum GrantsFile {
         let idPrefix: String
         let policy: Policy
         let now: Instants
-        private(set) var grants: [Grant] = []
+        private var grants: [Grant] = []
         private var refused: [(index: Int, source: IPPrefix, ports: [String], refusal: Refusal)] = []
         private var expired = 0
         private var resolvedPorts: [[String]: Result<[Policy.ManagedPort], Refusal>] = [:]
         private var grantedPorts: [[String]: [GrantedPort]] = [:]
         private var reasons: [String: String] = [:]
+        /// The ports and reason of the last granted entry, looked at before the tables above.
+        private var lastPorts: (names: [String], resolved: Result<[Policy.ManagedPort], Refusal>, granted: [GrantedPort])?
+        private var lastReason = ""
         private static let root = Caller(uid: 0, user: "root", groups: [])
 
         init(path: String, policy: Policy, now: Instants, expectedEntries: Int) {
+            // A string of this checker's own: every grant retains it twice, and checkers on other cores retaining
+            // one shared string would contend for its reference count.
+            let path = String(decoding: Array(path.utf8), as: UTF8.self)
             self.path = path
             origin = .file(path)
             idPrefix = GrantBook.fileIdentifierPrefix(for: path)
@@ -343,7 +387,10 @@ public enum GrantsFile {
                 return
             }
             let resolved: Result<[Policy.ManagedPort], Refusal>
-            if let cached = resolvedPorts[entry.ports] {
+            if let last = lastPorts, last.names == entry.ports {
+                // Neighbouring entries mostly name the same ports: no hashing of the list for them.
+                resolved = last.resolved
+            } else if let cached = resolvedPorts[entry.ports] {
                 resolved = cached
             } else {
                 resolved = policy.resolvePorts(entry.ports)
@@ -356,12 +403,24 @@ public enum GrantsFile {
             case .failure(let refusal):
                 refused.append((index, entry.source, entry.ports, refusal))
             case .success(let authorized):
-                let ports =
-                    grantedPorts[entry.ports]
-                    ?? authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) }
-                grantedPorts[entry.ports] = ports
-                let reason = reasons[entry.reason] ?? entry.reason
-                reasons[entry.reason] = reason
+                let ports: [GrantedPort]
+                if let last = lastPorts, last.names == entry.ports {
+                    ports = last.granted
+                } else {
+                    ports =
+                        grantedPorts[entry.ports]
+                        ?? authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) }
+                    grantedPorts[entry.ports] = ports
+                    lastPorts = (entry.ports, resolved, ports)
+                }
+                let reason: String
+                if entry.reason == lastReason {
+                    reason = lastReason
+                } else {
+                    reason = reasons[entry.reason] ?? entry.reason
+                    reasons[entry.reason] = reason
+                    lastReason = reason
+                }
                 grants.append(
                     Grant(
                         id: id, source: entry.source, ports: ports, createdAt: now.wall, expiresAt: entry.expiresAt,
@@ -381,7 +440,4 @@ public enum GrantsFile {
                 }, expired: expired)
         }
     }
-
-    /// A grants file names no requester: the file is the requester.
-    static let entryKeys: Set<String> = ["id", "source", "ports", "expires_at", "reason"]
 }

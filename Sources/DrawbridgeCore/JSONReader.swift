@@ -101,6 +101,8 @@ public struct JSONReader: Sendable {
             depth -= 1
             return
         }
+        // One allocation for the keys of a usual object, not one per doubling.
+        seenFew.reserveCapacity(8)
         while true {
             skipWhitespace()
             let keyOffset = index
@@ -267,12 +269,16 @@ public struct JSONReader: Sendable {
         let start = index
         index += 1
         let contentStart = index
-        // Fast path: no escapes.
+        // Fast path: no escapes. Text of ASCII bytes alone is valid UTF-8 as it stands, so only other text is
+        // validated (String(validating:) looks up generic metadata on every call: a tenth of a big file's read).
+        var ascii = true
         while index < end {
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
                 let text = bytes.withUnsafeBufferPointer {
-                    String(validating: UnsafeBufferPointer(rebasing: $0[contentStart..<index]), as: UTF8.self)
+                    let content = UnsafeBufferPointer(rebasing: $0[contentStart..<index])
+                    return ascii
+                        ? String(decoding: content, as: UTF8.self) : String(validating: content, as: UTF8.self)
                 }
                 guard let text else { throw failure("the string is not valid UTF-8", at: start) }
                 index += 1
@@ -280,6 +286,7 @@ public struct JSONReader: Sendable {
             }
             if byte == UInt8(ascii: "\\") { break }
             guard byte >= 0x20 else { throw failure("a string holds a raw control character") }
+            if byte >= 0x80 { ascii = false }
             index += 1
         }
         var scratch = Array(bytes[contentStart..<index])

@@ -81,8 +81,8 @@ public enum Timestamp {
             }
             return value
         }
-        func expect(_ index: Int, _ character: Character) -> Bool {
-            index < utf8.count && utf8[index] == character.asciiValue!
+        func expect(_ index: Int, _ character: Unicode.Scalar) -> Bool {
+            index < utf8.count && utf8[index] == UInt8(ascii: character)
         }
         guard let year = number(0, 4), expect(4, "-"), let month = number(5, 2), expect(7, "-"),
             let day = number(8, 2), expect(10, "T"), let hour = number(11, 2), expect(13, ":"),
