@@ -332,16 +332,20 @@ private func fnv1a(buffer: UnsafeBufferPointer<UInt8>, continuing hash: UInt64) 
     return hash
 }
 
-/// `String(value, radix: 16)`, written straight into the string's storage.
-func lowercaseHex(_ value: UInt64) -> String {
+/// `prefix + String(value, radix: 16)`, written straight into one string's storage.
+func lowercaseHex(_ value: UInt64, after prefix: String = "") -> String {
     let digits = max(1, (value.bitWidth - value.leadingZeroBitCount + 3) / 4)
-    return String(unsafeUninitializedCapacity: digits) { buffer in
-        var rest = value
-        for position in stride(from: digits - 1, through: 0, by: -1) {
-            let digit = UInt8(truncatingIfNeeded: rest & 0xf)
-            buffer[position] = digit < 10 ? 0x30 + digit : 0x57 + digit
-            rest >>= 4
+    let written = prefix.utf8.withContiguousStorageIfAvailable { head in
+        String(unsafeUninitializedCapacity: head.count + digits) { buffer in
+            _ = buffer.initialize(fromContentsOf: head)
+            var rest = value
+            for position in stride(from: head.count + digits - 1, through: head.count, by: -1) {
+                let digit = UInt8(truncatingIfNeeded: rest & 0xf)
+                buffer[position] = digit < 10 ? 0x30 + digit : 0x57 + digit
+                rest >>= 4
+            }
+            return head.count + digits
         }
-        return digits
     }
+    return written ?? prefix + String(value, radix: 16)
 }

@@ -115,7 +115,15 @@ public struct GrantEntry: Sendable, Equatable {
     }
 
     /// A name for an entry without an id, from what it says: the same entry gets the same name on every read.
-    var contentDigest: String {
+    var contentDigest: String { lowercaseHex(contentHash) }
+
+    /// The id of this entry in a file whose ids start with `prefix`, in one string.
+    func identifier(prefix: String) -> String {
+        if let id { return prefix + id }
+        return lowercaseHex(contentHash, after: prefix)
+    }
+
+    private var contentHash: UInt64 {
         var hash = fnv1a(sourceText.utf8)
         for port in ports.count > 1 ? ports.sorted() : ports {
             hash = fnv1a(CollectionOfOne(0x7c), continuing: hash)
@@ -123,7 +131,7 @@ public struct GrantEntry: Sendable, Equatable {
         }
         hash = fnv1a(CollectionOfOne(0x7c), continuing: hash)
         hash = fnv1a(expiryText.utf8, continuing: hash)
-        return lowercaseHex(hash)
+        return hash
     }
 }
 
@@ -255,9 +263,10 @@ public enum GrantsFile {
         var seen: Set<String> = []
         seen.reserveCapacity(entries.count)
         for (index, entry) in entries.enumerated() {
-            let suffix = entry.id ?? entry.contentDigest
-            let id = checker.idPrefix + suffix
-            guard seen.insert(id).inserted else { throw fail("grants[\(index)]: duplicate id \"\(suffix)\"") }
+            let id = entry.identifier(prefix: checker.idPrefix)
+            guard seen.insert(id).inserted else {
+                throw fail("grants[\(index)]: duplicate id \"\(entry.id ?? entry.contentDigest)\"")
+            }
             checker.check(entry, id: id, index: index)
         }
         return checker.contents(firstIndex: 0)
@@ -291,7 +300,7 @@ public enum GrantsFile {
                 try reader.readPiece { (position: Int, reader: inout JSONReader) throws(JSONError) in
                     // The place is not known here; an error sends the whole file to be read again anyway.
                     let entry = try readEntry(&reader, place: "an entry")
-                    let id = piece.checker.idPrefix + (entry.id ?? entry.contentDigest)
+                    let id = entry.identifier(prefix: piece.checker.idPrefix)
                     piece.ids.append(fnv1a(id.utf8))
                     piece.checker.check(entry, id: id, index: position)
                 }

@@ -58,8 +58,9 @@ public enum IPAddress: Hashable, Sendable, Comparable {
     }
 
     private static func parseIPv6(_ bytes: UnsafeBufferPointer<UInt8>) -> IPAddress? {
-        var groups: [UInt16] = []
-        groups.reserveCapacity(8)
+        // The groups as they are read (no array: a big grants file parses a million of these).
+        var groups = SIMD8<UInt16>()
+        var used = 0
         var gap: Int?  // index in `groups` where "::" stands
         var index = 0
         let count = bytes.count
@@ -81,20 +82,22 @@ public enum IPAddress: Hashable, Sendable, Comparable {
                 guard digits <= 4 else { break }
             }
             if index < count, bytes[index] == UInt8(ascii: ".") {
-                guard groups.count <= 6, let v4 = parseIPv4(bytes[start..<count]) else { return nil }
-                groups.append(UInt16(v4 >> 16))
-                groups.append(UInt16(v4 & 0xffff))
+                guard used <= 6, let v4 = parseIPv4(bytes[start..<count]) else { return nil }
+                groups[used] = UInt16(v4 >> 16)
+                groups[used + 1] = UInt16(v4 & 0xffff)
+                used += 2
                 index = count
                 break
             }
-            guard digits >= 1, digits <= 4, groups.count < 8 else { return nil }
-            groups.append(UInt16(value))
+            guard digits >= 1, digits <= 4, used < 8 else { return nil }
+            groups[used] = UInt16(value)
+            used += 1
             if index == count { break }
             guard bytes[index] == UInt8(ascii: ":") else { return nil }
             index += 1
             if index < count, bytes[index] == UInt8(ascii: ":") {
                 guard gap == nil else { return nil }
-                gap = groups.count
+                gap = used
                 index += 1
                 if index == count { break }
             } else if index == count {
@@ -102,14 +105,20 @@ public enum IPAddress: Hashable, Sendable, Comparable {
             }
         }
         if let gap {
-            guard groups.count <= 7 else { return nil }
-            groups.insert(contentsOf: [UInt16](repeating: 0, count: 8 - groups.count), at: gap)
+            guard used <= 7 else { return nil }
+            // The groups after "::" move to the end; zeros fill between.
+            var expanded = SIMD8<UInt16>()
+            for position in 0..<gap { expanded[position] = groups[position] }
+            let after = used - gap
+            for position in 0..<after { expanded[8 - after + position] = groups[gap + position] }
+            groups = expanded
+            used = 8
         }
-        guard groups.count == 8 else { return nil }
+        guard used == 8 else { return nil }
         var high: UInt64 = 0
         var low: UInt64 = 0
-        for group in groups[0..<4] { high = high << 16 | UInt64(group) }
-        for group in groups[4..<8] { low = low << 16 | UInt64(group) }
+        for position in 0..<4 { high = high << 16 | UInt64(groups[position]) }
+        for position in 4..<8 { low = low << 16 | UInt64(groups[position]) }
         return .v6(high: high, low: low)
     }
 
@@ -263,24 +272,31 @@ public struct IPPrefix: Hashable, Sendable, Comparable {
 
     /// Parses `203.0.113.7`, `198.51.100.0/24`, `2001:db8::/32` (surrounding whitespace is ignored).
     public init(parsing text: some StringProtocol) throws(PrefixError) {
-        var utf8 = Array(text.utf8)
-        while let last = utf8.last, last == 0x20 || last == 0x09 || last == 0x0a || last == 0x0d { utf8.removeLast() }
-        let leading = utf8.prefix { $0 == 0x20 || $0 == 0x09 || $0 == 0x0a || $0 == 0x0d }.count
-        if leading > 0 { utf8.removeFirst(leading) }
-        let parsed: Result<IPPrefix, PrefixError> = utf8.withUnsafeBufferPointer { bytes in
-            let slash = bytes.firstIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
-            guard let address = IPAddress.parse(UnsafeBufferPointer(rebasing: bytes[..<slash])) else {
-                return .failure(.notAnAddress(String(decoding: bytes, as: UTF8.self)))
-            }
-            guard slash < bytes.endIndex else { return .success(IPPrefix(address: address)) }
-            let digits = bytes[(slash + 1)...]
-            guard !digits.isEmpty, digits.count <= 3, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
-                return .failure(.notAnAddress(String(decoding: bytes, as: UTF8.self)))
-            }
-            let length = digits.reduce(0) { $0 * 10 + Int($1 - 0x30) }
-            return Result { () throws(PrefixError) in try IPPrefix(network: address, length: length) }
-        }
+        // A string's bytes are read where they are; other text is copied first.
+        let parsed =
+            text.utf8.withContiguousStorageIfAvailable { Self.parse(trimming: $0) }
+            ?? Array(text.utf8).withUnsafeBufferPointer { Self.parse(trimming: $0) }
         self = try parsed.get()
+    }
+
+    private static func parse(trimming text: UnsafeBufferPointer<UInt8>) -> Result<IPPrefix, PrefixError> {
+        func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0a || byte == 0x0d }
+        var upper = text.endIndex
+        while upper > text.startIndex, isSpace(text[upper - 1]) { upper -= 1 }
+        var lower = text.startIndex
+        while lower < upper, isSpace(text[lower]) { lower += 1 }
+        let bytes = UnsafeBufferPointer(rebasing: text[lower..<upper])
+        let slash = bytes.firstIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
+        guard let address = IPAddress.parse(UnsafeBufferPointer(rebasing: bytes[..<slash])) else {
+            return .failure(.notAnAddress(String(decoding: bytes, as: UTF8.self)))
+        }
+        guard slash < bytes.endIndex else { return .success(IPPrefix(address: address)) }
+        let digits = bytes[(slash + 1)...]
+        guard !digits.isEmpty, digits.count <= 3, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+            return .failure(.notAnAddress(String(decoding: bytes, as: UTF8.self)))
+        }
+        let length = digits.reduce(0) { $0 * 10 + Int($1 - 0x30) }
+        return Result { () throws(PrefixError) in try IPPrefix(network: address, length: length) }
     }
 
     /// The last address inside the prefix.

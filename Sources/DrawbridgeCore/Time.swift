@@ -66,12 +66,13 @@ public struct Instants: Sendable, Equatable {
 public enum Timestamp {
     /// Parses an RFC 3339 date-time with a `Z` or `±hh:mm` offset; nil for anything else.
     public static func parse(_ text: some StringProtocol) -> Date? {
-        var utf8 = Array(text.utf8)
+        // A string's bytes are read where they are; other text is copied first.
+        if let parsed = text.utf8.withContiguousStorageIfAvailable({ parse(bytes: $0) }) { return parsed }
+        return Array(text.utf8).withUnsafeBufferPointer { parse(bytes: $0) }
+    }
+
+    private static func parse(bytes utf8: UnsafeBufferPointer<UInt8>) -> Date? {
         guard utf8.count >= 20, utf8.count <= 64 else { return nil }
-        // RFC 3339 allows a lowercase t and z.
-        for index in utf8.indices where utf8[index] == UInt8(ascii: "t") || utf8[index] == UInt8(ascii: "z") {
-            utf8[index] &= ~0x20
-        }
         func number(_ start: Int, _ count: Int) -> Int? {
             guard start + count <= utf8.count else { return nil }
             var value = 0
@@ -82,7 +83,11 @@ public enum Timestamp {
             return value
         }
         func expect(_ index: Int, _ character: Unicode.Scalar) -> Bool {
-            index < utf8.count && utf8[index] == UInt8(ascii: character)
+            guard index < utf8.count else { return false }
+            let byte = utf8[index]
+            // RFC 3339 allows a lowercase t and z.
+            return byte == UInt8(ascii: character)
+                || ((character == "T" || character == "Z") && byte == UInt8(ascii: character) | 0x20)
         }
         guard let year = number(0, 4), expect(4, "-"), let month = number(5, 2), expect(7, "-"),
             let day = number(8, 2), expect(10, "T"), let hour = number(11, 2), expect(13, ":"),

@@ -273,6 +273,32 @@ struct GrantsFileTests {
         #expect(leap.expiresAt == Date(timeIntervalSince1970: 1_796_130_000), "23:59:60 is the next minute's start")
     }
 
+    @Test("an entry without an id is named by a digest of what it says, as every earlier version named it")
+    func contentIdentifiers() throws {
+        // FNV-1a over source | ports | expiry as written, in lowercase hexadecimal without leading zeros: revocations
+        // of file entries are kept by id, so the name must not change between versions.
+        func digest(_ text: String) -> String {
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for byte in text.utf8 {
+                hash ^= UInt64(byte)
+                hash = hash &* 0x100_0000_01b3
+            }
+            return String(hash, radix: 16)
+        }
+        let entries = (1...64).map { number in
+            (source: number % 2 == 0 ? "203.0.113.\(number)" : "2001:db8::\(String(number, radix: 16))",
+             expiry: number % 3 == 0 ? "2026-12-01t13:00:0\(number % 10)z" : "2026-12-01T13:\(10 + number % 50):00Z")
+        }
+        let text = "{\"grants\": [" + entries.map {
+            #"{"source": "\#($0.source)", "ports": ["ssh"], "expires_at": "\#($0.expiry)"}"#
+        }.joined(separator: ",") + "]}"
+        let contents = try parse(text)
+        let prefix = GrantBook.fileIdentifierPrefix(for: "/etc/drawbridge/grants.json")
+        #expect(contents.grants.map(\.id) == entries.map { prefix + digest("\($0.source)|ssh|\($0.expiry)") })
+        #expect(Set(contents.grants.map(\.id)).count == 64)
+        #expect(contents.grants.contains { $0.id.count < prefix.count + 16 }, "some digest has a leading zero nibble")
+    }
+
     @Test(
         "a malformed file is refused whole, naming the entry and field",
         arguments: [
