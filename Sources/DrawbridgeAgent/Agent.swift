@@ -190,30 +190,31 @@ public actor Agent {
         _ files: [Result<GrantsFile.Contents, FileFailure>], now: Instants
     ) -> [AccessKey: MonotonicInstant]? {
         let contents = files.compactMap { try? $0.get() }
-        guard contents.allSatisfy({ $0.parts.allSatisfy { $0.allSatisfy(\.source.isSingleAddress) } }) else {
+        // Closures, not key paths: a key path applied to a million grants costs a runtime projection each.
+        guard contents.allSatisfy({ $0.parts.allSatisfy { $0.allSatisfy { $0.source.isSingleAddress } } }) else {
             return nil
         }
         planner.reset(book: book, now: now.monotonic)
         var elements = planner.elements(book: book, now: now.monotonic)
         elements.reserveCapacity(elements.count + contents.reduce(0) { $0 + $1.grantCount })
         let revoked = book.revokedFileGrants
-        for part in contents.lazy.flatMap(\.parts) {
+        for part in contents.lazy.flatMap({ $0.parts }) {
             // By index, reading only the fields needed: a copy of each grant would retain and release its strings.
             for index in part.indices where revoked.isEmpty || !revoked.contains(part[index].id) {
                 let source = part[index].source
                 let deadline = part[index].deadline
-                for port in part[index].ports {
+                // By position too: iterating the list would retain and release it for every grant.
+                for position in part[index].ports.indices {
                     // The latest deadline of the grants for an element, as the planner gives it.
-                    let key = AccessKey(source: source, service: port.service)
-                    Self.keepLater(&elements[key, default: deadline], deadline)
+                    let key = AccessKey(source: source, service: part[index].ports[position].service)
+                    // One lookup for a new element (`elements[key, default:]` boxed its default twice per grant).
+                    if let earlier = elements.updateValue(deadline, forKey: key), earlier > deadline {
+                        elements[key] = earlier
+                    }
                 }
             }
         }
         return elements
-    }
-
-    private static func keepLater(_ deadline: inout MonotonicInstant, _ other: MonotonicInstant) {
-        if other > deadline { deadline = other }
     }
 
     /// Records the stop. Enforcement stays in the kernel: stopping the agent opens nothing and closes nothing.

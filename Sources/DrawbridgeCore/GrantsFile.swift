@@ -107,11 +107,23 @@ public struct GrantEntry: Sendable, Equatable {
                 throw FieldError(problem)
             }
         }
-        var entry = GrantEntry(
-            id: id, source: source, ports: ports, expiresAt: expiresAt, reason: reason, requestedBy: requestedBy)
-        entry.sourceText = sourceText
-        entry.expiryText = expiryText
-        return entry
+        return GrantEntry(
+            id: id, source: source, ports: ports, expiresAt: expiresAt, reason: reason, requestedBy: requestedBy,
+            sourceText: sourceText, expiryText: expiryText)
+    }
+
+    private init(
+        id: String?, source: IPPrefix, ports: [String], expiresAt: Date, reason: String, requestedBy: String?,
+        sourceText: String, expiryText: String
+    ) {
+        self.id = id
+        self.source = source
+        self.ports = ports
+        self.expiresAt = expiresAt
+        self.reason = reason
+        self.requestedBy = requestedBy
+        self.sourceText = sourceText
+        self.expiryText = expiryText
     }
 
     /// A name for an entry without an id, from what it says: the same entry gets the same name on every read.
@@ -373,7 +385,9 @@ public enum GrantsFile {
         private var grantedPorts: [[String]: [GrantedPort]] = [:]
         private var reasons: [String: String] = [:]
         /// The ports and reason of the last granted entry, looked at before the tables above.
-        private var lastPorts: (names: [String], resolved: Result<[Policy.ManagedPort], Refusal>, granted: [GrantedPort])?
+        private var lastPortNames: [String] = []
+        private var lastResolved: Result<[Policy.ManagedPort], Refusal>?
+        private var lastGranted: [GrantedPort]?
         private var lastReason = ""
         private static let root = Caller(uid: 0, user: "root", groups: [])
 
@@ -396,13 +410,22 @@ public enum GrantsFile {
                 return
             }
             let resolved: Result<[Policy.ManagedPort], Refusal>
-            if let last = lastPorts, last.names == entry.ports {
+            let sameAsLast = lastPortNames == entry.ports
+            if sameAsLast, let lastResolved {
                 // Neighbouring entries mostly name the same ports: no hashing of the list for them.
-                resolved = last.resolved
+                resolved = lastResolved
             } else if let cached = resolvedPorts[entry.ports] {
                 resolved = cached
             } else {
-                resolved = policy.resolvePorts(entry.ports)
+                // The ports' source lists copied for this checker alone: checkers on other cores would otherwise
+                // contend for the reference counts of the policy's one copy, once per entry.
+                resolved = policy.resolvePorts(entry.ports).map { ports in
+                    ports.map { port in
+                        var own = port
+                        own.allowedSources = port.allowedSources.map { $0 }
+                        return own
+                    }
+                }
                 resolvedPorts[entry.ports] = resolved
             }
             let request = GrantRequest(
@@ -413,14 +436,14 @@ public enum GrantsFile {
                 refused.append((index, entry.source, entry.ports, refusal))
             case .success(let authorized):
                 let ports: [GrantedPort]
-                if let last = lastPorts, last.names == entry.ports {
-                    ports = last.granted
+                if sameAsLast, let lastGranted {
+                    ports = lastGranted
                 } else {
                     ports =
                         grantedPorts[entry.ports]
                         ?? authorized.ports.map { GrantedPort(name: $0.name, service: $0.service) }
                     grantedPorts[entry.ports] = ports
-                    lastPorts = (entry.ports, resolved, ports)
+                    (lastPortNames, lastResolved, lastGranted) = (entry.ports, resolved, ports)
                 }
                 let reason: String
                 if entry.reason == lastReason {
