@@ -23,12 +23,9 @@ public struct GrantEntry: Sendable, Equatable {
     public init(
         id: String?, source: IPPrefix, ports: [String], expiresAt: Date, reason: String, requestedBy: String? = nil
     ) {
-        self.id = id
-        self.source = source
-        self.ports = ports
-        self.expiresAt = expiresAt
-        self.reason = reason
-        self.requestedBy = requestedBy
+        self.init(
+            id: id, source: source, ports: ports, expiresAt: expiresAt, reason: reason, requestedBy: requestedBy,
+            sourceText: "", expiryText: "")
     }
 
     public static let keys: Set<String> = ["id", "source", "ports", "expires_at", "reason", "requested_by"]
