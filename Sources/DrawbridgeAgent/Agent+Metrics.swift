@@ -17,7 +17,7 @@ extension Agent {
     func grantCounts() -> [AgentMetrics.ActiveKey: Int] {
         var counts: [AgentMetrics.ActiveKey: Int] = [:]
         for port in policy.ports {
-            for origin in AgentMetrics.originKinds { counts[AgentMetrics.ActiveKey(port: port.name, origin: origin)] = 0 }
+            for origin in GrantOrigin.kinds { counts[AgentMetrics.ActiveKey(port: port.name, origin: origin)] = 0 }
         }
         for (key, count) in book.portCounts {
             counts[AgentMetrics.ActiveKey(port: key.port, origin: key.origin), default: 0] += count

@@ -133,6 +133,12 @@ public actor Agent {
             let stamp = FileStamp(path)
             return (path: path, stamp: stamp, result: readGrantsFile(path, policy: policy, now: now, everyCore: true))
         }
+        func applyFiles() {
+            for file in files {
+                applyFile(file.path, file.result, now: now, initial: true)
+                fileStamps[file.path] = file.stamp ?? .missing
+            }
+        }
         let report: CommitReport
         var elements: [AccessKey: MonotonicInstant]
         if let direct = directElements(files.map(\.result), now: now) {
@@ -143,10 +149,7 @@ public actor Agent {
             let (kernel, layout) = (self.kernel, self.layout)
             async let building = kernel.rebuild(layout, elements: direct)
             let expected = book.count + files.reduce(0) { $0 + $1.result.grantCount(skipping: book.revokedFileGrants) }
-            for file in files {
-                applyFile(file.path, file.result, now: now, initial: true)
-                fileStamps[file.path] = file.stamp ?? .missing
-            }
+            applyFiles()
             var built = try await building
             if book.count != expected {
                 // Two files named a grant with the same id, so the book holds fewer grants than the kernel was given:
@@ -156,10 +159,7 @@ public actor Agent {
             }
             report = built
         } else {
-            for file in files {
-                applyFile(file.path, file.result, now: now, initial: true)
-                fileStamps[file.path] = file.stamp ?? .missing
-            }
+            applyFiles()
             planner.reset(book: book, now: now.monotonic)
             elements = planner.elements(book: book, now: now.monotonic)
             report = try await kernel.rebuild(layout, elements: elements)

@@ -26,11 +26,6 @@ public final class AgentMetrics: Sendable {
         var origin: String
     }
 
-    /// The origin kinds a grant's `origin` label takes (one per source, never the key or fingerprint: bounded).
-    static func originKind(_ origin: GrantOrigin) -> String { origin.kind }
-
-    /// Every value `originKind` gives.
-    static let originKinds = ["local", "file", "etcd", "knock"]
 
     static let countedEvents: [AuditEvent.Kind] = [.grant, .extend, .revoke, .expire, .refuse]
 

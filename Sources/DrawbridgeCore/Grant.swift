@@ -38,6 +38,8 @@ public enum GrantOrigin: Hashable, Sendable, CustomStringConvertible, Codable {
     /// Whether the origin names its expiry as an absolute wall-clock time (files, etcd) rather than a duration
     /// counted from the request (local, knock): after a wall-clock step such grants follow the clock.
     /// `local`, `file`, `etcd` or `knock`: the kind of origin, for counting.
+    /// The origin's kind, as the `origin` label of metrics names it (one per source, never the path, key or
+    /// fingerprint: bounded).
     public var kind: String {
         switch self {
         case .local: return "local"
@@ -46,6 +48,9 @@ public enum GrantOrigin: Hashable, Sendable, CustomStringConvertible, Codable {
         case .knock: return "knock"
         }
     }
+
+    /// Every value `kind` gives.
+    public static let kinds = ["local", "file", "etcd", "knock"]
 
     public var hasAbsoluteExpiry: Bool {
         switch self {

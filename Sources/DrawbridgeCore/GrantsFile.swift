@@ -289,7 +289,7 @@ public enum GrantsFile {
         struct Piece {
             var checker: EntryChecker
             /// A 64-bit digest of each entry's id, in order: duplicates are looked for among these.
-            var ids: [UInt64] = []
+            var idDigests: [UInt64] = []
         }
         nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Piece?>.allocate(capacity: pieces.count)
         results.initialize(repeating: nil)
@@ -304,13 +304,13 @@ public enum GrantsFile {
             // so that the arrays are not copied over and over as they grow.
             let room = reader.remainingBytes / 60
             var piece = Piece(checker: EntryChecker(path: path, policy: policy, now: now, expectedEntries: room))
-            piece.ids.reserveCapacity(room)
+            piece.idDigests.reserveCapacity(room)
             do throws(JSONError) {
                 try reader.readPiece { (position: Int, reader: inout JSONReader) throws(JSONError) in
                     // The place is not known here; an error sends the whole file to be read again anyway.
                     let entry = try readEntry(&reader, place: "an entry")
                     let id = entry.identifier(prefix: piece.checker.idPrefix)
-                    piece.ids.append(fnv1a(id.utf8))
+                    piece.idDigests.append(fnv1a(id.utf8))
                     piece.checker.check(entry, id: id, index: position)
                 }
             } catch {
@@ -321,7 +321,7 @@ public enum GrantsFile {
         var total = 0
         for result in results {
             guard let result else { return nil }
-            total += result.ids.count
+            total += result.idDigests.count
         }
         guard total <= maximumEntries else { return nil }
         // Two equal digests are two equal ids, or (about once in 10^7 files of a million entries) two ids whose
@@ -335,7 +335,7 @@ public enum GrantsFile {
         forEach(digestParts) { part in
             var seen = Set<UInt64>(minimumCapacity: perPart)
             for result in results {
-                for id in result!.ids where Int(id % UInt64(digestParts)) == part && !seen.insert(id).inserted {
+                for id in result!.idDigests where Int(id % UInt64(digestParts)) == part && !seen.insert(id).inserted {
                     repeated[part] = true
                     return
                 }
@@ -351,7 +351,7 @@ public enum GrantsFile {
             parts += part.parts
             refusals += part.refusals
             expired += part.expired
-            firstIndex += result!.ids.count
+            firstIndex += result!.idDigests.count
         }
         return Contents(parts: parts, refusals: refusals, expired: expired)
     }
