@@ -232,9 +232,14 @@ struct TransactionTests {
         #expect(!listing.contains("203.0.113.40"))
     }
 
-    @Test("100,000 elements go in one transaction, split into messages under 64 KiB", arguments: [false, true])
+    @Test(
+        "100,000 elements go in one transaction, split into messages under 64 KiB (20,000 prefixes when emulated)",
+        arguments: [false, true])
     func largeBatch(prefixes: Bool) throws {
         let (_, enforcer) = try Self.installed()
+        // Under emulation 100,000 prefixes take 8 to 26 minutes into Linux 6.1's pipapo set alone (README), more than
+        // the guest's whole suite should: 20,000 still span hundreds of messages.
+        let count = prefixes && TestTiming.scale > 1 ? 20_000 : 100_000
         // Documentation addresses only: 256 addresses (or 64 /30 prefixes) times enough ports.
         var desired: [AccessKey: Date] = [:]
         let expiry = Date().addingTimeInterval(3600)
@@ -244,26 +249,26 @@ struct TransactionTests {
                 prefixes
                 ? try IPPrefix(parsing: "198.51.100.\(index * 4)/30")
                 : IPPrefix(address: .v4(0xC000_0200 | UInt32(index)))
-            for port in 1...portsPerSource where desired.count < 100_000 {
+            for port in 1...portsPerSource where desired.count < count {
                 desired[AccessKey(source: source, service: Service(port: UInt16(port), transport: .tcp))] = expiry
             }
         }
-        #expect(desired.count == 100_000)
+        #expect(desired.count == count)
         let now = SystemClock.now()
         let report = try enforcer.rebuild(
             TableLayout(mode: .keepSessions, managedServices: [Self.ssh], alwaysAllowed: []),
             elements: desired.mapValues { now.deadline(forWall: $0) })
         let committed = Date()
-        #expect(report.messages > 50, "split across many element messages")
-        #expect(report.bytes > 3_000_000)
+        #expect(report.messages > count / 2_000, "split across many element messages")
+        #expect(report.bytes > count * 30)
         let elements = try enforcer.elements()
-        #expect(elements.count == 100_000)
+        #expect(elements.count == count)
         // The kernel starts each element's clock as its commit reaches it: expiries lie between the instant asked for
         // and that instant plus the time the commit took (seconds on a fast machine, minutes under emulation).
         let late = elements.values.map { $0.timeIntervalSince(expiry) }
         let spread = (late.min() ?? 0, late.max() ?? 0)
         print(
-            "KERNEL-BEHAVIOUR \(RunningKernel.release): 100,000 \(prefixes ? "prefix" : "address") elements in one "
+            "KERNEL-BEHAVIOUR \(RunningKernel.release): \(count / 1000),000 \(prefixes ? "prefix" : "address") elements in one "
                 + String(format: "transaction: %.1f s from start to commit, expiries %+.1f s to %+.1f s",
                     committed.timeIntervalSince(now.wall), spread.0, spread.1))
         #expect(spread.0 > -1.5, "no element expires before its time")
@@ -273,7 +278,7 @@ struct TransactionTests {
         let one = try Self.key(prefixes ? "203.0.113.0/30" : "203.0.113.1")
         let single = try enforcer.put([one: expiry])
         #expect(single.messages == 1)
-        #expect(try enforcer.elements().count == 100_001)
+        #expect(try enforcer.elements().count == count + 1)
     }
 
     @Test("a transaction is atomic: one bad change and nothing is applied")
