@@ -307,8 +307,9 @@ public actor Agent {
         let targets = planner.update(changed, book: book, now: now.monotonic)
         armExpiry()
         async let durable = waitDurable(position)
-        async let applied = submit(targets)
-        let (durability, outcome) = await (durable, applied)
+        let keys = grant.accessKeys
+        async let applied = submit(targets, readingBack: keys)
+        let (durability, (outcome, readBack)) = await (durable, applied)
         var failure: LocalAPI.Failure?
         if case .failed(let error) = outcome {
             failure = .init(code: .kernel, message: "the kernel refused the change, nothing changed: \(error)")
@@ -320,7 +321,8 @@ public actor Agent {
             return .failure(failure)
         }
         compactIfWanted()
-        let remaining = try? await kernelReads.remaining(grant.accessKeys)
+        var remaining = readBack
+        if remaining == nil { remaining = try? await kernelReads.remaining(keys) }
         return LocalAPI.Response(
             ok: true, grants: [status(of: book[grant.id] ?? grant, remaining: remaining ?? [:])],
             outcome: previous == nil ? "created" : "extended")
@@ -474,7 +476,9 @@ public actor Agent {
 
     private struct QueuedChange {
         var targets: [ElementTarget]
-        var waiter: CheckedContinuation<KernelOutcome, Never>?
+        /// Keys whose remaining time the waiter wants read right after the commit.
+        var readBack: [AccessKey] = []
+        var waiter: CheckedContinuation<(KernelOutcome, [AccessKey: Double]?), Never>?
     }
 
     private var queue: [QueuedChange] = []
@@ -483,9 +487,17 @@ public actor Agent {
     /// Hands targets to the kernel owner and waits for them to be applied (with everything queued at the time, in
     /// one transaction).
     func submit(_ targets: [ElementTarget]) async -> KernelOutcome {
-        guard !targets.isEmpty else { return .applied }
+        await submit(targets, readingBack: []).0
+    }
+
+    /// Like `submit`, also returning what the kernel gives `keys` right after the commit (nil when that was not
+    /// read: no targets, a rebuild, or a failed read).
+    func submit(_ targets: [ElementTarget], readingBack keys: [AccessKey]) async
+        -> (KernelOutcome, [AccessKey: Double]?)
+    {
+        guard !targets.isEmpty else { return (.applied, nil) }
         return await withCheckedContinuation { continuation in
-            queue.append(QueuedChange(targets: targets, waiter: continuation))
+            queue.append(QueuedChange(targets: targets, readBack: keys, waiter: continuation))
             startPump()
         }
     }
@@ -512,32 +524,33 @@ public actor Agent {
         while !queue.isEmpty {
             let batch = queue
             queue = []
-            let outcome = await applyToKernel(batch.flatMap(\.targets))
-            if case .failed = outcome, batch.count > 1 {
+            let result = await applyToKernel(batch.flatMap(\.targets), readingBack: batch.flatMap(\.readBack))
+            if case .failed = result.0, batch.count > 1 {
                 // One change the kernel refuses must not fail the others queued with it: try them one by one.
                 for change in batch {
-                    let single = await applyToKernel(change.targets)
+                    let single = await applyToKernel(change.targets, readingBack: change.readBack)
                     change.waiter?.resume(returning: single)
                 }
                 continue
             }
-            for change in batch { change.waiter?.resume(returning: outcome) }
+            for change in batch { change.waiter?.resume(returning: result) }
         }
         pumping = false
     }
 
-    private func applyToKernel(_ targets: [ElementTarget]) async -> KernelOutcome {
+    private func applyToKernel(_ targets: [ElementTarget], readingBack keys: [AccessKey]) async
+        -> (KernelOutcome, [AccessKey: Double]?)
+    {
         do {
-            _ = try await kernel.apply(targets)
-            return .applied
+            return (.applied, try await kernel.apply(targets, readingBack: keys))
         } catch {
             switch error.code {
             case .tableMissing, .objectMissing, .outcomeUnknown, .elementAbsent, .generationChanged, .alreadyExists:
                 // The table is not as we left it: rebuild it from the book, which already holds these changes.
-                if await rebuild(trigger: "a change failed: \(error)") { return .applied }
-                return .failed(error)
+                if await rebuild(trigger: "a change failed: \(error)") { return (.applied, nil) }
+                return (.failed(error), nil)
             default:
-                return .failed(error)
+                return (.failed(error), nil)
             }
         }
     }

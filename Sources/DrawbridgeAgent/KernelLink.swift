@@ -46,6 +46,15 @@ public actor KernelLink {
         try timed { () throws(NetfilterError) in try driver.apply(targets) }
     }
 
+    /// Applies element targets, then reads what the kernel gives `keys` on this same thread right after the commit
+    /// (a grant's answer then needs no further hop to the reading connection); nil when that read failed.
+    public func apply(_ targets: [ElementTarget], readingBack keys: [AccessKey]) throws(NetfilterError)
+        -> [AccessKey: Double]?
+    {
+        _ = try apply(targets)
+        return keys.isEmpty ? [:] : try? driver.remaining(keys)
+    }
+
     /// Runs one kernel transaction, timing it for `drawbridge_kernel_apply_seconds`.
     @discardableResult
     private func timed<T>(_ body: () throws(NetfilterError) -> T) throws(NetfilterError) -> T {
