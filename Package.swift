@@ -127,6 +127,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings),
         // The CLI: no Netfilter, so no libnftnl or libmnl in the binary; `rules -c` prints the table offline.
+        // libstdc++ is linked statically (packaging/static-libstdc++): one grant is a short-lived process, and loading
+        // the shared library took a tenth of it.
         .executableTarget(
             name: "drawbridge",
             dependencies: [
@@ -134,7 +136,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            swiftSettings: swiftSettings),
+            swiftSettings: swiftSettings,
+            linkerSettings: [.unsafeFlags(["-L\(Context.packageDirectory)/packaging/static-libstdc++"])]),
         // Fleet grants through etcd, in a process of its own: `sync` follows this host's keys and hands each change to
         // the agent over the local socket (as an unprivileged user: the TLS, HTTP/2 and gRPC code never runs in the
         // agent, which stays small); `grant`, `revoke` and `list` write and read the keys for whoever requests access.

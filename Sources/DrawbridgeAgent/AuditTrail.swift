@@ -67,30 +67,6 @@ public struct AuditEvent: Sendable, Equatable {
     }
 }
 
-/// JSON string literals, written by hand: the audit trail must not depend on an encoder that could fail.
-enum JSONText {
-    static func quoted(_ text: String) -> String {
-        var result = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            default:
-                if scalar.value < 0x20 || TextCheck.isRefused(scalar) {
-                    let hex = String(scalar.value, radix: 16)
-                    result += "\\u" + String(repeating: "0", count: max(0, 4 - hex.count)) + hex
-                } else {
-                    result.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return result + "\""
-    }
-}
-
 /// The append-only audit trail: one JSON object per line, each written whole with a single write to a file opened
 /// O_APPEND (a failed or short write is cut back, so no reader ever sees half a line). Every event also goes to the
 /// log.

@@ -85,6 +85,11 @@ public struct GrantedPort: Hashable, Sendable, Codable, Comparable {
     }
 
     public static func < (lhs: GrantedPort, rhs: GrantedPort) -> Bool { lhs.service < rhs.service }
+
+    /// "ssh 22/tcp, postgres 5432/tcp", as the CLI shows a grant's ports.
+    public static func describe(_ ports: [GrantedPort]) -> String {
+        ports.map { "\($0.name) \($0.service)" }.joined(separator: ", ")
+    }
 }
 
 /// One source prefix allowed to reach one or more managed ports until a deadline.
@@ -173,7 +178,7 @@ public struct Grant: Hashable, Sendable, Codable, Identifiable {
     public func isActive(at now: MonotonicInstant) -> Bool { deadline > now }
 
     /// `ssh 22/tcp, postgres 5432/tcp`.
-    public var portsDescription: String { ports.map { "\($0.name) \($0.service)" }.joined(separator: ", ") }
+    public var portsDescription: String { GrantedPort.describe(ports) }
 
     /// A new random grant id: `g-` and ten lowercase base-32 characters.
     public static func newIdentifier<Generator: RandomNumberGenerator>(using generator: inout Generator) -> String {

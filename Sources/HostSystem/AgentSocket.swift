@@ -57,6 +57,13 @@ public enum AgentSocket {
             throw Failure(.unreachable, "cannot encode the request: \(error)")
         }
         line.append(0x0a)
+        return try exchange(line: line, path: path, timeoutSeconds: timeoutSeconds, maximumAnswerBytes: maximumAnswerBytes)
+    }
+
+    /// Sends one request line, already encoded and ending in a newline, and returns the answer.
+    public static func exchange(
+        line: [UInt8], path: String, timeoutSeconds: Int = 30, maximumAnswerBytes: Int = 1 << 30
+    ) throws(Failure) -> Exchange {
         let descriptor: Int32
         do {
             descriptor = try UnixSocket.connect(path)

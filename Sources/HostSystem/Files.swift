@@ -386,14 +386,21 @@ extension String {
 
 /// Text for people on standard error.
 public enum StandardError {
-    public static func write(_ text: String) {
-        let bytes = Array(text.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress! + offset, $0.count - offset) }
-            if written < 0 && errno == EINTR { continue }
-            if written <= 0 { return }
-            offset += written
-        }
+    public static func write(_ text: String) { writeWhole(2, text) }
+}
+
+/// Text to standard output in one go, without `print` (whose generic path a short-lived command pays for on first use).
+public enum StandardOutput {
+    public static func write(_ text: String) { writeWhole(1, text) }
+}
+
+private func writeWhole(_ descriptor: Int32, _ text: String) {
+    let bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + offset, $0.count - offset) }
+        if written < 0 && errno == EINTR { continue }
+        if written <= 0 { return }
+        offset += written
     }
 }

@@ -29,6 +29,15 @@ struct Drawbridge: ParsableCommand {
             Helper.run(
                 "drawbridge-knock", arguments: ["send"] + arguments.dropFirst(2), need: "drawbridge knock needs")
         }
+        // The usual `drawbridge grant` is read without ArgumentParser (see QuickGrant); anything else goes to it.
+        if let grant = QuickGrant(arguments: arguments) {
+            do {
+                try grant.run()
+                Glibc.exit(0)
+            } catch {
+                Glibc.exit((error as? ExitCode ?? .failure).rawValue)
+            }
+        }
         main(nil)
     }
 
@@ -108,43 +117,38 @@ extension Drawbridge {
         @OptionGroup var connection: ConnectionOptions
 
         func validate() throws {
-            guard !ports.isEmpty else { throw ValidationError("name at least one port, like ssh or 22/tcp") }
+            if let problem = Self.problem(ports: ports, source: source, duration: duration, reason: reason) {
+                throw ValidationError(problem)
+            }
+        }
+
+        /// What is wrong with the arguments, in the words ArgumentParser shows; nil when nothing is.
+        static func problem(ports: [String], source: String?, duration: String, reason: String) -> String? {
+            guard !ports.isEmpty else { return "name at least one port, like ssh or 22/tcp" }
             guard let source else {
                 var hint = ""
                 if let client = getenv("SSH_CONNECTION").map({ String(cString: $0) })?.split(separator: " ").first {
                     hint = "; your SSH session comes from \(client): --from \(client)"
                 }
-                throw ValidationError("--from is required: the address or prefix to open the ports to\(hint)")
+                return "--from is required: the address or prefix to open the ports to\(hint)"
             }
             do {
                 _ = try IPPrefix(parsing: source)
             } catch {
-                throw ValidationError("--from: \(error.description)")
+                return "--from: \(error.description)"
             }
             guard GrantDuration.parse(duration) != nil else {
-                throw ValidationError(
-                    "--for '\(TextCheck.escaped(duration))' is not a duration; write it like 90s, 30m, 2h or 1h30m")
+                return "--for '\(TextCheck.escaped(duration))' is not a duration; write it like 90s, 30m, 2h or 1h30m"
             }
-            if let problem = TextCheck.problem(
-                with: reason, field: "--reason", maximumBytes: TextCheck.maximumReasonBytes)
-            {
-                throw ValidationError(problem)
-            }
+            return TextCheck.problem(with: reason, field: "--reason", maximumBytes: TextCheck.maximumReasonBytes)
         }
 
         func run() throws {
-            let request = LocalAPI.Request(
-                command: .grant, ports: ports, source: source, durationSeconds: GrantDuration.parse(duration),
-                reason: reason)
-            let response = try Client(options: connection).send(request)
-            guard !connection.json else { return }
-            guard let status = response.grants?.first else { return }
-            let verb =
-                ["created": "granted", "extended": "extended", "unchanged": "already granted, unchanged"][
-                    response.outcome ?? ""] ?? "granted"
-            print("\(verb) \(status.grant.id): \(status.grant.source) may reach \(status.grant.portsDescription)")
-            print("until \(Timestamp.format(status.grant.expiresAt)) (\(Format.remaining(status.grant.expiresAt)))")
-            Output.warnings(response)
+            // validate() has made sure of the source.
+            try QuickGrant(
+                ports: ports, source: source ?? "", duration: duration, reason: reason, socket: connection.socket,
+                json: connection.json
+            ).run()
         }
     }
 }
@@ -607,51 +611,62 @@ enum Helper {
 // MARK: Talking to the agent
 
 struct Client {
-    let options: ConnectionOptions
+    var socket: String
+    var json: Bool
+
+    init(options: ConnectionOptions) {
+        socket = options.socket
+        json = options.json
+    }
+
+    init(socket: String, json: Bool) {
+        self.socket = socket
+        self.json = json
+    }
 
     /// Sends one request and returns the answer; prints errors in words and exits with the matching status.
     func send(_ request: LocalAPI.Request) throws -> LocalAPI.Response {
-        let raw: [UInt8]
-        do {
-            raw = try exchange(request)
-        } catch let error as ClientError {
-            Output.error(error.message)
-            throw error.exit
-        }
-        if options.json { print(String(decoding: raw, as: UTF8.self)) }
+        let raw = try answer(request)
         guard let response = try? LocalAPI.decoder().decode(LocalAPI.Response.self, from: Data(raw)) else {
-            Output.error("the agent's answer was not understood; is \(options.socket) a drawbridged socket?")
-            throw ExitCode.failure
+            throw notUnderstood()
         }
-        if let failure = response.error, !response.ok {
-            if !options.json { Output.error(failure.message) }
-            switch failure.code {
-            case .refused, .forbidden: throw ExitStatus.refused
-            case .notFound: throw ExitStatus.notFound
-            case .badRequest: throw ExitCode.validationFailure
-            case .busy: throw ExitStatus.busy
-            case .kernel, .internal, .storage: throw ExitCode.failure
-            }
-        }
+        try check(ok: response.ok, response.error)
         return response
     }
 
-    struct ClientError: Error {
-        var message: String
-        var exit: ExitCode
+    /// The answer's bytes, printed as they are with --json; a connection problem is printed and thrown as its status.
+    func answer(_ request: LocalAPI.Request) throws -> [UInt8] {
+        let raw: [UInt8]
+        do {
+            raw = try AgentSocket.exchange(line: request.jsonLine(), path: socket).answer
+        } catch {
+            Output.error(error.message)
+            switch error.kind {
+            case .notRunning, .permissionDenied, .unreachable: throw ExitStatus.unavailable
+            case .pathTooLong: throw ExitCode.validationFailure
+            case .noAnswer: throw ExitCode.failure
+            }
+        }
+        if json { StandardOutput.write(String(decoding: raw, as: UTF8.self) + "\n") }
+        return raw
     }
 
-    private func exchange(_ request: LocalAPI.Request) throws -> [UInt8] {
-        do {
-            return try AgentSocket.exchange(request, path: options.socket).answer
-        } catch {
-            let exit: ExitCode =
-                switch error.kind {
-                case .notRunning, .permissionDenied, .unreachable: ExitStatus.unavailable
-                case .pathTooLong: .validationFailure
-                case .noAnswer: .failure
-                }
-            throw ClientError(message: error.message, exit: exit)
+    /// Says that the answer could not be read; the status to exit with.
+    func notUnderstood() -> ExitCode {
+        Output.error("the agent's answer was not understood; is \(socket) a drawbridged socket?")
+        return .failure
+    }
+
+    /// Throws the status for a failed request (after printing its message, unless --json printed the answer).
+    func check(ok: Bool, _ failure: LocalAPI.Failure?) throws {
+        guard let failure, !ok else { return }
+        if !json { Output.error(failure.message) }
+        switch failure.code {
+        case .refused, .forbidden: throw ExitStatus.refused
+        case .notFound: throw ExitStatus.notFound
+        case .badRequest: throw ExitCode.validationFailure
+        case .busy: throw ExitStatus.busy
+        case .kernel, .internal, .storage: throw ExitCode.failure
         }
     }
 }
