@@ -103,18 +103,13 @@ public final class LocalAPIServer: Sendable {
             }
         logger.info("local API listening", metadata: ["api.socket": "\(path)"])
         shutdown.onTrigger { server.channel.close(promise: nil) }
-        // Accepting and serving run on the API's event loop: a request's awaits on its channel, and the agent's work
-        // for it while the agent is free, take no thread hop (each hop wakes a sleeping thread: about 0.1 ms apiece
-        // on this project's VMs). The agent's own tasks (the kernel's and the disk's threads) are unchanged.
-        try await withTaskExecutorPreference(EventLoopTaskExecutor(group.next())) {
-            try await withThrowingDiscardingTaskGroup { tasks in
-                // Whatever ends the stream, connections accepted and not yet served are closed, not dropped.
-                defer { tasks.addTask { await accepted.closeUntaken() } }
-                try await server.executeThenClose { connections in
-                    for try await connection in connections {
-                        accepted.take(connection.channel)
-                        tasks.addTask { await self.serve(connection) }
-                    }
+        try await withThrowingDiscardingTaskGroup { tasks in
+            // Whatever ends the stream, connections accepted and not yet served are closed, not dropped.
+            defer { tasks.addTask { await accepted.closeUntaken() } }
+            try await server.executeThenClose { connections in
+                for try await connection in connections {
+                    accepted.take(connection.channel)
+                    tasks.addTask { await self.serve(connection) }
                 }
             }
         }
@@ -283,17 +278,5 @@ struct LineDecoder: ByteToMessageDecoder {
             context.fireChannelRead(wrapInboundOut(line))
         }
         return .needMoreData
-    }
-}
-
-/// Runs the jobs of tasks that prefer it on one NIO event loop.
-final class EventLoopTaskExecutor: TaskExecutor {
-    let loop: any EventLoop
-
-    init(_ loop: any EventLoop) { self.loop = loop }
-
-    func enqueue(_ job: consuming ExecutorJob) {
-        let job = UnownedJob(job)
-        loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
