@@ -58,8 +58,8 @@ struct BatchEncodingTests {
     ]
 
     /// The batch for `transaction`, split into its netlink messages.
-    static func messages(of transaction: Transaction, generation: UInt32? = nil) -> [[UInt8]] {
-        let encoder = BatchEncoder(firstSequence: firstSequence, generation: generation, now: now)
+    static func messages(of transaction: Transaction, generation: UInt32? = nil, small: Bool = false) -> [[UInt8]] {
+        let encoder = BatchEncoder(firstSequence: firstSequence, generation: generation, now: now, small: small)
         for change in transaction.changes { encoder.encode(change) }
         let (iovecs, total) = encoder.finish()
         var bytes: [UInt8] = []
@@ -201,6 +201,23 @@ struct BatchEncodingTests {
         let messages = Self.messages(of: DrawbridgeTable.replacement(Self.layout, elements: Self.grants))
         let sequences = messages.map { Self.little($0, 8, 4) }
         #expect(sequences == Array(Self.firstSequence..<Self.firstSequence + UInt32(messages.count)))
+    }
+
+    @Test("a small batch's buffer gives the same messages as 2 MiB pages, also when it outgrows its first page")
+    func smallBuffers() {
+        let set = DrawbridgeTable.grants6
+        for count in [1, 2, 300, 1_000, 6_000] {
+            let elements = (0..<count).map { index in
+                DrawbridgeTable.element(
+                    for: Self.key("2001:db8::\(String(index, radix: 16))", 22), deadline: Self.deadline(in: 60_000))
+            }
+            let transaction = Transaction([.addElements(table: DrawbridgeTable.name, set: set, elements)])
+            let small = Self.messages(of: transaction, small: true)
+            #expect(small.count >= 3, "\(count) elements")
+            #expect(small == Self.messages(of: transaction), "\(count) elements")
+        }
+        let replacement = DrawbridgeTable.replacement(Self.layout, elements: Self.grants)
+        #expect(Self.messages(of: replacement, small: true) == Self.messages(of: replacement))
     }
 
     @Test("a long element list is split into messages whose element nest fits its 16-bit length, none lost")
