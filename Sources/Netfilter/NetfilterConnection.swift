@@ -63,7 +63,7 @@ public final class NetfilterConnection {
         }
         let encoder = BatchEncoder(
             firstSequence: nextSequence(), generation: generation, now: SystemClock.now(),
-            small: transaction.changes.count <= 64 && transaction.elementCount <= 256)
+            small: BatchEncoder.fitsSmallBuffer(transaction))
         for change in transaction.changes { encoder.encode(change) }
         var (iovecs, bytes) = encoder.finish()
         sequence = sequence &+ UInt32(encoder.messageCount + 2)

@@ -203,21 +203,39 @@ struct BatchEncodingTests {
         #expect(sequences == Array(Self.firstSequence..<Self.firstSequence + UInt32(messages.count)))
     }
 
-    @Test("a small batch's buffer gives the same messages as 2 MiB pages, also when it outgrows its first page")
+    @Test("a small batch's buffer gives the same messages as 2 MiB pages for every transaction it is used for")
     func smallBuffers() {
-        let set = DrawbridgeTable.grants6
-        for count in [1, 2, 300, 1_000, 6_000] {
-            let elements = (0..<count).map { index in
-                DrawbridgeTable.element(
-                    for: Self.key("2001:db8::\(String(index, radix: 16))", 22), deadline: Self.deadline(in: 60_000))
+        // The largest elements: IPv6 prefixes, with a key end and a timeout each.
+        for set in [DrawbridgeTable.grants6, DrawbridgeTable.ranges6] {
+            for count in [1, 2, 100, 256] {
+                let elements = (0..<count).map { index in
+                    DrawbridgeTable.element(
+                        for: Self.key(
+                            set == DrawbridgeTable.ranges6
+                                ? "2001:db8:\(String(index, radix: 16))::/64" : "2001:db8::\(String(index, radix: 16))",
+                            22),
+                        deadline: Self.deadline(in: 86_400_000))
+                }
+                let transaction = Transaction([.addElements(table: DrawbridgeTable.name, set: set, elements)])
+                #expect(BatchEncoder.fitsSmallBuffer(transaction))
+                let small = Self.messages(of: transaction, small: true)
+                #expect(small.count >= 3, "\(count) elements in \(set.name)")
+                #expect(small == Self.messages(of: transaction), "\(count) elements in \(set.name)")
+                #expect(small.allSatisfy { $0.count < 32 * 1024 })
             }
-            let transaction = Transaction([.addElements(table: DrawbridgeTable.name, set: set, elements)])
-            let small = Self.messages(of: transaction, small: true)
-            #expect(small.count >= 3, "\(count) elements")
-            #expect(small == Self.messages(of: transaction), "\(count) elements")
         }
-        let replacement = DrawbridgeTable.replacement(Self.layout, elements: Self.grants)
-        #expect(Self.messages(of: replacement, small: true) == Self.messages(of: replacement))
+        let flush = Transaction(DrawbridgeTable.grantSets.map { .flushSet(table: DrawbridgeTable.name, set: $0.name) })
+        #expect(BatchEncoder.fitsSmallBuffer(flush))
+        #expect(Self.messages(of: flush, small: true) == Self.messages(of: flush))
+        // A whole table is not small (more than 64 changes), so it keeps 2 MiB pages.
+        #expect(!BatchEncoder.fitsSmallBuffer(DrawbridgeTable.replacement(Self.layout, elements: Self.grants)))
+        // Beyond the rule, a message can outgrow the 32 KiB page, and libnftnl would lose it: the rule must hold.
+        let many = (0..<257).map { index in
+            DrawbridgeTable.element(for: Self.key("2001:db8::\(String(index, radix: 16))", 22))
+        }
+        #expect(
+            !BatchEncoder.fitsSmallBuffer(
+                Transaction([.addElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants6, many)])))
     }
 
     @Test("a long element list is split into messages whose element nest fits its 16-bit length, none lost")
