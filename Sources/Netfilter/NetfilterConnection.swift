@@ -61,7 +61,9 @@ public final class NetfilterConnection {
         guard !transaction.isEmpty else {
             return CommitReport(messages: 0, bytes: 0, encodedAt: SystemClock.wall(), transactions: 0)
         }
-        let encoder = BatchEncoder(firstSequence: nextSequence(), generation: generation, now: SystemClock.now())
+        let encoder = BatchEncoder(
+            firstSequence: nextSequence(), generation: generation, now: SystemClock.now(),
+            small: BatchEncoder.fitsSmallBuffer(transaction))
         for change in transaction.changes { encoder.encode(change) }
         var (iovecs, bytes) = encoder.finish()
         sequence = sequence &+ UInt32(encoder.messageCount + 2)

@@ -58,8 +58,8 @@ struct BatchEncodingTests {
     ]
 
     /// The batch for `transaction`, split into its netlink messages.
-    static func messages(of transaction: Transaction, generation: UInt32? = nil) -> [[UInt8]] {
-        let encoder = BatchEncoder(firstSequence: firstSequence, generation: generation, now: now)
+    static func messages(of transaction: Transaction, generation: UInt32? = nil, small: Bool = false) -> [[UInt8]] {
+        let encoder = BatchEncoder(firstSequence: firstSequence, generation: generation, now: now, small: small)
         for change in transaction.changes { encoder.encode(change) }
         let (iovecs, total) = encoder.finish()
         var bytes: [UInt8] = []
@@ -201,6 +201,41 @@ struct BatchEncodingTests {
         let messages = Self.messages(of: DrawbridgeTable.replacement(Self.layout, elements: Self.grants))
         let sequences = messages.map { Self.little($0, 8, 4) }
         #expect(sequences == Array(Self.firstSequence..<Self.firstSequence + UInt32(messages.count)))
+    }
+
+    @Test("a small batch's buffer gives the same messages as 2 MiB pages for every transaction it is used for")
+    func smallBuffers() {
+        // The largest elements: IPv6 prefixes, with a key end and a timeout each.
+        for set in [DrawbridgeTable.grants6, DrawbridgeTable.ranges6] {
+            for count in [1, 2, 100, 256] {
+                let elements = (0..<count).map { index in
+                    DrawbridgeTable.element(
+                        for: Self.key(
+                            set == DrawbridgeTable.ranges6
+                                ? "2001:db8:\(String(index, radix: 16))::/64" : "2001:db8::\(String(index, radix: 16))",
+                            22),
+                        deadline: Self.deadline(in: 86_400_000))
+                }
+                let transaction = Transaction([.addElements(table: DrawbridgeTable.name, set: set, elements)])
+                #expect(BatchEncoder.fitsSmallBuffer(transaction))
+                let small = Self.messages(of: transaction, small: true)
+                #expect(small.count >= 3, "\(count) elements in \(set.name)")
+                #expect(small == Self.messages(of: transaction), "\(count) elements in \(set.name)")
+                #expect(small.allSatisfy { $0.count < 32 * 1024 })
+            }
+        }
+        let flush = Transaction(DrawbridgeTable.grantSets.map { .flushSet(table: DrawbridgeTable.name, set: $0.name) })
+        #expect(BatchEncoder.fitsSmallBuffer(flush))
+        #expect(Self.messages(of: flush, small: true) == Self.messages(of: flush))
+        // A whole table is not small (more than 64 changes), so it keeps 2 MiB pages.
+        #expect(!BatchEncoder.fitsSmallBuffer(DrawbridgeTable.replacement(Self.layout, elements: Self.grants)))
+        // Beyond the rule, a message can outgrow the 32 KiB page, and libnftnl would lose it: the rule must hold.
+        let many = (0..<257).map { index in
+            DrawbridgeTable.element(for: Self.key("2001:db8::\(String(index, radix: 16))", 22))
+        }
+        #expect(
+            !BatchEncoder.fitsSmallBuffer(
+                Transaction([.addElements(table: DrawbridgeTable.name, set: DrawbridgeTable.grants6, many)])))
     }
 
     @Test("a long element list is split into messages whose element nest fits its 16-bit length, none lost")
