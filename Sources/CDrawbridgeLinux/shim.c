@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <netinet/in.h>
 #include <linux/netlink.h>
+#include <linux/filter.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <time.h>
 #include <sys/timerfd.h>
@@ -166,4 +168,18 @@ int drawbridge_has_capabilities(void) {
     memset(data, 0, sizeof data);
     if (syscall(SYS_capget, &header, data) != 0) return -1;
     return (data[0].effective | data[1].effective | data[0].permitted | data[1].permitted) != 0;
+}
+
+int drawbridge_ignore_netlink_port(int fd, uint32_t port) {
+    // Classic BPF on the subscribed socket: a message whose nlmsg_pid is `port` (the agent's own commits: nf_tables
+    // notifies with the committing socket's port) is dropped in the kernel, so it never wakes the reader. Absolute
+    // loads read in network byte order; nlmsg_pid is in host order, hence the comparison with htonl(port).
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct nlmsghdr, nlmsg_pid)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, htonl(port), 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, 0),
+        BPF_STMT(BPF_RET | BPF_K, 0xffffffff),
+    };
+    struct sock_fprog program = {.len = sizeof(code) / sizeof(code[0]), .filter = code};
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program));
 }

@@ -178,13 +178,11 @@ extension Agent {
             }
             let targets = planner.update(Set(changed), book: book, now: now.monotonic)
             armExpiry()
-            async let durable = waitDurable(position)
-            async let applied = submit(targets)
-            let (durability, outcome) = await (durable, applied)
+            let settled = await settle(position, targets)
             var problem: String?
-            if case .failed(let error) = outcome {
+            if case .failed(let error) = settled.kernel {
                 problem = "the kernel refused the change: \(error)"
-            } else if case .failure(let error) = durability {
+            } else if case .failure(let error) = settled.durability {
                 problem = "could not be stored durably: \(error)"
             }
             if let problem {

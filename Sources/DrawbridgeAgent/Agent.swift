@@ -56,6 +56,8 @@ public actor Agent {
     let store: GrantStore
     let audit: AuditTrail
     let kernel: KernelLink
+    /// The netlink port the agent commits from (its notifications are the agent's own changes).
+    public nonisolated var kernelPortID: UInt32 { kernel.portID }
     /// A second connection, on a thread of its own, for reads (`list`, the answer to a grant): a list of a hundred
     /// thousand point queries never holds up a change, and a change never holds up a list.
     let kernelReads: KernelLink
@@ -306,14 +308,12 @@ public actor Agent {
         let (_, changed) = book.put(grant)
         let targets = planner.update(changed, book: book, now: now.monotonic)
         armExpiry()
-        async let durable = waitDurable(position)
         let keys = grant.accessKeys
-        async let applied = submit(targets, readingBack: keys)
-        let (durability, (outcome, readBack)) = await (durable, applied)
+        let settled = await settle(position, targets, readingBack: keys)
         var failure: LocalAPI.Failure?
-        if case .failed(let error) = outcome {
+        if case .failed(let error) = settled.kernel {
             failure = .init(code: .kernel, message: "the kernel refused the change, nothing changed: \(error)")
-        } else if case .failure(let error) = durability {
+        } else if case .failure(let error) = settled.durability {
             failure = .init(code: .storage, message: "the grant could not be stored durably, nothing changed: \(error)")
         }
         if let failure {
@@ -321,7 +321,7 @@ public actor Agent {
             return .failure(failure)
         }
         compactIfWanted()
-        var remaining = readBack
+        var remaining = settled.readBack
         if remaining == nil { remaining = try? await kernelReads.remaining(keys) }
         return LocalAPI.Response(
             ok: true, grants: [status(of: book[grant.id] ?? grant, remaining: remaining ?? [:])],
@@ -478,7 +478,7 @@ public actor Agent {
         var targets: [ElementTarget]
         /// Keys whose remaining time the waiter wants read right after the commit.
         var readBack: [AccessKey] = []
-        var waiter: CheckedContinuation<(KernelOutcome, [AccessKey: Double]?), Never>?
+        var waiter: ((KernelOutcome, [AccessKey: Double]?) -> Void)?
     }
 
     private var queue: [QueuedChange] = []
@@ -497,8 +497,59 @@ public actor Agent {
     {
         guard !targets.isEmpty else { return (.applied, nil) }
         return await withCheckedContinuation { continuation in
-            queue.append(QueuedChange(targets: targets, readBack: keys, waiter: continuation))
-            startPump()
+            whenApplied(targets, readingBack: keys) { continuation.resume(returning: ($0, $1)) }
+        }
+    }
+
+    /// Queues targets for the kernel; `done` runs on the actor once they are applied (at once when there are none).
+    private func whenApplied(
+        _ targets: [ElementTarget], readingBack keys: [AccessKey],
+        _ done: @escaping (KernelOutcome, [AccessKey: Double]?) -> Void
+    ) {
+        guard !targets.isEmpty else { return done(.applied, nil) }
+        queue.append(QueuedChange(targets: targets, readBack: keys, waiter: done))
+        startPump()
+    }
+
+    /// What an opening change waits for: its journal record on disk, and its targets in the kernel.
+    struct Settled {
+        var durability: Result<Void, SystemError>
+        var kernel: KernelOutcome
+        /// What the kernel gives the keys read back right after the commit (nil when not read).
+        var readBack: [AccessKey: Double]?
+    }
+
+    /// Waits for the journal to be on disk up to `position` and for `targets` to be applied, both started at once
+    /// (the fdatasync and the kernel transaction overlap), with one suspension of the caller: no child task per
+    /// half, so no extra hop through the global executor for each.
+    func settle(_ position: JournalPosition, _ targets: [ElementTarget], readingBack keys: [AccessKey] = []) async
+        -> Settled
+    {
+        await withCheckedContinuation { continuation in
+            let join = SettleJoin(continuation)
+            whenDurable(position) { result in
+                join.durability = result
+                join.finishIfDone()
+            }
+            whenApplied(targets, readingBack: keys) { outcome, readBack in
+                join.kernel = (outcome, readBack)
+                join.finishIfDone()
+            }
+        }
+    }
+
+    /// The two halves of ``settle(_:_:readingBack:)`` as they arrive (only ever touched on the actor).
+    private final class SettleJoin {
+        var durability: Result<Void, SystemError>?
+        var kernel: (KernelOutcome, [AccessKey: Double]?)?
+        private var continuation: CheckedContinuation<Settled, Never>?
+
+        init(_ continuation: CheckedContinuation<Settled, Never>) { self.continuation = continuation }
+
+        func finishIfDone() {
+            guard let durability, let kernel, let continuation else { return }
+            self.continuation = nil
+            continuation.resume(returning: Settled(durability: durability, kernel: kernel.0, readBack: kernel.1))
         }
     }
 
@@ -510,7 +561,7 @@ public actor Agent {
     /// Queues targets nobody waits for (expiry sweeps, withdrawals).
     func submitLater(_ targets: [ElementTarget]) {
         guard !targets.isEmpty else { return }
-        queue.append(QueuedChange(targets: targets, waiter: nil))
+        queue.append(QueuedChange(targets: targets, readBack: [], waiter: nil))
         startPump()
     }
 
@@ -529,11 +580,11 @@ public actor Agent {
                 // One change the kernel refuses must not fail the others queued with it: try them one by one.
                 for change in batch {
                     let single = await applyToKernel(change.targets, readingBack: change.readBack)
-                    change.waiter?.resume(returning: single)
+                    change.waiter?(single.0, single.1)
                 }
                 continue
             }
-            for change in batch { change.waiter?.resume(returning: result) }
+            for change in batch { change.waiter?(result.0, result.1) }
         }
         pumping = false
     }
@@ -559,17 +610,16 @@ public actor Agent {
 
     private var durable = JournalPosition(generation: 0, offset: 0)
     private var syncing = false
-    private var durabilityWaiters: [(JournalPosition, CheckedContinuation<Result<Void, SystemError>, Never>)] = []
+    private var durabilityWaiters: [(JournalPosition, (Result<Void, SystemError>) -> Void)] = []
 
-    /// Waits until the journal is on disk up to `position`; one fdatasync serves every request waiting at the time.
-    func waitDurable(_ position: JournalPosition) async -> Result<Void, SystemError> {
-        if position <= durable { return .success(()) }
-        return await withCheckedContinuation { continuation in
-            durabilityWaiters.append((position, continuation))
-            if !syncing {
-                syncing = true
-                Task { await syncLoop() }
-            }
+    /// `done` runs on the actor once the journal is on disk up to `position` (at once when it already is); one
+    /// fdatasync serves every change waiting at the time.
+    private func whenDurable(_ position: JournalPosition, _ done: @escaping (Result<Void, SystemError>) -> Void) {
+        if position <= durable { return done(.success(())) }
+        durabilityWaiters.append((position, done))
+        if !syncing {
+            syncing = true
+            Task { await syncLoop() }
         }
     }
 
@@ -592,13 +642,13 @@ public actor Agent {
                 durable = max(durable, reached)
                 for (position, waiter) in waiters {
                     if position <= reached {
-                        waiter.resume(returning: .success(()))
+                        waiter(.success(()))
                     } else {
                         durabilityWaiters.append((position, waiter))
                     }
                 }
             case .failure(let error):
-                for (_, waiter) in waiters { waiter.resume(returning: .failure(error)) }
+                for (_, waiter) in waiters { waiter(.failure(error)) }
             }
         }
         syncing = false
@@ -780,8 +830,10 @@ public actor Agent {
                 scheduleRepair("the safety check found: \(problems.joined(separator: "; "))")
                 return
             }
-            let generation = try await kernel.generation()
-            if let lastSeenGeneration, generation != lastSeenGeneration {
+            // Seen: the latest notification of another program's commit, or the agent's own latest commit (whose
+            // notifications the monitor does not receive).
+            let (generation, committed) = try await kernel.generations()
+            if let lastSeenGeneration, generation != lastSeenGeneration, generation != committed {
                 if generationMismatch == generation {
                     scheduleRepair("the ruleset changed (generation \(generation)) without a notification")
                 }

@@ -33,17 +33,30 @@ public actor KernelLink {
     public func rebuild(_ layout: TableLayout, elements: [AccessKey: MonotonicInstant]) throws(NetfilterError)
         -> CommitReport
     {
-        try timed { () throws(NetfilterError) in try driver.rebuild(layout, elements: elements) }
+        defer { noteCommit() }
+        return try timed { () throws(NetfilterError) in try driver.rebuild(layout, elements: elements) }
     }
 
     /// Rewrites rules and fixed sets, keeping the grant elements.
     public func install(_ layout: TableLayout) throws(NetfilterError) {
+        defer { noteCommit() }
         try timed { () throws(NetfilterError) in try driver.install(layout) }
     }
 
     /// Applies element targets in one transaction (two before Linux 6.3 for elements near expiry).
     public func apply(_ targets: [ElementTarget]) throws(NetfilterError) -> TableDriver.ApplyReport {
-        try timed { () throws(NetfilterError) in try driver.apply(targets) }
+        let report = try timed { () throws(NetfilterError) in try driver.apply(targets) }
+        if report.transactions > 0 { noteCommit() }
+        return report
+    }
+
+    /// The ruleset generation read right after this link's latest commit (nil before the first, or when that read
+    /// failed). The ruleset monitor does not hear of this link's own commits (they are filtered out in the kernel),
+    /// so the safety check takes this generation as seen too.
+    public private(set) var committedGeneration: UInt32?
+
+    private func noteCommit() {
+        committedGeneration = try? driver.connection.generation()
     }
 
     /// Applies element targets, then reads what the kernel gives `keys` on this same thread right after the commit
@@ -82,6 +95,11 @@ public actor KernelLink {
     /// The ruleset generation.
     public func generation() throws(NetfilterError) -> UInt32 {
         try driver.connection.generation()
+    }
+
+    /// The ruleset generation now, and as it was right after this link's latest commit.
+    public func generations() throws(NetfilterError) -> (current: UInt32, committed: UInt32?) {
+        (try driver.connection.generation(), committedGeneration)
     }
 
     /// Whether the kernel destroys elements idempotently (6.3+).

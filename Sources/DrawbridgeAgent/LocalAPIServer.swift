@@ -71,6 +71,10 @@ public final class LocalAPIServer: Sendable {
     struct Connection: Sendable {
         var channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
         var peer: Result<PeerCredentials, SystemError>
+        /// Closes the connection at ``connectionDeadline``, answer included.
+        var lifetime: Scheduled<Void>
+        /// Closes the connection at ``requestDeadline`` unless the request has arrived (cancelled then).
+        var requestDeadline: Scheduled<Void>
     }
 
     /// Serves until graceful shutdown; then stops accepting, lets requests in progress finish, and removes the
@@ -96,9 +100,15 @@ public final class LocalAPIServer: Sendable {
                         (try? peer.get()).map { agent.etcdAuthority.maySync($0.uid) } == true
                         ? LocalAPI.maximumSyncRequestBytes : LocalAPI.maximumRequestBytes
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineDecoder(limit: limit)))
+                    // Both deadlines run from the accept, and are set here on the channel's own loop: set from the
+                    // task that serves the connection, each would wake the loop (they are cancelled from there,
+                    // which does not).
+                    let loop = channel.eventLoop.assumeIsolated()
                     return Connection(
                         channel: try accepted.hold { try NIOAsyncChannel(wrappingChannelSynchronously: channel) },
-                        peer: peer)
+                        peer: peer,
+                        lifetime: loop.scheduleTask(in: Self.connectionDeadline) { channel.close(promise: nil) },
+                        requestDeadline: loop.scheduleTask(in: Self.requestDeadline) { channel.close(promise: nil) })
                 }
             }
         logger.info("local API listening", metadata: ["api.socket": "\(path)"])
@@ -119,10 +129,13 @@ public final class LocalAPIServer: Sendable {
 
     private func serve(_ connection: Connection) async {
         let channel = connection.channel.channel
-        // Whatever happens, the connection ends by this deadline (cancelled when it ends sooner, so an idle agent
-        // has no timer left behind).
-        let lifetime = channel.eventLoop.scheduleTask(in: Self.connectionDeadline) { channel.close(promise: nil) }
-        defer { lifetime.cancel() }
+        // Whatever happens, the connection ends by its lifetime (cancelled when it ends sooner, so an idle agent
+        // has no timer left behind), and the request must have arrived by its deadline.
+        let deadline = connection.requestDeadline
+        defer {
+            deadline.cancel()
+            connection.lifetime.cancel()
+        }
         let peer: PeerCredentials
         switch connection.peer {
         case .failure(let error):
@@ -144,7 +157,6 @@ public final class LocalAPIServer: Sendable {
         }
         defer { admission.leave(peer.uid) }
         // The whole request must arrive within the deadline, however it trickles in.
-        let deadline = channel.eventLoop.scheduleTask(in: Self.requestDeadline) { channel.close(promise: nil) }
         do {
             try await connection.channel.executeThenClose { inbound, outbound in
                 var lines = inbound.makeAsyncIterator()
@@ -183,8 +195,6 @@ public final class LocalAPIServer: Sendable {
     /// a client still sending and the client gets to read the answer.
     private func respond(_ connection: Connection, _ response: LocalAPI.Response) async {
         let channel = connection.channel.channel
-        let deadline = channel.eventLoop.scheduleTask(in: Self.requestDeadline) { channel.close(promise: nil) }
-        defer { deadline.cancel() }
         try? await connection.channel.executeThenClose { inbound, _ in
             var lines = inbound.makeAsyncIterator()
             _ = try? await lines.next()

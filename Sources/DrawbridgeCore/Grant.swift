@@ -180,10 +180,18 @@ public struct Grant: Hashable, Sendable, Codable, Identifiable {
     /// `ssh 22/tcp, postgres 5432/tcp`.
     public var portsDescription: String { GrantedPort.describe(ports) }
 
-    /// A new random grant id: `g-` and ten lowercase base-32 characters.
+    /// A new random grant id: `g-` and ten lowercase base-32 characters (50 random bits, one draw of the generator:
+    /// each character is five of its bits, so every character is equally likely).
     public static func newIdentifier<Generator: RandomNumberGenerator>(using generator: inout Generator) -> String {
-        let alphabet = Array("abcdefghijkmnpqrstuvwxyz23456789")
-        return "g-" + String((0..<10).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
+        let alphabet = Array("abcdefghijkmnpqrstuvwxyz23456789".utf8)
+        var bits = generator.next()
+        var bytes: [UInt8] = Array("g-".utf8)
+        bytes.reserveCapacity(12)
+        for _ in 0..<10 {
+            bytes.append(alphabet[Int(bits & 31)])
+            bits >>= 5
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// A new random grant id from the system's generator.

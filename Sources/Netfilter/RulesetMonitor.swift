@@ -1,4 +1,5 @@
 import CMnl
+import CDrawbridgeLinux
 import CNftnl
 import Glibc
 import HostSystem
@@ -38,8 +39,17 @@ public final class RulesetMonitor: @unchecked Sendable {
     private let watch: EventWatch
     private var pending = RulesetChange(tables: [])
 
+    /// Whether the notifications of `ignoring`'s commits are dropped in the kernel (false when the socket filter could
+    /// not be attached: they are then delivered, and a caller should tell them apart by `portID`).
+    public let ignoresOwnCommits: Bool
+
     /// Subscribes in the calling thread's network namespace, or inside `namespace`.
-    public init(on watch: EventWatch, namespace: NetworkNamespace? = nil) throws(NetfilterError) {
+    ///
+    /// - Parameter ignoring: the netlink port of a socket whose commits are not reported (the agent's own: it knows
+    ///   them already, and each would otherwise wake the watch thread and the agent once per grant).
+    public init(on watch: EventWatch, namespace: NetworkNamespace? = nil, ignoring port: UInt32? = nil)
+        throws(NetfilterError)
+    {
         let group = UInt32(1) << (UInt32(NFNLGRP_NFTABLES.rawValue) - 1)
         if let namespace {
             do {
@@ -54,6 +64,11 @@ public final class RulesetMonitor: @unchecked Sendable {
         }
         // Bursts of notifications (a 100,000-element commit notifies per message) need room.
         socket.reserve(sendBytes: 0, replies: 4096)
+        if let port {
+            ignoresOwnCommits = drawbridge_ignore_netlink_port(socket.fd, port) == 0
+        } else {
+            ignoresOwnCommits = false
+        }
         self.watch = watch
         (events, continuation) = AsyncStream.makeStream(of: RulesetEvent.self, bufferingPolicy: .unbounded)
         let flags = fcntl(socket.fd, F_GETFL)

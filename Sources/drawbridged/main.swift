@@ -159,7 +159,10 @@ struct Drawbridged: AsyncParsableCommand {
         var clockWatch: ClockStepWatch?
         do {
             let events = try EventWatch()
-            let monitor = try RulesetMonitor(on: events)
+            let monitor = try RulesetMonitor(on: events, ignoring: agent.kernelPortID)
+            if !monitor.ignoresOwnCommits {
+                logger.notice("the agent's own commits cannot be filtered from nf_tables notifications; it reads and skips them")
+            }
             services.append(RulesetWatchService(agent: agent, monitor: monitor))
             do {
                 fileWatch = try DirectoryWatch(on: events)

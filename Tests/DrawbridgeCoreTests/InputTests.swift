@@ -469,3 +469,33 @@ struct StateRecordTests {
         #expect(late.book.isEmpty && late.expired == 1)
     }
 }
+
+@Suite("Grant identifiers")
+struct GrantIdentifierTests {
+    @Test("an id is g- and ten characters of the alphabet; every character appears at every position, none is favoured")
+    func identifiers() {
+        let alphabet = Set("abcdefghijkmnpqrstuvwxyz23456789")
+        var seen = Set<String>()
+        var counts = Array(repeating: [Character: Int](), count: 10)
+        let draws = 32_000
+        var malformed: [String] = []
+        for _ in 0..<draws {
+            let id = Grant.newIdentifier()
+            if !id.hasPrefix("g-") || id.count != 12 || TextCheck.identifierProblem(id, field: "id") != nil
+                || !id.dropFirst(2).allSatisfy(alphabet.contains)
+            {
+                malformed.append(id)
+            }
+            for (position, character) in id.dropFirst(2).enumerated() { counts[position][character, default: 0] += 1 }
+            seen.insert(id)
+        }
+        #expect(malformed.isEmpty, "\(malformed.prefix(5))")
+        // 50 random bits: 32,000 ids collide with odds of about 1 in 2 million.
+        #expect(seen.count == draws)
+        for position in 0..<10 {
+            #expect(counts[position].count == 32, "position \(position) uses \(counts[position].count) characters")
+            // Expected 1,000 each; a fair draw stays within ±200 (over 6 standard deviations).
+            #expect(counts[position].values.allSatisfy { (800...1200).contains($0) }, "position \(position): \(counts[position])")
+        }
+    }
+}

@@ -352,3 +352,34 @@ struct TransactionTests {
         #expect(try connection.listElements(table: "sizes", set: "tiny").isEmpty)
     }
 }
+
+/// The ruleset monitor's socket filter: the agent's own commits are dropped in the kernel, every other program's
+/// still arrive.
+@Suite(.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.reason)))
+struct RulesetMonitorTests {
+    @Test("commits of the ignored port are not reported; another connection's commit to the same table is, with its port")
+    func ignoresOwnCommits() async throws {
+        let (namespace, own) = try TransactionTests.installed()
+        let other = TableDriver(connection: try NetfilterConnection(namespace: namespace))
+        let watch = try EventWatch()
+        defer { watch.stop() }
+        let monitor = try RulesetMonitor(on: watch, namespace: namespace, ignoring: own.connection.portID)
+        #expect(monitor.ignoresOwnCommits)
+        var events = monitor.events.makeAsyncIterator()
+        let expiry = Date().addingTimeInterval(600)
+        // Own commits first: had any of them been delivered, it would come before the other connection's.
+        for index in 1...5 {
+            try own.put([try TransactionTests.key("203.0.113.\(index)"): expiry])
+        }
+        try other.put([try TransactionTests.key("203.0.113.99"): expiry])
+        let event = await events.next()
+        guard case .change(let change) = event else {
+            Issue.record("expected a change, got \(String(describing: event))")
+            return
+        }
+        #expect(change.portID == other.connection.portID)
+        #expect(change.portID != own.connection.portID)
+        #expect(change.touches(inetTable: DrawbridgeTable.name))
+        #expect(change.generation == (try other.connection.generation()))
+    }
+}

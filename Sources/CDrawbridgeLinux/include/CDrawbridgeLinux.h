@@ -66,6 +66,10 @@ int drawbridge_open_path_flag(void);
 /// appends into them cannot fail for lack of space.
 int drawbridge_reserve_space(int fd, off_t offset, off_t length);
 
+/// Makes a netlink socket drop (in the kernel, before it is queued) every message whose nlmsg_pid is `port`: for the
+/// nf_tables notification group, the transactions the socket of that port committed. 0, or -1 with errno.
+int drawbridge_ignore_netlink_port(int fd, uint32_t port);
+
 /// Arms a CLOCK_REALTIME timerfd far in the future with TFD_TIMER_CANCEL_ON_SET: reads fail with ECANCELED when the
 /// wall clock is set (stepped), which is how the agent learns of clock steps without polling.
 int drawbridge_arm_clock_step_timer(int fd);
