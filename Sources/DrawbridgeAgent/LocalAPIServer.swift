@@ -31,7 +31,6 @@ public final class LocalAPIServer: Sendable {
     let agent: Agent
     let logger: Logger
     let admission = Admission()
-    let accepted = AcceptedConnections<ByteBuffer, ByteBuffer>()
     let group: MultiThreadedEventLoopGroup
 
     /// Binds the socket (mode 0660, group `group`) without serving it yet: connections wait in the backlog until
@@ -68,25 +67,19 @@ public final class LocalAPIServer: Sendable {
         unlink(path)
     }
 
-    struct Connection: Sendable {
-        var channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
-        var peer: Result<PeerCredentials, SystemError>
-        /// Closes the connection at ``connectionDeadline``, answer included.
-        var lifetime: Scheduled<Void>
-        /// Closes the connection at ``requestDeadline`` unless the request has arrived (cancelled then).
-        var requestDeadline: Scheduled<Void>
-    }
-
     /// Serves until graceful shutdown; then stops accepting, lets requests in progress finish, and removes the
     /// socket file.
+    ///
+    /// Each connection is served by a ``RequestHandler`` on the API's event loop: the request line is read and
+    /// decoded there, the agent answers it in a task of its own (off the loop), and the loop writes the answer and
+    /// closes. A request costs one task and one hand-back to the loop (an async channel per connection cost several
+    /// more thread hops, each a wake-up of a thread).
     public func run(until shutdown: Shutdown) async throws {
-        let agent = self.agent
-        let accepted = self.accepted
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             // A client may send its request and close its side at once (`nc -N`): the answer must still go out.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .bind(NIOBSDSocket.Handle(listening)) { channel in
+            .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let peer = Result { () throws(SystemError) -> PeerCredentials in
                         let read = try? channel.pipeline.syncOperations.withUnsafeTransportIfAvailable(
@@ -99,114 +92,27 @@ public final class LocalAPIServer: Sendable {
                     let limit =
                         (try? peer.get()).map { agent.etcdAuthority.maySync($0.uid) } == true
                         ? LocalAPI.maximumSyncRequestBytes : LocalAPI.maximumRequestBytes
+                    guard connections.add(channel) else { throw OpenConnections.Stopped() }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineDecoder(limit: limit)))
-                    // Both deadlines run from the accept, and are set here on the channel's own loop: set from the
-                    // task that serves the connection, each would wake the loop (they are cancelled from there,
-                    // which does not).
-                    let loop = channel.eventLoop.assumeIsolated()
-                    return Connection(
-                        channel: try accepted.hold { try NIOAsyncChannel(wrappingChannelSynchronously: channel) },
-                        peer: peer,
-                        lifetime: loop.scheduleTask(in: Self.connectionDeadline) { channel.close(promise: nil) },
-                        requestDeadline: loop.scheduleTask(in: Self.requestDeadline) { channel.close(promise: nil) })
+                    try channel.pipeline.syncOperations.addHandler(RequestHandler(server: self, peer: peer))
                 }
             }
+            .withBoundSocket(NIOBSDSocket.Handle(listening)).get()
         logger.info("local API listening", metadata: ["api.socket": "\(path)"])
-        shutdown.onTrigger { server.channel.close(promise: nil) }
-        try await withThrowingDiscardingTaskGroup { tasks in
-            // Whatever ends the stream, connections accepted and not yet served are closed, not dropped.
-            defer { tasks.addTask { await accepted.closeUntaken() } }
-            try await server.executeThenClose { connections in
-                for try await connection in connections {
-                    accepted.take(connection.channel)
-                    tasks.addTask { await self.serve(connection) }
-                }
-            }
-        }
+        shutdown.onTrigger { server.close(promise: nil) }
+        // Until the shutdown closes the listening channel (or it fails on its own).
+        try? await server.closeFuture.get()
+        // Connections still waiting for their request are closed; those with a request in progress close once
+        // their answer is written (within their lifetime at most).
+        for channel in connections.stop() { try? await channel.closeFuture.get() }
+        // A request's channel may have closed (its client hung up) while the agent still answers it: the loop must
+        // outlive every answer's write.
+        await connections.requestsEnded()
         unlink(path)
         try? await group.shutdownGracefully()
     }
 
-    private func serve(_ connection: Connection) async {
-        let channel = connection.channel.channel
-        // Whatever happens, the connection ends by its lifetime (cancelled when it ends sooner, so an idle agent
-        // has no timer left behind), and the request must have arrived by its deadline.
-        let deadline = connection.requestDeadline
-        defer {
-            deadline.cancel()
-            connection.lifetime.cancel()
-        }
-        let peer: PeerCredentials
-        switch connection.peer {
-        case .failure(let error):
-            logger.warning("refused a connection whose caller could not be identified", metadata: ["error": "\(error)"])
-            await respond(connection, .failure(.init(code: .internal, message: "cannot identify the caller: \(error)")))
-            return
-        case .success(let value):
-            peer = value
-        }
-        guard admission.enter(peer.uid) else {
-            logger.warning("connection refused: limit reached", metadata: ["api.peer.uid": "\(peer.uid)"])
-            await respond(
-                connection,
-                .failure(
-                    .init(
-                        code: .busy,
-                        message: "too many connections from uid \(peer.uid) (or from all users) at once; try again")))
-            return
-        }
-        defer { admission.leave(peer.uid) }
-        // The whole request must arrive within the deadline, however it trickles in.
-        do {
-            try await connection.channel.executeThenClose { inbound, outbound in
-                var lines = inbound.makeAsyncIterator()
-                let line: ByteBuffer?
-                do {
-                    line = try await lines.next()
-                } catch let error as LineDecoder.TooLong {
-                    deadline.cancel()
-                    try await Self.send(.failure(.init(code: .badRequest, message: "\(error)")), on: channel)
-                    return
-                }
-                deadline.cancel()
-                guard let line else { return }
-                let response: LocalAPI.Response
-                switch LocalAPI.decode(Array(buffer: line)) {
-                case .failure(let failure):
-                    logger.warning(
-                        "bad API request", metadata: ["api.peer.uid": "\(peer.uid)", "api.error": "\(failure.message)"])
-                    response = .failure(failure)
-                case .success(let command):
-                    let clock = ContinuousClock()
-                    let started = clock.now
-                    response = await agent.handle(command, from: Self.caller(peer))
-                    agent.metrics.observeRequest(command.verb, clock.now - started)
-                }
-                try await Self.send(response, on: channel)
-                _ = outbound
-            }
-        } catch {
-            // The client went away or the deadline closed the connection: nothing to answer.
-            logger.debug("API connection ended early", metadata: ["api.peer.uid": "\(peer.uid)", "error": "\(error)"])
-        }
-    }
-
-    /// Answers without serving: the request is read first (within the deadline), so that closing does not reset
-    /// a client still sending and the client gets to read the answer.
-    private func respond(_ connection: Connection, _ response: LocalAPI.Response) async {
-        let channel = connection.channel.channel
-        try? await connection.channel.executeThenClose { inbound, _ in
-            var lines = inbound.makeAsyncIterator()
-            _ = try? await lines.next()
-            try await Self.send(response, on: channel)
-        }
-    }
-
-    /// Writes the answer and waits until all of it is in the socket: the connection is closed right after, and a
-    /// close drops what is still queued (a long `list` would arrive cut short).
-    static func send(_ response: LocalAPI.Response, on channel: any Channel) async throws {
-        try await channel.writeAndFlush(encode(response)).get()
-    }
+    let connections = OpenConnections()
 
     static func encode(_ response: LocalAPI.Response) -> ByteBuffer {
         var bytes = (try? LocalAPI.encoder().encode(response)) ?? Data(#"{"ok":false}"#.utf8)
@@ -288,5 +194,209 @@ struct LineDecoder: ByteToMessageDecoder {
             context.fireChannelRead(wrapInboundOut(line))
         }
         return .needMoreData
+    }
+}
+
+/// The API's open connections, so that a shutdown can close the idle ones and wait for the others.
+final class OpenConnections: Sendable {
+    private struct State {
+        var open = true
+        var channels: [ObjectIdentifier: (channel: any Channel, busy: Bool)] = [:]
+        /// Requests begun whose answer's write has not completed.
+        var inFlight = 0
+        var drained: CheckedContinuation<Void, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    /// Thrown by the child channel initializer once the server has stopped: NIO closes the channel.
+    struct Stopped: Error {}
+
+    /// A connection was accepted; false once the server has stopped.
+    func add(_ channel: any Channel) -> Bool {
+        state.withLock { state in
+            guard state.open else { return false }
+            state.channels[ObjectIdentifier(channel)] = (channel, false)
+            return true
+        }
+    }
+
+    /// Its request is about to be served; false once the server has stopped (the request is then not served).
+    /// Each `true` is matched by one ``end()`` once the answer's write has completed.
+    func begin(_ channel: any Channel) -> Bool {
+        state.withLock { state in
+            guard state.open else { return false }
+            state.channels[ObjectIdentifier(channel)]?.busy = true
+            state.inFlight += 1
+            return true
+        }
+    }
+
+    func end() {
+        let drained = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.inFlight -= 1
+            guard state.inFlight == 0 else { return nil }
+            defer { state.drained = nil }
+            return state.drained
+        }
+        drained?.resume()
+    }
+
+    /// Returns once every request begun has had its answer written (or its write failed).
+    func requestsEnded() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { state -> Bool in
+                if state.inFlight == 0 { return true }
+                state.drained = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    func remove(_ channel: any Channel) {
+        _ = state.withLock { $0.channels.removeValue(forKey: ObjectIdentifier(channel)) }
+    }
+
+    /// Accepts nothing more, closes the connections without a request in progress, and returns every connection
+    /// still open (to wait for).
+    func stop() -> [any Channel] {
+        let open = state.withLock { state in
+            state.open = false
+            return Array(state.channels.values)
+        }
+        for connection in open where !connection.busy { connection.channel.close(promise: nil) }
+        return open.map(\.channel)
+    }
+}
+
+/// One connection of the local API, on the API's event loop: reads one request line, has the agent answer it in a
+/// task of its own, writes the answer and closes.
+///
+/// A slow, silent or hostile client cannot hold the agent: the request must arrive within
+/// ``LocalAPIServer/requestDeadline`` of the accept, the whole connection ends by
+/// ``LocalAPIServer/connectionDeadline`` (both set here on the loop, so neither wakes it), and connections beyond
+/// the caller's share are answered `busy` (after their request is read, so that the close does not reset a client
+/// still sending and the client gets to read why).
+final class RequestHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let server: LocalAPIServer
+    private let peer: Result<PeerCredentials, SystemError>
+    /// The uid that holds one of the admission's places while the connection is open.
+    private var admitted: uid_t?
+    private var busyRefusal = false
+    /// A request line arrived (further lines are ignored).
+    private var taken = false
+    private var lifetime: Scheduled<Void>?
+    private var requestDeadline: Scheduled<Void>?
+
+    init(server: LocalAPIServer, peer: Result<PeerCredentials, SystemError>) {
+        self.server = server
+        self.peer = peer
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let loop = context.eventLoop.assumeIsolated()
+        lifetime = loop.scheduleTask(in: LocalAPIServer.connectionDeadline) { channel.close(promise: nil) }
+        requestDeadline = loop.scheduleTask(in: LocalAPIServer.requestDeadline) { channel.close(promise: nil) }
+        if case .success(let peer) = peer {
+            if server.admission.enter(peer.uid) {
+                admitted = peer.uid
+            } else {
+                busyRefusal = true
+                server.logger.warning("connection refused: limit reached", metadata: ["api.peer.uid": "\(peer.uid)"])
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        lifetime?.cancel()
+        requestDeadline?.cancel()
+        if let admitted { server.admission.leave(admitted) }
+        admitted = nil
+        server.connections.remove(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !taken else { return }
+        taken = true
+        requestDeadline?.cancel()
+        let line = unwrapInboundIn(data)
+        let peer: PeerCredentials
+        switch self.peer {
+        case .failure(let error):
+            server.logger.warning(
+                "refused a connection whose caller could not be identified", metadata: ["error": "\(error)"])
+            return answer(context, .failure(.init(code: .internal, message: "cannot identify the caller: \(error)")))
+        case .success(let value):
+            peer = value
+        }
+        guard !busyRefusal else {
+            return answer(
+                context,
+                .failure(
+                    .init(
+                        code: .busy,
+                        message: "too many connections from uid \(peer.uid) (or from all users) at once; try again")))
+        }
+        let command: LocalAPI.Command
+        switch LocalAPI.decode(Array(buffer: line)) {
+        case .failure(let failure):
+            server.logger.warning(
+                "bad API request", metadata: ["api.peer.uid": "\(peer.uid)", "api.error": "\(failure.message)"])
+            return answer(context, .failure(failure))
+        case .success(let value):
+            command = value
+        }
+        let channel = context.channel
+        // A request that arrives as the agent stops is not begun (its client sees the connection close unanswered).
+        guard server.connections.begin(channel) else { return context.close(promise: nil) }
+        let agent = server.agent
+        let connections = server.connections
+        Task {
+            let clock = ContinuousClock()
+            let started = clock.now
+            let response = await agent.handle(command, from: LocalAPIServer.caller(peer))
+            agent.metrics.observeRequest(command.verb, clock.now - started)
+            let bytes = LocalAPIServer.encode(response)
+            // The answer goes out whole before the close (a close drops what is still queued: a long `list` would
+            // arrive cut short).
+            channel.writeAndFlush(bytes).whenComplete { _ in
+                channel.close(promise: nil)
+                connections.end()
+            }
+        }
+    }
+
+    private func answer(_ context: ChannelHandlerContext, _ response: LocalAPI.Response) {
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(LocalAPIServer.encode(response))).assumeIsolated().whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The client closed its side without a request (a partial last line was already read as one): nothing to
+        // answer.
+        if case .some(ChannelEvent.inputClosed) = event as? ChannelEvent, !taken {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? LineDecoder.TooLong, !taken {
+            taken = true
+            requestDeadline?.cancel()
+            return answer(context, .failure(.init(code: .badRequest, message: "\(error)")))
+        }
+        // The client went away or the connection broke: nothing to answer.
+        server.logger.debug("API connection ended early", metadata: ["error": "\(error)"])
+        if !taken { context.close(promise: nil) }
     }
 }
