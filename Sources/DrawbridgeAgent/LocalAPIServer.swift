@@ -70,8 +70,8 @@ public final class LocalAPIServer: Sendable {
     /// Serves until graceful shutdown; then stops accepting, lets requests in progress finish, and removes the
     /// socket file.
     ///
-    /// Each connection is served by a ``RequestHandler`` on the API's event loop: the request line is read and
-    /// decoded there, the agent answers it in a task of its own (off the loop), and the loop writes the answer and
+    /// Each connection is served by a ``RequestHandler`` on the API's event loop: the request line is read there,
+    /// a task of its own (off the loop) decodes it and has the agent answer it, and the loop writes the answer and
     /// closes. A request costs one task and one hand-back to the loop (an async channel per connection cost several
     /// more thread hops, each a wake-up of a thread).
     public func run(until shutdown: Shutdown) async throws {
@@ -270,8 +270,8 @@ final class OpenConnections: Sendable {
     }
 }
 
-/// One connection of the local API, on the API's event loop: reads one request line, has the agent answer it in a
-/// task of its own, writes the answer and closes.
+/// One connection of the local API, on the API's event loop: reads one request line, has it decoded and answered
+/// by the agent in a task of its own, writes the answer and closes.
 ///
 /// A slow, silent or hostile client cannot hold the agent: the request must arrive within
 /// ``LocalAPIServer/requestDeadline`` of the accept, the whole connection ends by
@@ -343,25 +343,27 @@ final class RequestHandler: ChannelInboundHandler {
                         code: .busy,
                         message: "too many connections from uid \(peer.uid) (or from all users) at once; try again")))
         }
-        let command: LocalAPI.Command
-        switch LocalAPI.decode(Array(buffer: line)) {
-        case .failure(let failure):
-            server.logger.warning(
-                "bad API request", metadata: ["api.peer.uid": "\(peer.uid)", "api.error": "\(failure.message)"])
-            return answer(context, .failure(failure))
-        case .success(let value):
-            command = value
-        }
         let channel = context.channel
         // A request that arrives as the agent stops is not begun (its client sees the connection close unanswered).
         guard server.connections.begin(channel) else { return context.close(promise: nil) }
         let agent = server.agent
         let connections = server.connections
+        let logger = server.logger
+        // Decoded in the task too, not on the loop: a sync request may be 64 MiB, and the loop serves every
+        // connection.
         Task {
-            let clock = ContinuousClock()
-            let started = clock.now
-            let response = await agent.handle(command, from: LocalAPIServer.caller(peer))
-            agent.metrics.observeRequest(command.verb, clock.now - started)
+            let response: LocalAPI.Response
+            switch LocalAPI.decode(Array(buffer: line)) {
+            case .failure(let failure):
+                logger.warning(
+                    "bad API request", metadata: ["api.peer.uid": "\(peer.uid)", "api.error": "\(failure.message)"])
+                response = .failure(failure)
+            case .success(let command):
+                let clock = ContinuousClock()
+                let started = clock.now
+                response = await agent.handle(command, from: LocalAPIServer.caller(peer))
+                agent.metrics.observeRequest(command.verb, clock.now - started)
+            }
             let bytes = LocalAPIServer.encode(response)
             // The answer goes out whole before the close (a close drops what is still queued: a long `list` would
             // arrive cut short).
