@@ -115,6 +115,10 @@ public final class LocalAPIServer: Sendable {
     let connections = OpenConnections()
 
     static func encode(_ response: LocalAPI.Response) -> ByteBuffer {
+        if var bytes = response.handWrittenJSON() {
+            bytes.append(0x0a)
+            return ByteBuffer(bytes: bytes)
+        }
         var bytes = (try? LocalAPI.encoder().encode(response)) ?? Data(#"{"ok":false}"#.utf8)
         bytes.append(0x0a)
         return ByteBuffer(bytes: bytes)

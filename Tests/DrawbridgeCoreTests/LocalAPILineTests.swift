@@ -109,3 +109,90 @@ struct LocalAPILineTests {
         #expect(LocalAPI.GrantAnswer(Array(text.utf8)) == nil)
     }
 }
+
+/// The agent writes the answers that carry grants by hand; they must be the documents the encoder writes.
+struct HandWrittenAnswerTests {
+    typealias Response = LocalAPI.Response
+
+    static func grants(plain: Bool) -> [Grant] {
+        let base = LocalAPILineTests.granted
+        var fromFile = base
+        fromFile.uid = nil
+        fromFile.origin = .file("/etc/drawbridge/grants.d/web-team.json")
+        fromFile.ports = [GrantedPort(name: "postgres", service: Service(port: 5432, transport: .tcp))]
+        fromFile.source = try! IPPrefix(parsing: "198.51.100.0/24")
+        var fromEtcd = base
+        fromEtcd.origin = .etcd("/drawbridge/grants/web/deploy-1")
+        fromEtcd.uid = 0
+        fromEtcd.issuedAt = Date(timeIntervalSince1970: 1_796_127_000)
+        var knocked = base
+        knocked.origin = .knock("SHA256:Zm9vYmFy+/=")
+        knocked.source = try! IPPrefix(parsing: "203.0.113.9")
+        knocked.createdAt = Date(timeIntervalSince1970: 0)
+        var grants = [base, fromFile, fromEtcd, knocked]
+        if !plain {
+            for text in LocalAPILineTests.texts {
+                var odd = base
+                odd.reason = text
+                odd.requestedBy = text
+                odd.id = text
+                odd.ports = [GrantedPort(name: text, service: Service(port: 2222, transport: .tcp))]
+                grants.append(odd)
+            }
+        }
+        return grants
+    }
+
+    static func responses(plain: Bool) -> [Response] {
+        let grants = grants(plain: plain)
+        let remaining: [[String: Double?]] = [
+            [:], ["ssh": 3599.998, "dns": nil], ["ssh": 3600, "dns": 0.001], ["postgres": 1e-7],
+            ["a": 123_456.789, "b": 0.1 + 0.2, "c": 5e-324],
+        ]
+        let statuses = grants.enumerated().map { index, grant in
+            LocalAPI.GrantStatus(grant: grant, kernelRemainingSeconds: remaining[index % remaining.count])
+        }
+        var warnings = ["a revocation could not be stored yet; it is kept and written as soon as the disk allows"]
+        if !plain { warnings += LocalAPILineTests.texts }
+        var responses = [
+            Response(ok: true, grants: []),
+            Response(ok: true, grants: [statuses[0]], outcome: "created"),
+            Response(ok: true, grants: [statuses[1]], outcome: "extended", warnings: warnings),
+            Response(ok: true, grants: statuses, warnings: []),
+            Response(ok: true, grants: statuses),
+        ]
+        if !plain { responses.append(Response(ok: true, grants: statuses, outcome: LocalAPILineTests.texts[3])) }
+        return responses
+    }
+
+    @Test("an answer carrying grants is byte for byte the encoder's for plain text, and reads the same for any text")
+    func sameDocuments() throws {
+        for plain in [true, false] {
+            for response in Self.responses(plain: plain) {
+                let hand = try #require(response.handWrittenJSON())
+                let encoded = Array(try LocalAPI.encoder().encode(response))
+                let shown = String(decoding: hand, as: UTF8.self)
+                if plain { #expect(hand == encoded, "\(shown)\n\(String(decoding: encoded, as: UTF8.self))") }
+                #expect(!hand.contains(0x0a), "one line: \(shown)")
+                #expect(try JSONReader.parse(hand) == JSONReader.parse(encoded), "\(shown)")
+                let decoder = LocalAPI.decoder()
+                #expect(
+                    try decoder.decode(Response.self, from: Data(hand))
+                        == decoder.decode(Response.self, from: Data(encoded)), "\(shown)")
+            }
+        }
+    }
+
+    @Test("any other answer is left to the encoder")
+    func othersToTheEncoder() {
+        let failure = Response.failure(.init(code: .refused, reason: "port", message: "no"))
+        #expect(failure.handWrittenJSON() == nil)
+        #expect(Response(ok: true).handWrittenJSON() == nil)
+        #expect(Response(ok: true, metrics: "# HELP").handWrittenJSON() == nil)
+        var failed = Response(ok: false, grants: [])
+        #expect(failed.handWrittenJSON() == nil)
+        failed.ok = true
+        failed.error = .init(code: .kernel, message: "x")
+        #expect(failed.handWrittenJSON() == nil)
+    }
+}
