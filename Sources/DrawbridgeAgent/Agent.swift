@@ -58,8 +58,9 @@ public actor Agent {
     let kernel: KernelLink
     /// The netlink port the agent commits from (its notifications are the agent's own changes).
     public nonisolated var kernelPortID: UInt32 { kernel.portID }
-    /// A second connection, on a thread of its own, for reads (`list`, the answer to a grant): a list of a hundred
-    /// thousand point queries never holds up a change, and a change never holds up a list.
+    /// A second connection, on a thread of its own, for reads (`list`; a grant's answer when its read-back on the
+    /// kernel's thread right after the commit was not made): a list of a hundred thousand point queries never holds
+    /// up a change, and a change never holds up a list.
     let kernelReads: KernelLink
     let disk: NIOThreadPool
     /// The Prometheus metrics (the socket server and the HTTP endpoint read them).

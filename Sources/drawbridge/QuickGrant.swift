@@ -19,16 +19,9 @@ struct QuickGrant: Equatable {
     var reason: String
     var socket: String
     var json: Bool
+}
 
-    init(ports: [String], source: String, duration: String, reason: String, socket: String, json: Bool) {
-        self.ports = ports
-        self.source = source
-        self.duration = duration
-        self.reason = reason
-        self.socket = socket
-        self.json = json
-    }
-
+extension QuickGrant {
     /// The grant a whole command line (`drawbridge grant …`, program name first) asks for, when it is in a usual form
     /// and valid; nil otherwise.
     init?(arguments: [String]) {
