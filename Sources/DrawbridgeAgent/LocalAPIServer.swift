@@ -329,6 +329,9 @@ final class RequestHandler: ChannelInboundHandler {
         guard !taken else { return }
         taken = true
         requestDeadline?.cancel()
+        // One request per connection: nothing more is read (a client streaming bytes after its request would
+        // otherwise keep the loop reading and discarding them for the connection's whole lifetime).
+        _ = try? context.channel.syncOptions?.setOption(.autoRead, value: false)
         let line = unwrapInboundIn(data)
         let peer: PeerCredentials
         switch self.peer {
