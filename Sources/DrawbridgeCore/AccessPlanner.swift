@@ -53,7 +53,9 @@ public struct AccessPlanner: Sendable {
             }
         }
         for (layerKey, prefixes) in prefixesByLayer {
-            var layer = layers[layerKey] ?? PrefixLayer()
+            // Taken out of the dictionary while it changes: mutating a copy while the dictionary still held the
+            // layer made Swift copy all of it (every prefix and element) on every change.
+            var layer = layers.removeValue(forKey: layerKey) ?? PrefixLayer()
             for prefix in prefixes {
                 let value = book.deadline(for: AccessKey(source: prefix, service: layerKey.service), now: now)
                 let region = layer.outermost(containing: prefix)
@@ -62,7 +64,7 @@ public struct AccessPlanner: Sendable {
                     targets.append(ElementTarget(key: AccessKey(source: piece, service: layerKey.service), deadline: deadline))
                 }
             }
-            layers[layerKey] = layer.isEmpty ? nil : layer
+            if !layer.isEmpty { layers[layerKey] = layer }
         }
         return targets
     }
