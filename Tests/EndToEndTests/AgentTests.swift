@@ -267,6 +267,42 @@ struct AgentTests {
         #expect(try !setup.connects(from: "198.51.100.5"))
     }
 
+    @Test("overlapping prefixes: each address keeps the longest grant that covers it, across the interval sets")
+    func overlappingPrefixes() throws {
+        let setup = try Setup()
+        let agent = setup.agent
+        // (Also the client's first use of each address: a first connection from a fresh address here can take longer
+        // than the 700 ms the checks allow, whatever the table says.)
+        for source in ["2001:db8:1::5", "2001:db8:1:0:8000::5"] {
+            #expect(try !setup.connects(from: source), "closed before any grant")
+        }
+        // A /63 (wider than /64: its own set) for a minute, and a /80 inside it (the shard of its /64) for two hours.
+        let wide = try agent.cli(["grant", "ssh", "--from", "2001:db8:1::/63", "--for", "1m"])
+        let inner = try agent.cli(["grant", "ssh", "--from", "2001:db8:1::/80", "--for", "2h"])
+        let wideID = try #require(Self.grantID(wide), "\(wide.output) \(wide.error)")
+        let innerID = try #require(Self.grantID(inner), "\(inner.output) \(inner.error)")
+        #expect(try setup.connects(from: "2001:db8:1::5"), "inside both")
+        #expect(try setup.connects(from: "2001:db8:1:0:8000::5"), "inside the /63 only")
+        #expect(try !setup.connects(from: "2001:db8::2"), "outside both")
+
+        // The /63 is cut around the longer /80 into pieces of /64 and longer, which go to their /64's shard: the
+        // set for wide prefixes holds nothing.
+        let listing = try run(["nft", "list", "table", "inet", "drawbridge"], in: setup.network.host).output
+        let wideSet = try #require(listing.range(of: "set ranges6 {"))
+        let wideBlock = listing[wideSet.lowerBound...].prefix { $0 != "}" }
+        #expect(!wideBlock.contains("elements"), "\(wideBlock)")
+        #expect(listing.contains("2001:db8:1::/80 . tcp . 22"), "\(listing)")
+        #expect(listing.contains("2001:db8:1:1::/64 . tcp . 22"), "\(listing)")
+
+        #expect(try agent.cli(["revoke", wideID]).succeeded)
+        #expect(try !setup.connects(from: "2001:db8:1:0:8000::5"), "closed with the /63")
+        #expect(try setup.connects(from: "2001:db8:1::5"), "the /80 keeps its own two hours")
+        #expect(try agent.cli(["revoke", innerID]).succeeded)
+        #expect(try !setup.connects(from: "2001:db8:1::5"))
+        let after = try run(["nft", "list", "table", "inet", "drawbridge"], in: setup.network.host).output
+        #expect(!after.contains("2001:db8:1:"), "every piece is gone: \(after)")
+    }
+
     @Test("the grants file is a second origin: edits are followed, a bad file keeps the last good state")
     func grantsFile() throws {
         let setup = try Setup(withGrantsFile: true)
