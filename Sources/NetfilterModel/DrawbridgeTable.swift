@@ -70,39 +70,15 @@ public enum DrawbridgeTable {
         name: "grants4", keyTypes: [.ipv4Address, .inetProtocol, .inetService], timeout: true)
     public static let grants6 = SetDefinition(
         name: "grants6", keyTypes: [.ipv6Address, .inetProtocol, .inetService], timeout: true)
-    /// Grants from prefixes: concatenated interval sets (the kernel's pipapo backend). The kernel copies a pipapo
-    /// set's whole lookup table in every transaction that changes it (about 0.6 ms at 10,000 elements here), so
-    /// prefixes are spread over `prefixShards` sets per family (`ranges4_0` …, `ranges6_0` …) by the /24 or /64
-    /// they lie in (`shardLength`), and a change copies one shard. Prefixes wider than that (`/16`, `/48`) are in
-    /// `ranges4` and `ranges6`.
+    /// Grants from prefixes: concatenated interval sets (the kernel's pipapo backend).
     public static let ranges4 = SetDefinition(
         name: "ranges4", keyTypes: [.ipv4Address, .inetProtocol, .inetService], interval: true, timeout: true)
     public static let ranges6 = SetDefinition(
         name: "ranges6", keyTypes: [.ipv6Address, .inetProtocol, .inetService], interval: true, timeout: true)
-    /// How many sets each family's prefixes of at least `shardLength` bits are spread over (a power of two).
-    public static let prefixShards = 8
-    /// The prefix length whose network picks a prefix's shard: prefixes at least this long go to a shard, wider ones
-    /// to `ranges4` or `ranges6`.
-    public static func shardLength(_ family: AddressFamily) -> Int { family == .ipv4 ? 24 : 64 }
-    public static let ranges4Shards = (0..<prefixShards).map { shard in
-        SetDefinition(
-            name: "ranges4_\(shard)", keyTypes: [.ipv4Address, .inetProtocol, .inetService], interval: true,
-            timeout: true)
-    }
-    public static let ranges6Shards = (0..<prefixShards).map { shard in
-        SetDefinition(
-            name: "ranges6_\(shard)", keyTypes: [.ipv6Address, .inetProtocol, .inetService], interval: true,
-            timeout: true)
-    }
 
-    public static let sets =
-        [managed, forwarded, allow4, allow6, grants4, grants6, ranges4, ranges6] + ranges4Shards + ranges6Shards
+    public static let sets = [managed, forwarded, allow4, allow6, grants4, grants6, ranges4, ranges6]
     /// The sets that hold grants, each with a timeout per element.
-    public static let grantSets = [grants4, grants6, ranges4, ranges6] + ranges4Shards + ranges6Shards
-    /// The sets a packet's source is looked up in, per family, in the gate's order.
-    static let sourceSets: [(Selector, [SetDefinition])] = [
-        (.ipv4Source, [grants4, ranges4] + ranges4Shards), (.ipv6Source, [grants6, ranges6] + ranges6Shards),
-    ]
+    public static let grantSets = [grants4, grants6, ranges4, ranges6]
 
     /// The base chain: only packets to managed ports go on to the gate; everything else is not ours to judge.
     public static let input = ChainDefinition(
@@ -166,7 +142,7 @@ public enum DrawbridgeTable {
                 (gate.name, .lookup([.ipv4Source], set: allow4.name, verdict: .goto(granted.name))),
                 (gate.name, .lookup([.ipv6Source], set: allow6.name, verdict: .goto(granted.name))),
             ]
-            for (source, sets) in sourceSets {
+            for (source, sets) in [(Selector.ipv4Source, [grants4, ranges4]), (.ipv6Source, [grants6, ranges6])] {
                 for grantSet in sets {
                     for transport in transports {
                         rules.append(
@@ -252,34 +228,13 @@ public enum DrawbridgeTable {
         return changes
     }
 
-    /// The set that holds a grant's element: exact-match for single addresses; for prefixes the shard of the /24 or
-    /// /64 they lie in, or for wider ones `ranges4`/`ranges6`.
-    ///
-    /// Every element of one shard lies in networks of that shard and the planner's elements are disjoint, so each set
-    /// holds disjoint elements, as an interval set must; a piece the planner cuts from a wide prefix goes wherever
-    /// its own length and network send it.
+    /// The set that holds a grant's element: exact-match for single addresses, interval for prefixes.
     public static func grantSet(for key: AccessKey) -> SetDefinition {
-        let source = key.source
-        switch (source.family, source.isSingleAddress) {
+        switch (key.source.family, key.source.isSingleAddress) {
         case (.ipv4, true): return grants4
+        case (.ipv4, false): return ranges4
         case (.ipv6, true): return grants6
-        case (.ipv4, false):
-            return source.length < shardLength(.ipv4) ? ranges4 : ranges4Shards[shard(of: source.network)]
-        case (.ipv6, false):
-            return source.length < shardLength(.ipv6) ? ranges6 : ranges6Shards[shard(of: source.network)]
-        }
-    }
-
-    /// The shard of an address's /24 (IPv4) or /64 (IPv6): the top bits of the network number times the golden
-    /// ratio (Fibonacci hashing), so neighbouring networks land in different shards. Fixed forever: the agent reads
-    /// elements back from the set this names.
-    static func shard(of address: IPAddress) -> Int {
-        let bits = prefixShards.trailingZeroBitCount
-        switch address {
-        case .v4(let value):
-            return Int(((value >> 8) &* 0x9E37_79B9) >> UInt32(32 - bits))
-        case .v6(let high, _):
-            return Int((high &* 0x9E37_79B9_7F4A_7C15) >> UInt64(64 - bits))
+        case (.ipv6, false): return ranges6
         }
     }
 

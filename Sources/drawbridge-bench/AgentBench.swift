@@ -369,10 +369,7 @@ final class AgentMeasurements {
                 let source = prefix ? "2001:db8:fe:\(String(index, radix: 16))::/64" : "2001:db8:ff::\(String(index + 1, radix: 16))"
                 let cli = try spawner.check(
                     [cliPath, "grant", "ssh", "--from", source, "--for", "1h", "--socket", rig.socket], what: "drawbridge grant")
-                // The set the agent puts this element in (a /64's shard), so nft pays for the same set's size.
-                let set = DrawbridgeTable.grantSet(
-                    for: AccessKey(source: try IPPrefix(parsing: source), service: Service(port: 22, transport: .tcp))
-                ).name
+                let set = prefix ? "ranges6" : "grants6"
                 let element = "\(source) . tcp . 22 timeout 1h"
                 let nftRun = try spawner.check(
                     [nsenter, "--net=\(nftArena.namespace.path)", nft, "add element inet drawbridge \(set) { \(element) }"],

@@ -35,7 +35,7 @@ struct EnforcementTests {
         Case(
             name: "IPv6 prefix", grant: "2001:db8:1::/65", source: "2001:db8:1::5", destination: "2001:db8:1::1",
             outsider: "2001:db8:1:0:8000::5", outsiderDestination: "2001:db8:1::1"),
-        // Prefixes wider than a /24 or /64 live in ranges4/ranges6, the others in shards: both kinds are proven.
+        // Prefixes wider than a /24 and a /64 (the prefixes above are narrower).
         Case(
             name: "IPv4 prefix wider than /24", grant: "198.51.100.0/23", source: "198.51.100.7",
             destination: "198.51.100.1", outsider: "192.0.2.3", outsiderDestination: "192.0.2.1"),
