@@ -488,17 +488,9 @@ public actor Agent {
     /// Hands targets to the kernel owner and waits for them to be applied (with everything queued at the time, in
     /// one transaction).
     func submit(_ targets: [ElementTarget]) async -> KernelOutcome {
-        await submit(targets, readingBack: []).0
-    }
-
-    /// Like `submit`, also returning what the kernel gives `keys` right after the commit (nil when that was not
-    /// read: no targets, a rebuild, or a failed read).
-    func submit(_ targets: [ElementTarget], readingBack keys: [AccessKey]) async
-        -> (KernelOutcome, [AccessKey: Double]?)
-    {
-        guard !targets.isEmpty else { return (.applied, nil) }
+        guard !targets.isEmpty else { return .applied }
         return await withCheckedContinuation { continuation in
-            whenApplied(targets, readingBack: keys) { continuation.resume(returning: ($0, $1)) }
+            whenApplied(targets, readingBack: []) { outcome, _ in continuation.resume(returning: outcome) }
         }
     }
 

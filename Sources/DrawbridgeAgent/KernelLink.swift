@@ -33,14 +33,15 @@ public actor KernelLink {
     public func rebuild(_ layout: TableLayout, elements: [AccessKey: MonotonicInstant]) throws(NetfilterError)
         -> CommitReport
     {
-        defer { noteCommit() }
-        return try timed { () throws(NetfilterError) in try driver.rebuild(layout, elements: elements) }
+        let report = try timed { () throws(NetfilterError) in try driver.rebuild(layout, elements: elements) }
+        noteCommit()
+        return report
     }
 
     /// Rewrites rules and fixed sets, keeping the grant elements.
     public func install(_ layout: TableLayout) throws(NetfilterError) {
-        defer { noteCommit() }
         try timed { () throws(NetfilterError) in try driver.install(layout) }
+        noteCommit()
     }
 
     /// Applies element targets in one transaction (two before Linux 6.3 for elements near expiry).

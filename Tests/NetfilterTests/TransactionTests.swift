@@ -365,14 +365,23 @@ struct RulesetMonitorTests {
         defer { watch.stop() }
         let monitor = try RulesetMonitor(on: watch, namespace: namespace, ignoring: own.connection.portID)
         #expect(monitor.ignoresOwnCommits)
-        var events = monitor.events.makeAsyncIterator()
+        // The first event, or nil if none comes within 10 s (the wait is cancelled: the test fails, it does not hang).
+        let firstEvent = Task { () -> RulesetEvent? in
+            var events = monitor.events.makeAsyncIterator()
+            return await events.next()
+        }
+        let deadline = Task {
+            try await Task.sleep(for: .seconds(10))
+            firstEvent.cancel()
+        }
+        defer { deadline.cancel() }
         let expiry = Date().addingTimeInterval(600)
         // Own commits first: had any of them been delivered, it would come before the other connection's.
         for index in 1...5 {
             try own.put([try TransactionTests.key("203.0.113.\(index)"): expiry])
         }
         try other.put([try TransactionTests.key("203.0.113.99"): expiry])
-        let event = await events.next()
+        let event = await firstEvent.value
         guard case .change(let change) = event else {
             Issue.record("expected a change, got \(String(describing: event))")
             return
