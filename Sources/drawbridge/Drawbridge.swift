@@ -625,13 +625,29 @@ struct Client {
     }
 
     /// Sends one request and returns the answer; prints errors in words and exits with the matching status.
+    ///
+    /// With --json the answer has been printed as it came, and only its `ok` and `error` are read from it (so a list
+    /// of 100,000 grants is not decoded only to be dropped): the response returned then holds nothing else.
     func send(_ request: LocalAPI.Request) throws -> LocalAPI.Response {
         let raw = try answer(request)
-        guard let response = try? LocalAPI.decoder().decode(LocalAPI.Response.self, from: Data(raw)) else {
-            throw notUnderstood()
+        let response: LocalAPI.Response
+        if json {
+            guard let head = try? LocalAPI.decoder().decode(Head.self, from: Data(raw)) else { throw notUnderstood() }
+            response = LocalAPI.Response(ok: head.ok, error: head.error)
+        } else {
+            guard let full = try? LocalAPI.decoder().decode(LocalAPI.Response.self, from: Data(raw)) else {
+                throw notUnderstood()
+            }
+            response = full
         }
         try check(ok: response.ok, response.error)
         return response
+    }
+
+    /// Whether an answer succeeded, and why not.
+    private struct Head: Decodable {
+        var ok: Bool
+        var error: LocalAPI.Failure?
     }
 
     /// The answer's bytes, printed as they are with --json; a connection problem is printed and thrown as its status.

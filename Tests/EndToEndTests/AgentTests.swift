@@ -260,6 +260,11 @@ struct AgentTests {
         let again = try agent.cli(["revoke", id])
         #expect(again.status == 2)
         #expect(again.error.contains("no active grant"))
+        // With --json the answer is printed as the agent gave it, and the status is the same.
+        let againJSON = try agent.cli(["revoke", id, "--json"])
+        #expect(againJSON.status == 2)
+        let failure = try #require(try LocalAPI.decoder().decode(LocalAPI.Response.self, from: Data(againJSON.output.utf8)).error)
+        #expect(failure.code == .notFound)
         // revoke --from ends every grant inside a prefix.
         #expect(try agent.cli(["grant", "ssh", "--from", "198.51.100.5", "--for", "10m"]).succeeded)
         #expect(try agent.cli(["grant", "ssh", "--from", "198.51.100.0/28", "--for", "10m"]).succeeded)
