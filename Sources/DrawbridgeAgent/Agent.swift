@@ -465,7 +465,7 @@ public actor Agent {
                 storage: store.problem ?? (pendingRecords.isEmpty ? "ok" : "revocations waiting to be stored"),
                 audit: audit.problem ?? "ok", warnings: warnings, etcd: etcdStatus, knock: knockStatus,
                 metrics: servedMetrics.map { "http://\($0.listen)/metrics" }, ports: ports,
-                kernelDestroysElements: kernelDestroysElements))
+                kernelDestroysElements: kernelDestroysElements, safetyChecks: safetyChecks))
     }
 
     // MARK: Kernel queue
@@ -826,6 +826,7 @@ public actor Agent {
             // Seen: the latest notification of another program's commit, or the agent's own latest commit (whose
             // notifications the monitor does not receive).
             let (generation, committed) = try await kernel.generations()
+            safetyChecks += 1
             if let lastSeenGeneration, generation != lastSeenGeneration, generation != committed {
                 if generationMismatch == generation {
                     scheduleRepair("the ruleset changed (generation \(generation)) without a notification")
@@ -841,6 +842,8 @@ public actor Agent {
     }
 
     private var generationMismatch: UInt32?
+    /// Safety checks that read the table and the ruleset generation (shown by `status`).
+    private var safetyChecks = 0
 
     // MARK: Warnings
 

@@ -112,15 +112,19 @@ public struct ClockStepService: AgentService {
 /// The documented safety check, once a minute: the only periodic wake-up of an idle agent.
 public struct SafetyCheckService: AgentService {
     public var name: String { "SafetyCheckService" }
-    public static let interval = Duration.seconds(60)
+    public static let defaultInterval = Duration.seconds(60)
     let agent: Agent
+    let interval: Duration
 
-    public init(agent: Agent) { self.agent = agent }
+    public init(agent: Agent, interval: Duration = Self.defaultInterval) {
+        self.agent = agent
+        self.interval = interval
+    }
 
     public func run(until shutdown: Shutdown) async throws {
         await shutdown.cancelling {
             while !Task.isCancelled {
-                do { try await Task.sleep(for: Self.interval) } catch { return }
+                do { try await Task.sleep(for: interval) } catch { return }
                 await agent.safetyCheck()
             }
         }

@@ -264,6 +264,8 @@ public enum LocalAPI {
         public var lastRepair: String?
         /// Repairs since the start.
         public var repairs: Int
+        /// Safety checks completed since the start (once a minute; nil from agents before 2026-12-04).
+        public var safetyChecks: Int?
         /// `ok`, or why changes cannot be stored (grants are refused until it is fixed; revocations still apply).
         public var storage: String
         /// `ok`, or why audit records cannot be written.
@@ -284,9 +286,10 @@ public enum LocalAPI {
             kernelRelease: String, table: String = "enforcing", lastRepair: String? = nil, repairs: Int = 0,
             storage: String = "ok", audit: String = "ok", warnings: [String] = [], etcd: EtcdStatus? = nil,
             knock: KnockStatus? = nil, metrics: String? = nil, ports: [PortActivity]? = nil,
-            kernelDestroysElements: Bool? = nil
+            kernelDestroysElements: Bool? = nil, safetyChecks: Int? = nil
         ) {
             self.kernelDestroysElements = kernelDestroysElements
+            self.safetyChecks = safetyChecks
             self.ports = ports
             self.knock = knock
             self.metrics = metrics
@@ -315,6 +318,7 @@ public enum LocalAPI {
             case kernelDestroysElements = "kernel_destroys_elements"
             case table
             case lastRepair = "last_repair"
+            case safetyChecks = "safety_checks"
             case repairs, storage, audit, warnings, etcd, knock, metrics, ports
         }
     }

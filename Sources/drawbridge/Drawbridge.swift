@@ -270,6 +270,7 @@ extension Drawbridge {
             }
             print("table: \(status.table)")
             print("repairs since start: \(status.repairs)" + (status.lastRepair.map { ", last \($0)" } ?? ""))
+            if let checks = status.safetyChecks { print("safety checks since start: \(checks)") }
             print("storage: \(status.storage)")
             print("audit trail: \(status.audit)")
             if let etcd = status.etcd {

@@ -61,6 +61,10 @@ struct Drawbridged: AsyncParsableCommand {
     @Flag(help: .hidden)
     var forceStrictDeletes = false
 
+    /// Seconds between safety checks (tests shorten the minute to see several checks).
+    @Option(help: .hidden)
+    var safetyCheckSeconds = 60
+
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
@@ -71,6 +75,9 @@ struct Drawbridged: AsyncParsableCommand {
                     + "who may use it): \(TextCheck.escaped(socket))")
         }
         guard socket.utf8.count < 108 else { throw ValidationError("--socket is longer than 107 bytes") }
+        guard (1...3600).contains(safetyCheckSeconds) else {
+            throw ValidationError("--safety-check-seconds must be between 1 and 3600")
+        }
     }
 
     func run() async throws {
@@ -151,7 +158,7 @@ struct Drawbridged: AsyncParsableCommand {
             fail("\(error)")
         }
 
-        var services: [any AgentService] = [LocalAPIService(server: server), SafetyCheckService(agent: agent)]
+        var services: [any AgentService] = [LocalAPIService(server: server), SafetyCheckService(agent: agent, interval: .seconds(safetyCheckSeconds))]
         if let metrics = policy.metrics {
             services.append(MetricsService(server: MetricsServer(settings: metrics, agent: agent, logger: logger)))
         }

@@ -434,6 +434,34 @@ struct AgentTests {
         #expect(try !setup.connects(from: "192.0.2.3", port: 8443), "the refused policy did not replace the good one")
     }
 
+    @Test("the safety check takes the agent's own commits as seen: checks run, nothing is repaired")
+    func safetyCheckAfterOwnCommits() throws {
+        try TestAccounts.ensure()
+        let network = try TestNetwork()
+        let agent = try AgentProcess(namespace: network.host, policy: Self.policy())
+        // A check every second instead of every minute. The monitor never hears the agent's own commits, so a check
+        // that did not take them as seen would find the generation moved twice in a row and rebuild the table.
+        try agent.start(extraArguments: ["--safety-check-seconds", "1"])
+        for index in 1...6 {
+            #expect(try agent.cli(["grant", "ssh", "--from", "192.0.2.\(index)", "--for", "10m"]).succeeded)
+        }
+        #expect(try agent.cli(["revoke", "--from", "192.0.2.0/30"]).succeeded)
+        let started = try #require(try HardeningTests.decode(try agent.cli(["status", "--json"])).status)
+        Thread.sleep(forTimeInterval: 3.5)
+        let status = try #require(try HardeningTests.decode(try agent.cli(["status", "--json"])).status)
+        #expect(status.repairs == 0, "\(status.lastRepair ?? "")")
+        #expect(status.table == "enforcing")
+        let checks = try #require(status.safetyChecks)
+        #expect(checks >= (started.safetyChecks ?? 0) + 2, "at least two checks after the last commit")
+        #expect(try agent.cli(["list"]).output.split(separator: "\n").count >= 3)
+        // The status says so in words too.
+        #expect(try agent.cli(["status"]).output.contains("safety checks since start: "))
+        // Out of range: refused at start.
+        let refused = try run(
+            [BuiltProducts.agent, "--safety-check-seconds", "0", "--config", agent.policyPath], check: false)
+        #expect(!refused.succeeded && refused.error.contains("--safety-check-seconds must be between 1 and 3600"))
+    }
+
     @Test("another tool flushing the ruleset or editing the table is repaired within seconds")
     func tamperRepair() throws {
         let setup = try Setup()
