@@ -8,6 +8,8 @@ import Synchronization
 /// channel closes (swift-nio issue 2813). A dropped `NIOAsyncChannel` whose writer was never finished traps the
 /// process ("Deinited NIOAsyncWriter without calling finish()"): a client that connected just as the agent stopped
 /// ended it with SIGILL instead of a clean exit. Held here, such a connection is finished and closed like any other.
+/// The metrics server uses it; the local API serves its connections with a channel handler (`RequestHandler`) and
+/// has no async channels to lose.
 final class AcceptedConnections<Inbound: Sendable, Outbound: Sendable>: Sendable {
     typealias Connection = NIOAsyncChannel<Inbound, Outbound>
 
